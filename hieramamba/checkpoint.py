@@ -1,0 +1,110 @@
+"""Experiment folders in the official format (REFERENCE §12.3, DESIGN §5).
+
+``<exp>/opt.yaml`` (the config actually used), ``<exp>/models/<ckpt>.pth`` =
+``{'model': state_dict, 'model_ema': state_dict}``, ``<exp>/states/<ckpt>.pth`` = optimizer /
+scheduler / epoch / itr. Evaluation uses the EMA weights, loaded strictly, as the official
+evaluator does. Our own checkpoints use the same format."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from .config import parse_config, read_yaml
+from .errors import CheckpointError, ConfigError
+from .model import HieraMamba, build_model
+
+
+def _load_pth(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / foreign files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
+                              f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict with 'model'/'model_ema', got {type(obj).__name__}")
+    return obj
+
+
+def check_state_dict(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Strict key and shape comparison with a message that says what differs."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        def head(items):
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {head(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {head(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches: {head(mismatched)}")
+        raise CheckpointError(f"{source} does not match the configuration: " + "; ".join(parts))
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: non-finite values in {', '.join(bad[:5])}")
+
+
+def load_experiment(folder, ckpt: str = "last", use_ema: bool = True, mask_semantics: str = "official",
+                    dtype: torch.dtype = torch.float32, device="cpu"):
+    """Load an official (or our own) experiment folder. Returns ``(model, opt)`` with the model
+    in eval mode; ``opt`` is the merged eval config."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"experiment folder not found: {folder}")
+    opt_path = folder / "opt.yaml"
+    if not opt_path.is_file():
+        raise CheckpointError(f"{folder} has no opt.yaml (an experiment folder holds opt.yaml and models/)")
+    opt = parse_config(read_yaml(opt_path), is_training=False, source=str(opt_path))
+    weights_path = folder / "models" / f"{ckpt}.pth"
+    blob = _load_pth(weights_path)
+    key = "model_ema" if use_ema else "model"
+    if key not in blob:
+        raise CheckpointError(f"{weights_path}: no '{key}' entry (has {sorted(blob)})")
+    model = build_model(opt, mask_semantics=mask_semantics)
+    check_state_dict(model, blob[key], f"{weights_path}['{key}']")
+    model.load_state_dict(blob[key], strict=True)
+    return model.to(device=device, dtype=dtype).eval(), opt
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_experiment(folder, model: HieraMamba, opt_raw: dict, ckpt: str = "last", ema_state: dict | None = None,
+                    train_state: dict | None = None) -> Path:
+    """Write ``opt.yaml``, ``models/<ckpt>.pth`` (``model`` and ``model_ema``; the EMA defaults to
+    the model weights) and optionally ``states/<ckpt>.pth``. ``opt_raw`` is the config as
+    written by the user (not the merged one) so the folder reloads like an official one."""
+    folder = Path(folder)
+    if not isinstance(opt_raw, dict) or "model" not in opt_raw:
+        raise ConfigError("save_experiment needs the raw config dict with a 'model' section")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ema = {k: v.detach().cpu() for k, v in (ema_state or state).items()}
+    _atomic_save({"model": state, "model_ema": ema}, folder / "models" / f"{ckpt}.pth")
+    if train_state is not None:
+        _atomic_save(train_state, folder / "states" / f"{ckpt}.pth")
+    tmp = folder / "opt.yaml.tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(opt_raw, f, sort_keys=False)
+    os.replace(tmp, folder / "opt.yaml")
+    return folder

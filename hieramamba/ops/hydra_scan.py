@@ -1,0 +1,482 @@
+"""HydraScan: Hydra's bidirectional, shifted SSD scan (DESIGN §2, REFERENCE §7).
+
+This module is the only place the scan math lives. Per head ``h`` (state ``S ∈ R^{P×N}``)::
+
+    Δ_t  = softplus(dt_t + dt_bias_h)      (torch softplus, threshold 20: identity above 20)
+    a_t  = exp(Δ_t · A_h)                    (A_h < 0, i.e. A = -exp(A_log))
+    fwd: S^f_t = a^f_t S^f_{t-1} + Δ^f_t · x_t ⊗ B^f_t, s^f_t = S^f_t · C^f_t (S^f_{-1} = state_f0)
+    bwd: S^b_t = a^b_t S^b_{t+1} + Δ^b_t · x_t ⊗ B^b_t, s^b_t = S^b_t · C^b_t (S^b_L = state_b0)
+    y[t] = s^f_{t-1} (0 at t = 0)  +  s^b_{t+1} (0 at t = L-1)
+
+Head ``h`` reads group ``h // (H // G)`` of ``B_*``/``C_*``. There is no D/skip term (the module
+adds it). Returned states: ``state_f = S^f_{L-1}`` and ``state_b = S^b_0``.
+
+Precision: Δ, A·Δ, their segment sums, exponentials and states are fp32 (fp64 when ``x`` is fp64),
+whatever the input dtype; ``y`` comes back in ``x``'s dtype, the states in that compute dtype.
+
+Chunked callers — the boundary term of the one-step shift
+---------------------------------------------------------
+Split the time axis into pieces ``[.., m)`` and ``[m, ..)``. Carrying states makes every
+position exact except the two positions next to the cut, because the shift makes ``y`` at the
+first position of a piece read ``C`` from the *previous* piece, and ``y`` at the last position read
+``C`` from the *next* piece; the op only ever sees its own piece, so it zero-fills them.
+The caller adds them back::
+
+    right piece:  state_f0 = state_f of the left piece
+                  y_right[:, 0] += scan_boundary_term(state_f(left), C_f_left[:, -1])
+    left piece:   state_b0 = state_b of the right piece
+                  y_left[:, -1] += scan_boundary_term(state_b(right), C_b_right[:, 0])
+
+With these additions the pieces reproduce the whole-sequence scan up to rounding (tested).
+Note the data flow: the right piece needs the left piece's forward state and the left piece needs
+the right piece's backward state; ``state_b`` of a piece depends only on that piece and its own
+``state_b0`` (``state_f`` likewise only on ``state_f0``), so a two-pass schedule (right→left for
+backward states, then left→right) is exact.
+
+Implementations
+---------------
+``hydra_scan_reference`` is the differentiable pure-PyTorch chunked SSD (within-chunk quadratic
+form with stable segment sums, between-chunk state passing). It runs on any device, in fp64, and
+under ``torch.export`` with dynamic batch and length (no ``.item()``, no data-dependent Python
+values, no in-place writes on inputs). The backward direction uses reverse-time segment sums
+(transposed decay matrices), no flipped copies. ``chunk_size`` only affects rounding: eagerly the
+chunk is ``min(chunk_size, L)``; when traced with a symbolic L it is ``chunk_size`` and one spare
+all-zero chunk is added (keeps the chunk count ≥ 2, see the code).
+
+``hydra_scan`` validates its inputs, makes them contiguous and calls the custom op
+``torch.ops.hieramamba.hydra_scan`` (schema: 9 tensors, 2 optional tensors, ``int chunk_size``).
+The op runs a native kernel registered with ``register_kernel`` for the input's device type and
+dtype, else the reference. Its autograd recomputes through the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import InputError
+
+__all__ = [
+    "hydra_scan",
+    "hydra_scan_reference",
+    "scan_boundary_term",
+    "register_kernel",
+    "unregister_kernel",
+]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _compute_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    # Never below fp32; fp64 stays fp64 so the reference can be checked to ~1e-12.
+    return torch.float64 if x_dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# Pure-PyTorch chunked reference
+# --------------------------------------------------------------------------------------------
+
+
+def _segsum(a: Tensor) -> Tensor:
+    """``a [..., T] -> [..., T, T]``: ``out[i, j] = Σ_{r=j+1..i} a_r`` (i ≥ j), ``-inf`` above.
+
+    Built by cumsum of a masked copy rather than differences of one cumsum, so every entry is an
+    exact segment sum (no cancellation between large prefix sums).
+    """
+    T = a.shape[-1]
+    # Triangle masks from index comparisons (cheap; fine with a symbolic T).
+    idx = torch.arange(T, device=a.device)
+    below = idx.unsqueeze(-1) > idx  # [i, j]: i > j
+    x = a.unsqueeze(-1).expand(*a.shape, T)  # x[..., i, j] = a_i
+    x = x.masked_fill(~below, 0.0)  # keep a_i only for i > j
+    s = torch.cumsum(x, dim=-2)
+    return s.masked_fill(idx.unsqueeze(-1) < idx, float("-inf"))  # i < j: unreachable
+
+
+def _ssd_direction(X: Tensor, a: Tensor, Bm: Tensor, Cm: Tensor, S0: Tensor, reverse: bool):
+    """One direction of the (unshifted) chunked SSD scan.
+
+    X [b,c,l,g,r,p] = Δ·x;  a [b,g,r,c,l] = Δ·A;  Bm, Cm [b,c,l,g,n];  S0 [b,g,r,p,n] incoming state
+    (from the left when forward, from the right when reverse).
+    Returns s [b,c,l,g,r,p] (s_t = S_t·C_t) and the outgoing state [b,g,r,p,n].
+    """
+    if not reverse:
+        # M[t, s] = exp(Σ_{r=s+1..t} a_r) for t ≥ s: how x_s reaches S_t.
+        M = torch.exp(_segsum(a))
+        w_state = M[..., -1, :]  # x_s -> state at the chunk's right edge
+        w_out = M[..., :, 0] * torch.exp(a[..., :1])  # exp(Σ_{r=0..t} a_r): incoming state -> S_t
+    else:
+        # M[t, s] = exp(Σ_{r=t..s-1} a_r) for s ≥ t. With a'_r = a_{r-1} that is segsum(a')[s, t],
+        # so the reverse-time matrix is a transpose: no flipped copies of the inputs.
+        a_shift = F.pad(a[..., :-1], (1, 0))
+        M = torch.exp(_segsum(a_shift)).transpose(-1, -2)
+        w_state = M[..., 0, :]  # x_s -> state at the chunk's left edge
+        w_out = M[..., :, -1] * torch.exp(a[..., -1:])  # exp(Σ_{r=t..l-1} a_r)
+
+    # Within-chunk (quadratic, attention-like) part. CB is per group, M per head.
+    CB = torch.einsum("bclgn,bcsgn->bcgls", Cm, Bm)
+    y_diag = torch.einsum("bcgls,bgrcls,bcsgrp->bclgrp", CB, M, X)
+
+    # Each chunk's own contribution to the state at its outgoing edge.
+    local = torch.einsum("bcsgn,bgrcs,bcsgrp->bcgrpn", Bm, w_state, X)
+
+    # Between chunks: the same segment-sum trick over chunk totals (nc+1 entries with the
+    # incoming state as an extra slot). Forward uses D, reverse its transpose.
+    tot = a.sum(-1)  # [b,g,r,c]
+    D = torch.exp(_segsum(F.pad(tot, (1, 0))))  # [b,g,r,c+1,c+1]
+    if not reverse:
+        st = torch.cat([S0.unsqueeze(1), local], dim=1)  # slot 0 = incoming state
+        new = torch.einsum("bgrzk,bkgrpn->bzgrpn", D, st)
+        S_in, S_out = new[:, :-1], new[:, -1]
+    else:
+        st = torch.cat([local, S0.unsqueeze(1)], dim=1)  # last slot = incoming state
+        new = torch.einsum("bgrkz,bkgrpn->bzgrpn", D, st)
+        S_in, S_out = new[:, 1:], new[:, 0]
+
+    # Contribution of the state entering each chunk.
+    y_off = torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cm, S_in, w_out)
+    return y_diag + y_off, S_out
+
+
+def hydra_scan_reference(
+    x: Tensor,
+    dt_f: Tensor,
+    dt_b: Tensor,
+    A: Tensor,
+    dt_bias: Tensor,
+    B_f: Tensor,
+    C_f: Tensor,
+    B_b: Tensor,
+    C_b: Tensor,
+    state_f0: Optional[Tensor] = None,
+    state_b0: Optional[Tensor] = None,
+    chunk_size: int = 256,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Differentiable pure-PyTorch HydraScan (see module docstring). No input validation."""
+    bsz, L, H, P = x.shape
+    G, N = B_f.shape[2], B_f.shape[3]
+    R = H // G
+    Q = int(chunk_size)
+    cd = _compute_dtype(x.dtype)
+
+    # Equal lengths/batches stated up front, so torch.export can merge the per-input symbols
+    # before any shape arithmetic (no-ops in eager).
+    for t in (dt_f, dt_b, B_f, C_f, B_b, C_b):
+        torch._check(t.shape[0] == bsz)
+        torch._check(t.shape[1] == L)
+
+    # Time layout: L rows, then zero rows up to nc·Q (chunks of Q rows). Padded rows have Δ = 0
+    # exactly (masked after softplus) and zero x, B, C: no input and decay exp(0) = 1, so they
+    # leave every state untouched.
+    # Rows are moved with index_select and masks instead of pad/slice, whose bounds checks would
+    # need floor arithmetic that torch.export cannot prove.
+    if isinstance(L, torch.SymInt):
+        # Tracing (torch.export): one floor division with nc ≥ 2 always (one spare zero chunk),
+        # so there is no 0/1 specialisation of nc; one exported program serves every L.
+        nc = (L + 2 * Q - 1) // Q
+    else:
+        # Eager: L is known, so use the fewest chunks and no chunk longer than L. Only rounding
+        # differs from the traced layout (zero rows contribute exact zeros).
+        Q = max(1, min(Q, L))
+        nc = (L + Q - 1) // Q
+    pos = torch.arange(nc * Q, device=x.device)  # time index of each padded row
+    valid = pos < L
+    src = torch.where(valid, pos, 0)
+
+    def padded(t: Tensor) -> Tensor:  # [b, L, ...] -> [b, nc, Q, ...], zero rows outside [0, L)
+        t = t.to(cd).index_select(1, src)
+        t = torch.where(valid.view(1, -1, *([1] * (t.dim() - 2))), t, 0.0)
+        return t.reshape(bsz, -1, Q, *t.shape[2:])
+
+    def delta(dt: Tensor) -> Tensor:  # -> [b, nc, Q, G, R]
+        d = F.softplus(dt.to(cd) + dt_bias.to(cd))  # threshold 20, as mamba's kernels
+        return padded(d).reshape(bsz, -1, Q, G, R)
+
+    xc = padded(x).reshape(bsz, -1, Q, G, R, P)
+    A_ = A.to(cd).reshape(G, R)
+
+    def zeros_or(state: Optional[Tensor]) -> Tensor:
+        if state is None:
+            return x.new_zeros((bsz, G, R, P, N), dtype=cd)
+        return state.to(cd).reshape(bsz, G, R, P, N)
+
+    outs = []
+    for dt, Bm, Cm, S0, reverse in (
+        (dt_f, B_f, C_f, state_f0, False),
+        (dt_b, B_b, C_b, state_b0, True),
+    ):
+        d = delta(dt)  # [b,c,l,g,r]
+        X = xc * d.unsqueeze(-1)
+        a = (d * A_).permute(0, 3, 4, 1, 2)  # [b,g,r,c,l]
+        s, S = _ssd_direction(X, a, padded(Bm), padded(Cm), zeros_or(S0), reverse)
+        outs.append((s.reshape(bsz, -1, H, P), S.reshape(bsz, H, P, N)))
+    (s_f, state_f), (s_b, state_b) = outs
+
+    # One-step shift, zero-filled: y_fw[t] = s^f_{t-1} (t ≥ 1), y_bw[t] = s^b_{t+1} (t ≤ L-2).
+    t = torch.arange(L, device=x.device)
+    has_prev, has_next = (t >= 1).view(1, -1, 1, 1), (t < L - 1).view(1, -1, 1, 1)
+    y_fw = torch.where(has_prev, s_f.index_select(1, torch.where(t >= 1, t - 1, 0)), 0.0)
+    y_bw = torch.where(has_next, s_b.index_select(1, torch.where(t < L - 1, t + 1, 0)), 0.0)
+    y = (y_fw + y_bw).to(x.dtype)
+    return y, state_f.contiguous(), state_b.contiguous()
+
+
+def scan_boundary_term(state: Tensor, C_row: Tensor) -> Tensor:
+    """Boundary term of the one-step shift for chunked callers (see module docstring).
+
+    ``state [B,H,P,N]`` (a piece's ``state_f`` or ``state_b``), ``C_row [B,G,N]`` (the neighbouring
+    piece's last ``C_f`` row, resp. first ``C_b`` row) -> ``state · C_row`` as ``[B,H,P]``, in the
+    promoted dtype of both (at least fp32); cast it when adding to a lower-precision ``y``.
+    """
+    if not isinstance(state, Tensor) or state.dim() != 4:
+        raise InputError(f"scan_boundary_term: state must be a 4-D tensor [B, H, P, N], got "
+                         f"{_describe(state)}")
+    if not isinstance(C_row, Tensor) or C_row.dim() != 3:
+        raise InputError(f"scan_boundary_term: C_row must be a 3-D tensor [B, G, N], got "
+                         f"{_describe(C_row)}")
+    bsz, H, P, N = state.shape
+    G = C_row.shape[1]
+    if C_row.shape[0] != bsz or C_row.shape[2] != N or G == 0 or H % G != 0:
+        raise InputError(
+            f"scan_boundary_term: C_row must have shape [B={bsz}, G, N={N}] with H={H} divisible "
+            f"by G, got {list(C_row.shape)}")
+    if C_row.device != state.device:
+        raise InputError(f"scan_boundary_term: C_row is on {C_row.device}, state on {state.device}")
+    cd = torch.promote_types(torch.promote_types(state.dtype, C_row.dtype), torch.float32)
+    s = state.to(cd).reshape(bsz, G, H // G, P, N)
+    return torch.einsum("bgrpn,bgn->bgrp", s, C_row.to(cd)).reshape(bsz, H, P)
+
+
+# --------------------------------------------------------------------------------------------
+# Native-kernel registry
+# --------------------------------------------------------------------------------------------
+
+_KERNELS: dict[str, tuple[Callable, frozenset]] = {}
+
+
+def register_kernel(
+    device_type: str,
+    fn: Callable,
+    dtypes=(torch.float32, torch.float16, torch.bfloat16),
+) -> None:
+    """Plug a native HydraScan kernel in for ``device_type`` (e.g. ``"cuda"``, ``"cpu"``).
+
+    ``fn`` takes the arguments of ``hydra_scan`` (positionally, states possibly ``None``) and
+    returns the same triple. It is used when the op's input ``x`` is on ``device_type`` with a
+    dtype in ``dtypes``; anything else falls back to the reference. The choice is made when the op
+    runs, so it is never baked into an exported program. Gradients are always recomputed by the
+    reference. Registering again replaces the previous kernel.
+    """
+    if not callable(fn):
+        raise InputError(f"register_kernel: fn must be callable, got {type(fn).__name__}")
+    if not isinstance(device_type, str) or not device_type:
+        raise InputError(
+            f"register_kernel: device_type must be a non-empty str, got {device_type!r}")
+    _KERNELS[device_type] = (fn, frozenset(dtypes))
+
+
+def unregister_kernel(device_type: str) -> bool:
+    """Remove the kernel for ``device_type``; returns whether one was registered."""
+    return _KERNELS.pop(device_type, None) is not None
+
+
+def _select_impl(x: Tensor) -> Callable:
+    entry = _KERNELS.get(x.device.type)
+    if entry is not None and x.dtype in entry[1]:
+        return entry[0]
+    return hydra_scan_reference
+
+
+# --------------------------------------------------------------------------------------------
+# The custom op
+# --------------------------------------------------------------------------------------------
+
+# device_types=None registers the body as the default (CompositeExplicitAutograd) kernel for every
+# device: the reference is device-agnostic torch code, so one registration serves CPU, CUDA, ...
+# Native kernels go through the Python registry above instead of per-device torch.library impls,
+# because a per-device impl would replace the reference for every dtype on that device, while the
+# registry can fall back per dtype (e.g. fp64 on CUDA).
+@torch.library.custom_op("hieramamba::hydra_scan", mutates_args=())
+def _hydra_scan_op(
+    x: Tensor,
+    dt_f: Tensor,
+    dt_b: Tensor,
+    A: Tensor,
+    dt_bias: Tensor,
+    B_f: Tensor,
+    C_f: Tensor,
+    B_b: Tensor,
+    C_b: Tensor,
+    state_f0: Optional[Tensor],
+    state_b0: Optional[Tensor],
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    fn = _select_impl(x)
+    with torch.no_grad():
+        y, sf, sb = fn(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0,
+                       chunk_size)
+    # Dense outputs for whatever consumes them (an exporter, a plugin); copies only if needed.
+    return y.contiguous(), sf.contiguous(), sb.contiguous()
+
+
+@_hydra_scan_op.register_fake
+def _hydra_scan_fake(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0, chunk_size):
+    bsz, _, H, P = x.shape
+    N = B_f.shape[-1]
+    sd = _compute_dtype(x.dtype)
+    return (
+        x.new_empty(x.shape),
+        x.new_empty((bsz, H, P, N), dtype=sd),
+        x.new_empty((bsz, H, P, N), dtype=sd),
+    )
+
+
+_N_TENSOR_ARGS = 11  # everything but chunk_size
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.chunk_size = inputs[_N_TENSOR_ARGS]
+    ctx.save_for_backward(*inputs[:_N_TENSOR_ARGS])  # None states are saved as None
+
+
+def _backward(ctx, grad_y, grad_sf, grad_sb):
+    # Recompute through the differentiable reference (also when a native kernel ran forward).
+    # First-order only: the returned gradients carry no graph.
+    saved = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:_N_TENSOR_ARGS]
+    with torch.enable_grad():
+        leaves = [
+            None if t is None else t.detach().requires_grad_(bool(need))
+            for t, need in zip(saved, needs)
+        ]
+        outs = hydra_scan_reference(*leaves, chunk_size=ctx.chunk_size)
+        pairs = [(o, g) for o, g in zip(outs, (grad_y, grad_sf, grad_sb)) if g is not None]
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        grads = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
+            )
+            if wanted and pairs
+            else [None] * len(wanted)
+        )
+    result = [next(grads) if (t is not None and t.requires_grad) else None for t in leaves]
+    return (*result, None)
+
+
+_hydra_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(t) -> str:
+    if isinstance(t, Tensor):
+        return f"tensor of shape {list(t.shape)}, dtype {t.dtype}, device {t.device}"
+    return f"{type(t).__name__}"
+
+
+def _validate(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0, chunk_size):
+    def need_tensor(name, t, ndim, layout):
+        if not isinstance(t, Tensor):
+            raise InputError(f"hydra_scan: {name} must be a tensor {layout}, got {_describe(t)}")
+        if t.dim() != ndim:
+            raise InputError(f"hydra_scan: {name} must be {ndim}-D {layout}, got shape "
+                             f"{list(t.shape)}")
+
+    def need_shape(name, t, layout, expected):
+        if tuple(t.shape) != tuple(expected):
+            raise InputError(f"hydra_scan: {name} must have shape {layout} = {list(expected)}, "
+                             f"got {list(t.shape)}")
+
+    need_tensor("x", x, 4, "[B, L, H, P]")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise InputError(f"hydra_scan: x must be float32/float16/bfloat16/float64, got {x.dtype}")
+    bsz, L, H, P = x.shape
+    if bsz == 0 or L == 0 or H == 0 or P == 0:
+        raise InputError(f"hydra_scan: x [B, L, H, P] must not be empty, got {list(x.shape)}")
+
+    need_tensor("B_f", B_f, 4, "[B, L, G, N]")
+    G, N = B_f.shape[2], B_f.shape[3]
+    if G == 0 or N == 0:
+        raise InputError(f"hydra_scan: B_f [B, L, G, N] must not be empty, got {list(B_f.shape)}")
+    if H % G != 0:
+        raise InputError(f"hydra_scan: number of heads H={H} (x.shape[2]) must be divisible by "
+                         f"the number of groups G={G} (B_f.shape[2])")
+    for name, t in (("B_f", B_f), ("C_f", C_f), ("B_b", B_b), ("C_b", C_b)):
+        need_tensor(name, t, 4, "[B, L, G, N]")
+        need_shape(name, t, "[B, L, G, N]", (bsz, L, G, N))
+        if t.dtype != x.dtype:
+            raise InputError(f"hydra_scan: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+
+    param_dtypes = {torch.float32, x.dtype}
+    allowed = " or ".join(sorted(str(d) for d in param_dtypes))
+    for name, t, ndim, layout, shape in (
+        ("dt_f", dt_f, 3, "[B, L, H]", (bsz, L, H)),
+        ("dt_b", dt_b, 3, "[B, L, H]", (bsz, L, H)),
+        ("A", A, 1, "[H]", (H,)),
+        ("dt_bias", dt_bias, 1, "[H]", (H,)),
+    ):
+        need_tensor(name, t, ndim, layout)
+        need_shape(name, t, layout, shape)
+        if t.dtype not in param_dtypes:
+            raise InputError(f"hydra_scan: {name} must have dtype {allowed}, got {t.dtype}")
+
+    state_dtypes = {torch.float32, _compute_dtype(x.dtype)}
+    allowed = " or ".join(sorted(str(d) for d in state_dtypes))
+    for name, t in (("state_f0", state_f0), ("state_b0", state_b0)):
+        if t is None:
+            continue
+        need_tensor(name, t, 4, "[B, H, P, N]")
+        need_shape(name, t, "[B, H, P, N]", (bsz, H, P, N))
+        if t.dtype not in state_dtypes:
+            raise InputError(f"hydra_scan: {name} must have dtype {allowed}, got {t.dtype}")
+
+    named = (("dt_f", dt_f), ("dt_b", dt_b), ("A", A), ("dt_bias", dt_bias), ("B_f", B_f),
+             ("C_f", C_f), ("B_b", B_b), ("C_b", C_b), ("state_f0", state_f0),
+             ("state_b0", state_b0))
+    for name, t in named:
+        if t is not None and t.device != x.device:
+            raise InputError(f"hydra_scan: {name} is on device {t.device}, expected x's device "
+                             f"{x.device}")
+
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InputError(f"hydra_scan: chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def hydra_scan(
+    x: Tensor,
+    dt_f: Tensor,
+    dt_b: Tensor,
+    A: Tensor,
+    dt_bias: Tensor,
+    B_f: Tensor,
+    C_f: Tensor,
+    B_b: Tensor,
+    C_b: Tensor,
+    state_f0: Optional[Tensor] = None,
+    state_b0: Optional[Tensor] = None,
+    chunk_size: int = 256,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Hydra's bidirectional shifted SSD scan (module docstring has the math and chunk contract).
+
+    x [B,L,H,P]; dt_f, dt_b [B,L,H] raw (before softplus); A [H] (negative); dt_bias [H];
+    B_f, C_f, B_b, C_b [B,L,G,N] with H % G == 0; state_f0 / state_b0 [B,H,P,N] optional (zero).
+    x, B, C: float32/float16/bfloat16/float64 (all the same); dt, A, dt_bias: float32 or x's dtype;
+    states: float32 or the compute dtype. Non-contiguous inputs are made contiguous.
+    Returns (y [B,L,H,P] in x's dtype, state_f = S^f_{L-1}, state_b = S^b_0), the states in fp32
+    (fp64 for fp64 x). Raises ``InputError`` on bad shapes, dtypes or devices.
+    """
+    _validate(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0, chunk_size)
+
+    def c(t):
+        return None if t is None else t.contiguous()
+
+    return _hydra_scan_op(
+        c(x), c(dt_f), c(dt_b), c(A), c(dt_bias), c(B_f), c(C_f), c(B_b), c(C_b),
+        c(state_f0), c(state_b0), int(chunk_size),
+    )

@@ -1,0 +1,277 @@
+"""Native HydraScan kernels through the C ABI of ``libhieramamba_plugins`` (``plugins/``).
+
+The library is built by the top-level ``CMakeLists.txt``::
+
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j
+
+and found, in this order, at ``$HIERAMAMBA_PLUGIN_LIB`` (the file, or a folder holding it),
+``<repo>/build/libhieramamba_plugins.so`` and next to the ``hieramamba`` package. Nothing is loaded
+at import time; the first call that needs the library loads it once per process.
+
+``native_hydra_scan_cpu`` has the calling convention of a kernel for
+``hieramamba.ops.hydra_scan.register_kernel("cpu", fn)``::
+
+    fn(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0[, chunk_size])
+        -> (y in x's dtype, state_f fp32, state_b fp32)
+
+``register_native_cpu_kernel()`` does that registration when the library is available.
+The C ABI itself (plugins/capi/hmCApi.h) also exposes the CUDA kernel (``hm_hydra_scan_cuda``)
+for device pointers; it is not wrapped here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+from ..errors import BackendUnavailableError, HieraMambaError, InputError
+
+__all__ = [
+    "ABI_VERSION",
+    "LIBRARY_ENV",
+    "BUILD_COMMAND",
+    "library_candidates",
+    "load_native_library",
+    "native_library_info",
+    "native_hydra_scan_cpu",
+    "register_native_cpu_kernel",
+]
+
+ABI_VERSION = 1  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
+LIBRARY_ENV = "HIERAMAMBA_PLUGIN_LIB"
+BUILD_COMMAND = "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j"
+
+# Return codes and dtype codes of the C ABI (plugins/hydra_scan/hydraScanKernel.h).
+_HM_OK, _HM_ERR_INVALID_ARGUMENT, _HM_ERR_UNSUPPORTED, _HM_ERR_RUNTIME = 0, 1, 2, 3
+_ERR_LEN = 1024
+
+
+def _library_file_name() -> str:
+    if sys.platform == "darwin":
+        return "libhieramamba_plugins.dylib"
+    if sys.platform == "win32":
+        return "hieramamba_plugins.dll"
+    return "libhieramamba_plugins.so"
+
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+class _HmScanShape(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64)
+                for name in ("batch", "length", "heads", "headdim", "groups", "dstate")]
+
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_lib_path: Optional[Path] = None
+
+
+def library_candidates() -> list[Path]:
+    """Where the library is looked for, in order."""
+    name = _library_file_name()
+    paths = []
+    env = os.environ.get(LIBRARY_ENV)
+    if env:
+        p = Path(env).expanduser()
+        paths.append(p / name if p.is_dir() else p)
+    paths.append(_REPO_ROOT / "build" / name)
+    paths.append(_PACKAGE_DIR / name)
+    return paths
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    vp, i32 = ctypes.c_void_p, ctypes.c_int
+    shape_p = ctypes.POINTER(_HmScanShape)
+    lib.hm_abi_version.argtypes, lib.hm_abi_version.restype = [], i32
+    lib.hm_version.argtypes, lib.hm_version.restype = [], ctypes.c_char_p
+    lib.hm_has_cuda.argtypes, lib.hm_has_cuda.restype = [], i32
+    lib.hm_hydra_scan_validate.argtypes = [shape_p, i32, i32, ctypes.c_char_p, i32]
+    lib.hm_hydra_scan_validate.restype = i32
+    lib.hm_hydra_scan_workspace_size.argtypes = [shape_p, i32]
+    lib.hm_hydra_scan_workspace_size.restype = ctypes.c_size_t
+    # shape, dtype, dt_dtype, 9 inputs, 2 initial states, y, 2 states, threads, err, errlen
+    lib.hm_hydra_scan_cpu.argtypes = [shape_p, i32, i32] + [vp] * 14 + [i32, ctypes.c_char_p, i32]
+    lib.hm_hydra_scan_cpu.restype = i32
+    # Same pointers (device memory), then workspace, workspace bytes, cudaStream_t, err, errlen.
+    lib.hm_hydra_scan_cuda.argtypes = [shape_p, i32, i32] + [vp] * 14 + [
+        vp, ctypes.c_size_t, vp, ctypes.c_char_p, i32]
+    lib.hm_hydra_scan_cuda.restype = i32
+
+
+def _try_load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))  # CDLL releases the GIL during calls
+    _bind(lib)
+    abi = lib.hm_abi_version()
+    if abi != ABI_VERSION:
+        raise BackendUnavailableError(
+            f"{path} has C ABI version {abi}, this hieramamba expects {ABI_VERSION}: the library is "
+            f"stale; rebuild it from the repository root with: {BUILD_COMMAND}")
+    return lib
+
+
+def load_native_library(required: bool = False) -> Optional[ctypes.CDLL]:
+    """Load ``libhieramamba_plugins`` (once per process) and return it.
+
+    Returns ``None`` when it is not found and ``required`` is false; raises
+    ``BackendUnavailableError`` (naming every path tried and the build command) when ``required``.
+    A library that exists but cannot be loaded, or has another ABI version, is reported the same way.
+    """
+    global _lib, _lib_path
+    with _lock:
+        if _lib is not None:
+            return _lib
+        tried = []
+        for path in library_candidates():
+            if not path.is_file():
+                tried.append(f"{path} (not found)")
+                continue
+            try:
+                lib = _try_load(path)
+            except (OSError, AttributeError, BackendUnavailableError) as e:
+                tried.append(f"{path} (unusable: {e})")
+                continue
+            _lib, _lib_path = lib, path
+            return lib
+    if required:
+        raise BackendUnavailableError(
+            "the native HydraScan library libhieramamba_plugins is not available. Searched: "
+            + "; ".join(tried)
+            + f". Build it from the repository root ({_REPO_ROOT}) with: {BUILD_COMMAND} "
+            + f"(needs cmake and a C++17 compiler), or point ${LIBRARY_ENV} at the built file.")
+    return None
+
+
+def native_library_info() -> Optional[dict]:
+    """``{"path", "version", "has_cuda", "abi"}`` of the loaded library, or ``None`` if unavailable."""
+    lib = load_native_library(required=False)
+    if lib is None:
+        return None
+    return {
+        "path": str(_lib_path),
+        "version": lib.hm_version().decode(),
+        "has_cuda": bool(lib.hm_has_cuda()),
+        "abi": lib.hm_abi_version(),
+    }
+
+
+def _raise_for(code: int, err: ctypes.Array) -> None:
+    message = err.value.decode(errors="replace") or f"error code {code}"
+    if code == _HM_ERR_INVALID_ARGUMENT:
+        raise InputError(message)
+    if code == _HM_ERR_UNSUPPORTED:
+        raise BackendUnavailableError(message)
+    raise HieraMambaError(message)
+
+
+def native_hydra_scan_cpu(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
+                          state_f0=None, state_b0=None, chunk_size: int = 256,
+                          num_threads: Optional[int] = None):
+    """HydraScan on CPU tensors with the C++ kernel; returns ``(y, state_f, state_b)``.
+
+    Shapes: ``x [B,L,H,P]``, ``dt_f, dt_b [B,L,H]``, ``A, dt_bias [H]``, ``B_f, C_f, B_b, C_b
+    [B,L,G,N]`` (G divides H), optional ``state_f0, state_b0 [B,H,P,N]`` float32. ``x`` and the B/C
+    tensors share one dtype (float32, float16 or bfloat16); ``y`` comes back in it, the states in
+    float32. ``dt_f, dt_b, A, dt_bias`` are passed as they are when all four are float32 or all
+    have x's dtype, otherwise they are converted to float32 (all math is fp32 anyway).
+    ``chunk_size`` is accepted for the op's calling convention; the sequential kernel does not
+    need it. ``num_threads`` defaults to ``torch.get_num_threads()``.
+    Every tensor must be a contiguous CPU tensor; violations raise ``InputError``.
+    """
+    import torch  # deferred: loading the library must not require torch
+
+    lib = load_native_library(required=True)
+    dtype_codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+    named = {"x": x, "dt_f": dt_f, "dt_b": dt_b, "A": A, "dt_bias": dt_bias,
+             "B_f": B_f, "C_f": C_f, "B_b": B_b, "C_b": C_b}
+    if state_f0 is not None:
+        named["state_f0"] = state_f0
+    if state_b0 is not None:
+        named["state_b0"] = state_b0
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"native_hydra_scan_cpu: {name} must be a torch.Tensor, got "
+                             f"{type(t).__name__}")
+        if t.device.type != "cpu":
+            raise InputError(f"native_hydra_scan_cpu: {name} must be on the CPU, got {t.device}")
+        if not t.is_contiguous():
+            raise InputError(f"native_hydra_scan_cpu: {name} must be contiguous (call .contiguous()), "
+                             f"got strides {t.stride()} for shape {list(t.shape)}")
+
+    if x.dim() != 4:
+        raise InputError(f"native_hydra_scan_cpu: x must be 4-D [B, L, H, P], got shape {list(x.shape)}")
+    if x.dtype not in dtype_codes:
+        raise InputError(f"native_hydra_scan_cpu: x must be float32, float16 or bfloat16, got {x.dtype}")
+    bsz, L, H, P = x.shape
+    if B_f.dim() != 4:
+        raise InputError(f"native_hydra_scan_cpu: B_f must be 4-D [B, L, G, N], got shape "
+                         f"{list(B_f.shape)}")
+    G, N = B_f.shape[2], B_f.shape[3]
+    if G < 1 or H % G != 0:
+        raise InputError(f"native_hydra_scan_cpu: heads H={H} (x.shape[2]) must be divisible by groups "
+                         f"G={G} (B_f.shape[2])")
+    expected = {
+        "dt_f": (bsz, L, H), "dt_b": (bsz, L, H), "A": (H,), "dt_bias": (H,),
+        "B_f": (bsz, L, G, N), "C_f": (bsz, L, G, N), "B_b": (bsz, L, G, N), "C_b": (bsz, L, G, N),
+        "state_f0": (bsz, H, P, N), "state_b0": (bsz, H, P, N),
+    }
+    for name, t in named.items():
+        if name != "x" and tuple(t.shape) != expected[name]:
+            raise InputError(f"native_hydra_scan_cpu: {name} must have shape {list(expected[name])}, "
+                             f"got {list(t.shape)}")
+    for name in ("B_f", "C_f", "B_b", "C_b"):
+        if named[name].dtype != x.dtype:
+            raise InputError(f"native_hydra_scan_cpu: {name} must have x's dtype {x.dtype}, got "
+                             f"{named[name].dtype}")
+    for name in ("state_f0", "state_b0"):
+        if name in named and named[name].dtype != torch.float32:
+            raise InputError(f"native_hydra_scan_cpu: {name} must be float32, got {named[name].dtype}")
+    params = [dt_f, dt_b, A, dt_bias]
+    for name, t in zip(("dt_f", "dt_b", "A", "dt_bias"), params):
+        if not t.is_floating_point():
+            raise InputError(f"native_hydra_scan_cpu: {name} must be a floating tensor, got {t.dtype}")
+    dts = {t.dtype for t in params}
+    if len(dts) == 1 and next(iter(dts)) in (torch.float32, x.dtype):
+        dt_dtype = next(iter(dts))
+    else:  # mixed or other float types: fp32 holds every fp16/bf16 value exactly
+        params = [t.to(torch.float32) for t in params]
+        dt_dtype = torch.float32
+
+    y = torch.empty_like(x)
+    state_f = torch.empty((bsz, H, P, N), dtype=torch.float32)
+    state_b = torch.empty((bsz, H, P, N), dtype=torch.float32)
+    shape = _HmScanShape(bsz, L, H, P, G, N)
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
+
+    def ptr(t):
+        return None if t is None else t.data_ptr()
+
+    code = lib.hm_hydra_scan_cpu(
+        ctypes.byref(shape), dtype_codes[x.dtype], dtype_codes[dt_dtype],
+        ptr(x), ptr(params[0]), ptr(params[1]), ptr(params[2]), ptr(params[3]),
+        ptr(B_f), ptr(C_f), ptr(B_b), ptr(C_b), ptr(state_f0), ptr(state_b0),
+        ptr(y), ptr(state_f), ptr(state_b), threads, err, _ERR_LEN)
+    if code != _HM_OK:
+        _raise_for(code, err)
+    return y, state_f, state_b
+
+
+def register_native_cpu_kernel(required: bool = False) -> bool:
+    """Register ``native_hydra_scan_cpu`` as the op's CPU kernel when the library is available.
+
+    Returns whether it was registered; with ``required`` a missing library raises
+    ``BackendUnavailableError`` instead.
+    """
+    if load_native_library(required=required) is None:
+        return False
+    from .hydra_scan import register_kernel
+
+    register_kernel("cpu", native_hydra_scan_cpu)
+    return True

@@ -1,0 +1,57 @@
+/* C ABI of libhieramamba_plugins: what ctypes (hieramamba/ops/native.py) and other languages call.
+ *
+ * Every function returns HM_OK (0) or an HM_ERR_* code and writes a NUL-terminated message into
+ * err[0..errlen) on failure (err may be NULL). Tensors are dense row-major; shapes and dtype rules are
+ * in plugins/hydra_scan/hydraScanKernel.h and plugins/hydra_scan/README.md.
+ * Bump HM_ABI_VERSION whenever a signature or struct here changes: the Python loader refuses a library
+ * whose hm_abi_version() differs from the one it was written for. */
+#ifndef HIERAMAMBA_CAPI_H
+#define HIERAMAMBA_CAPI_H
+
+#include "../hydra_scan/hydraScanKernel.h"
+
+#define HM_ABI_VERSION 1
+
+#if defined(_WIN32)
+#define HM_API __declspec(dllexport)
+#else
+#define HM_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+HM_API int hm_abi_version(void);
+
+/* "hieramamba_plugins <version> (abi <n>; kernels: cpu[, cuda archs 80,90])" */
+HM_API const char* hm_version(void);
+
+/* 1 when the CUDA kernel was compiled into this library, else 0. */
+HM_API int hm_has_cuda(void);
+
+/* Checks shape and dtype codes without running anything. */
+HM_API int hm_hydra_scan_validate(const HmScanShape* shape, int dtype, int dt_dtype, char* err, int errlen);
+
+/* Bytes of device workspace hm_hydra_scan_cuda needs (0 for float32 y). */
+HM_API size_t hm_hydra_scan_workspace_size(const HmScanShape* shape, int dtype);
+
+/* CPU kernel, host pointers. dtype: x, B_*, C_*, y; dt_dtype: dt_f, dt_b, A, dt_bias (float32 or dtype).
+ * state_f0 / state_b0 may be NULL (zero initial state). num_threads <= 0: all hardware threads. */
+HM_API int hm_hydra_scan_cpu(const HmScanShape* shape, int dtype, int dt_dtype, const void* x, const void* dt_f,
+    const void* dt_b, const void* A, const void* dt_bias, const void* B_f, const void* C_f, const void* B_b,
+    const void* C_b, const float* state_f0, const float* state_b0, void* y, float* state_f, float* state_b,
+    int num_threads, char* err, int errlen);
+
+/* CUDA kernel, device pointers, asynchronous on `stream` (a cudaStream_t; NULL = legacy default stream).
+ * Always exported; returns HM_ERR_UNSUPPORTED when the library was built without CUDA. */
+HM_API int hm_hydra_scan_cuda(const HmScanShape* shape, int dtype, int dt_dtype, const void* x, const void* dt_f,
+    const void* dt_b, const void* A, const void* dt_bias, const void* B_f, const void* C_f, const void* B_b,
+    const void* C_b, const float* state_f0, const float* state_b0, void* y, float* state_f, float* state_b,
+    void* workspace, size_t workspace_size, HmCudaStream stream, char* err, int errlen);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* HIERAMAMBA_CAPI_H */

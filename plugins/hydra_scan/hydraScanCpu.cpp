@@ -1,0 +1,266 @@
+// CPU HydraScan: the sequential recurrence of REFERENCE §7, one (batch, head) per task.
+//
+// This is the portable kernel behind the torch op's CPU path and the reference the CUDA kernel is
+// checked against on a GPU. Both directions run over the same fp32 row buffer for y so the one-step
+// shift needs no flips or rolls: the forward output of step t lands in row t+1, the backward output
+// of step t in row t-1. Every row receives at most one term per direction added onto zero, so the
+// result does not depend on the order of the two directions (the CUDA kernel relies on the same).
+#include "hydraScanKernel.h"
+
+#include "../common/hmFloat16.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <exception>
+#include <thread>
+#include <vector>
+
+namespace hieramamba
+{
+namespace hydra_scan
+{
+namespace
+{
+
+// softplus with mamba's threshold: identity above 20, where log1p(exp(v)) == v in fp32 anyway.
+inline float softplus(float v)
+{
+    return v > 20.0f ? v : std::log1p(std::exp(v));
+}
+
+struct Scratch
+{
+    std::vector<float> state; // P*N, fp32 carry
+    std::vector<float> yAcc;  // L*P, fp32 sum of both shifted directions
+    std::vector<float> row;   // P, x_t of this head
+    std::vector<float> bRow;  // N
+    std::vector<float> cRow;  // N
+};
+
+template <typename T, typename Tdt>
+class HeadScanner
+{
+public:
+    HeadScanner(const HmScanShape& s, const HmScanTensors& t)
+        : s_(s)
+        , t_(t)
+    {
+    }
+
+    void operator()(int64_t b, int64_t h, Scratch& w) const
+    {
+        const int64_t L = s_.length;
+        const int64_t P = s_.headdim;
+        const int64_t N = s_.dstate;
+        w.state.resize(static_cast<size_t>(P * N));
+        w.yAcc.assign(static_cast<size_t>(L * P), 0.0f);
+        w.row.resize(static_cast<size_t>(P));
+        w.bRow.resize(static_cast<size_t>(N));
+        w.cRow.resize(static_cast<size_t>(N));
+
+        scanDirection(b, h, /*forward=*/true, w);
+        scanDirection(b, h, /*forward=*/false, w);
+
+        T* y = static_cast<T*>(t_.y);
+        for (int64_t t = 0; t < L; ++t)
+        {
+            T* yRow = y + ((b * L + t) * s_.heads + h) * P;
+            const float* acc = w.yAcc.data() + t * P;
+            for (int64_t p = 0; p < P; ++p)
+            {
+                yRow[p] = fromFloat<T>(acc[p]);
+            }
+        }
+    }
+
+private:
+    void scanDirection(int64_t b, int64_t h, bool forward, Scratch& w) const
+    {
+        const int64_t L = s_.length;
+        const int64_t H = s_.heads;
+        const int64_t P = s_.headdim;
+        const int64_t G = s_.groups;
+        const int64_t N = s_.dstate;
+        const int64_t g = h / (H / G);
+
+        const T* x = static_cast<const T*>(t_.x);
+        const Tdt* dt = static_cast<const Tdt*>(forward ? t_.dt_f : t_.dt_b);
+        const T* Bm = static_cast<const T*>(forward ? t_.B_f : t_.B_b);
+        const T* Cm = static_cast<const T*>(forward ? t_.C_f : t_.C_b);
+        const float* init = forward ? t_.state_f0 : t_.state_b0;
+        float* finalState = forward ? t_.state_f : t_.state_b;
+        const float A = toFloat(static_cast<const Tdt*>(t_.A)[h]);
+        const float bias = toFloat(static_cast<const Tdt*>(t_.dt_bias)[h]);
+
+        float* S = w.state.data();
+        const int64_t stateOffset = (b * H + h) * P * N;
+        if (init != nullptr)
+        {
+            std::copy(init + stateOffset, init + stateOffset + P * N, S);
+        }
+        else
+        {
+            std::fill(S, S + P * N, 0.0f);
+        }
+
+        float* xr = w.row.data();
+        float* br = w.bRow.data();
+        float* cr = w.cRow.data();
+        for (int64_t step = 0; step < L; ++step)
+        {
+            const int64_t t = forward ? step : L - 1 - step;
+            // Shifted output row: the quasiseparable matrix is strictly lower (forward) / strictly
+            // upper (backward) triangular, so step t feeds y[t+1] / y[t-1] and the ends get nothing.
+            const int64_t tOut = forward ? t + 1 : t - 1;
+
+            const float delta = softplus(toFloat(dt[(b * L + t) * H + h]) + bias);
+            const float decay = std::exp(delta * A);
+            const T* xt = x + ((b * L + t) * H + h) * P;
+            const int64_t bcOffset = ((b * L + t) * G + g) * N;
+            for (int64_t p = 0; p < P; ++p)
+            {
+                xr[p] = delta * toFloat(xt[p]);
+            }
+            for (int64_t n = 0; n < N; ++n)
+            {
+                br[n] = toFloat(Bm[bcOffset + n]);
+                cr[n] = toFloat(Cm[bcOffset + n]);
+            }
+
+            const bool emit = tOut >= 0 && tOut < L;
+            float* yOut = emit ? w.yAcc.data() + tOut * P : nullptr;
+            for (int64_t p = 0; p < P; ++p)
+            {
+                float* Sp = S + p * N;
+                const float u = xr[p];
+                float acc = 0.0f;
+                for (int64_t n = 0; n < N; ++n)
+                {
+                    const float v = decay * Sp[n] + u * br[n];
+                    Sp[n] = v;
+                    acc += v * cr[n];
+                }
+                if (emit)
+                {
+                    yOut[p] += acc;
+                }
+            }
+        }
+        std::copy(S, S + P * N, finalState + stateOffset);
+    }
+
+    HmScanShape s_;
+    HmScanTensors t_;
+};
+
+template <typename T, typename Tdt>
+void runTyped(const HmScanShape& s, const HmScanTensors& t, int numThreads)
+{
+    const HeadScanner<T, Tdt> scanner(s, t);
+    const int64_t tasks = s.batch * s.heads;
+    if (tasks == 0)
+    {
+        return;
+    }
+    int threads = numThreads > 0 ? numThreads : static_cast<int>(std::thread::hardware_concurrency());
+    threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
+
+    // Dynamic task counter: heads finish at the same pace, but a counter costs nothing and keeps the
+    // split fair when the caller asks for more threads than there are cores.
+    std::atomic<int64_t> next{0};
+    std::exception_ptr failure;
+    std::atomic<bool> failed{false};
+    auto worker = [&]() {
+        Scratch scratch;
+        try
+        {
+            for (int64_t task = next++; task < tasks && !failed; task = next++)
+            {
+                scanner(task / s.heads, task % s.heads, scratch);
+            }
+        }
+        catch (...)
+        {
+            if (!failed.exchange(true))
+            {
+                failure = std::current_exception();
+            }
+        }
+    };
+    if (threads == 1)
+    {
+        worker();
+    }
+    else
+    {
+        std::vector<std::thread> pool;
+        pool.reserve(static_cast<size_t>(threads - 1));
+        for (int i = 0; i < threads - 1; ++i)
+        {
+            pool.emplace_back(worker);
+        }
+        worker();
+        for (auto& th : pool)
+        {
+            th.join();
+        }
+    }
+    if (failure)
+    {
+        std::rethrow_exception(failure);
+    }
+}
+
+template <typename T>
+void dispatchDt(const HmScanShape& s, HmDType dt, const HmScanTensors& t, int numThreads)
+{
+    if (dt == HM_FLOAT32)
+    {
+        runTyped<T, float>(s, t, numThreads);
+    }
+    else
+    {
+        runTyped<T, T>(s, t, numThreads); // validateDtypes: dt is fp32 or the activation type
+    }
+}
+
+} // namespace
+
+std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, int numThreads)
+{
+    std::string err = validateShape(s);
+    if (err.empty())
+    {
+        err = validateDtypes(act, dt);
+    }
+    if (err.empty())
+    {
+        err = validatePointers(s, t);
+    }
+    if (!err.empty())
+    {
+        return err;
+    }
+    try
+    {
+        switch (act)
+        {
+        case HM_FLOAT32: dispatchDt<float>(s, dt, t, numThreads); break;
+        case HM_FLOAT16: dispatchDt<Half>(s, dt, t, numThreads); break;
+        case HM_BFLOAT16: dispatchDt<BFloat16>(s, dt, t, numThreads); break;
+        }
+    }
+    catch (const std::exception& e)
+    {
+        return std::string("HydraScan CPU kernel failed: ") + e.what();
+    }
+    catch (...)
+    {
+        return "HydraScan CPU kernel failed with an unknown exception";
+    }
+    return {};
+}
+
+} // namespace hydra_scan
+} // namespace hieramamba

@@ -1,0 +1,122 @@
+// HydraScan kernels: the plain C/C++ interface shared by the C ABI, the CPU kernel, the CUDA
+// kernel and the TensorRT plugin. Nothing here needs TensorRT or the CUDA headers.
+//
+// The op (docs: plugins/hydra_scan/README.md, DESIGN §2, REFERENCE §7):
+//   HydraScan(x[B,L,H,P], dt_f[B,L,H], dt_b[B,L,H], A[H], dt_bias[H],
+//             B_f[B,L,G,N], C_f[B,L,G,N], B_b[B,L,G,N], C_b[B,L,G,N],
+//             state_f0?[B,H,P,N], state_b0?[B,H,P,N])
+//     -> y[B,L,H,P], state_f[B,H,P,N] (fp32), state_b[B,H,P,N] (fp32)
+// All tensors are dense row-major ("contiguous").
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Sizes of one HydraScan call. G divides H; head h reads B/C group h / (H / G).
+typedef struct HmScanShape
+{
+    int64_t batch;   // B
+    int64_t length;  // L (time)
+    int64_t heads;   // H
+    int64_t headdim; // P
+    int64_t groups;  // G
+    int64_t dstate;  // N
+} HmScanShape;
+
+// Element types. x, B_*, C_* and y share the "activation" type; dt_f, dt_b, A and dt_bias share the
+// "dt" type, which is either fp32 or the activation type. Initial and final states are always fp32.
+typedef enum HmDType
+{
+    HM_FLOAT32 = 0,
+    HM_FLOAT16 = 1,
+    HM_BFLOAT16 = 2
+} HmDType;
+
+// Return codes of every C entry point.
+enum
+{
+    HM_OK = 0,
+    HM_ERR_INVALID_ARGUMENT = 1, // bad shape, dtype or pointer: the caller's mistake
+    HM_ERR_UNSUPPORTED = 2,      // valid op, but this build/kernel cannot run it (e.g. no CUDA)
+    HM_ERR_RUNTIME = 3           // the kernel failed (CUDA error, allocation failure)
+};
+
+// Pointers of one call. The optional initial states may be NULL (zero state).
+typedef struct HmScanTensors
+{
+    const void* x;
+    const void* dt_f;
+    const void* dt_b;
+    const void* A;
+    const void* dt_bias;
+    const void* B_f;
+    const void* C_f;
+    const void* B_b;
+    const void* C_b;
+    const float* state_f0;
+    const float* state_b0;
+    void* y;
+    float* state_f;
+    float* state_b;
+} HmScanTensors;
+
+// Opaque CUDA stream; ABI-identical to cudaStream_t, so this header needs no CUDA include.
+struct CUstream_st;
+typedef struct CUstream_st* HmCudaStream;
+
+#ifdef __cplusplus
+} // extern "C"
+
+#include <string>
+
+namespace hieramamba
+{
+namespace hydra_scan
+{
+
+// Largest state size N the CUDA kernel handles (32 lanes x 16 registers per state row).
+constexpr int64_t kCudaMaxDstate = 512;
+
+const char* dtypeName(HmDType t);
+
+// Empty string when the shape is valid, otherwise a message naming the field, the expected and the
+// actual value. B = 0 and L = 0 are valid (nothing to scan; final states = initial states).
+std::string validateShape(const HmScanShape& s);
+
+// Empty string when the (activation, dt) type pair is supported.
+std::string validateDtypes(int actDtype, int dtDtype);
+
+// Empty string when every pointer needed for this shape is present (NULL is fine for empty tensors
+// and for the optional initial states).
+std::string validatePointers(const HmScanShape& s, const HmScanTensors& t);
+
+// Extra limits of the CUDA kernel beyond validateShape (N <= kCudaMaxDstate).
+std::string validateCudaShape(const HmScanShape& s);
+
+// Scratch bytes the CUDA kernel needs: an fp32 accumulator for y when y is fp16/bf16, none when y
+// is fp32 (it accumulates in place). Independent of the dt type and of the initial states.
+size_t cudaWorkspaceSize(const HmScanShape& s, HmDType act);
+
+// Element counts, for callers that allocate.
+int64_t numel(const HmScanShape& s, const char* tensorName);
+
+// CPU kernel (hydraScanCpu.cpp). Validates everything first; returns "" on success. numThreads <= 0
+// means std::thread::hardware_concurrency(). Work is split over batch x heads.
+std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, int numThreads);
+
+// CUDA kernel (hydraScanKernel.cu): one launch computes both directions with the one-step shift.
+// All pointers are device pointers; workspace must hold cudaWorkspaceSize() bytes (may be NULL when
+// that is 0). Asynchronous on `stream`; returns "" when the launch succeeded.
+std::string launchCuda(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, void* workspace,
+    size_t workspaceBytes, HmCudaStream stream);
+
+// True when this library was built with the CUDA kernel.
+bool cudaCompiled();
+
+} // namespace hydra_scan
+} // namespace hieramamba
+#endif // __cplusplus

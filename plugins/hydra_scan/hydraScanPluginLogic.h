@@ -1,0 +1,181 @@
+// Everything the HydraScan TensorRT plugin decides, in plain C++ with no TensorRT include, so it is
+// built and unit-tested on machines without TensorRT (plugins/tests/hydraScanLogicTest.cpp).
+// hydraScanPlugin.cpp only translates TensorRT's types to these and back.
+#pragma once
+
+#include "hydraScanKernel.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hieramamba
+{
+namespace hydra_scan
+{
+namespace plugin
+{
+
+// Identity as the ONNX node names it (DESIGN §3: op_type, plugin_version, plugin_namespace).
+constexpr const char* kPluginName = "HydraScan";
+constexpr const char* kPluginVersion = "1";
+constexpr const char* kPluginNamespace = "hieramamba";
+
+// Inputs in op-signature order. The two initial states are present together or not at all: the
+// plugin sees 11 inputs with them and 9 without (see README: trailing optional ONNX inputs must be
+// omitted, not given empty names).
+enum InputIndex : int32_t
+{
+    kInX = 0,
+    kInDtF,
+    kInDtB,
+    kInA,
+    kInDtBias,
+    kInBF,
+    kInCF,
+    kInBB,
+    kInCB,
+    kInStateF0,
+    kInStateB0
+};
+enum OutputIndex : int32_t
+{
+    kOutY = 0,
+    kOutStateF,
+    kOutStateB
+};
+constexpr int32_t kNbInputsWithoutStates = 9;
+constexpr int32_t kNbInputsWithStates = 11;
+constexpr int32_t kNbOutputs = 3;
+
+const char* inputName(int32_t index);
+const char* outputName(int32_t index);
+bool hasInitialStates(int32_t nbInputs);
+std::string checkIoCount(int32_t nbInputs, int32_t nbOutputs);
+
+// ---- Attributes ---------------------------------------------------------------------------------
+
+struct Attributes
+{
+    // Time-chunk length of the chunked formulation (the portable ONNX function body and a future
+    // chunked CUDA kernel). The sequential CUDA kernel's result does not depend on it beyond rounding.
+    int32_t chunkSize = 256;
+    // 1 with state_f0/state_b0 inputs (11 inputs), 0 without (9), -1 not stated. The plugin learns it
+    // from the input count at build time and serializes it, because enqueue() is not told the count.
+    // An ONNX node may state it; it must then agree with the node's input count.
+    int32_t hasInitialStates = -1;
+};
+
+// Values mirror nvinfer1::PluginFieldType (checked by static_assert in hydraScanPlugin.cpp).
+enum class FieldType : int32_t
+{
+    kFLOAT16 = 0,
+    kFLOAT32 = 1,
+    kFLOAT64 = 2,
+    kINT8 = 3,
+    kINT16 = 4,
+    kINT32 = 5,
+    kCHAR = 6,
+    kDIMS = 7,
+    kUNKNOWN = 8,
+    kBF16 = 9,
+    kINT64 = 10
+};
+
+// A TensorRT-free view of nvinfer1::PluginField.
+struct FieldView
+{
+    const char* name;
+    const void* data;
+    FieldType type;
+    int32_t length;
+};
+
+// What the creator advertises (getFieldNames): name, type, length; data is NULL.
+const std::vector<FieldView>& attributeFieldSpecs();
+
+// Parses creator fields. Missing fields keep their defaults (the ONNX parser passes only the node's
+// attributes); unknown names, wrong types/lengths and out-of-range values are errors. Integers are
+// accepted as INT32 (what the ONNX parser produces for an INT attribute) or INT64.
+std::string parseAttributes(const FieldView* fields, int32_t nbFields, Attributes* out);
+
+// Error when attrs.hasInitialStates is stated and contradicts the input count.
+std::string checkStatesAgree(const Attributes& attrs, int32_t nbInputs);
+
+// Owns the bytes behind the serialized fields, so the views stay valid while the object lives.
+class SerializedAttributes
+{
+public:
+    explicit SerializedAttributes(const Attributes& attrs);
+    SerializedAttributes(const SerializedAttributes&) = delete;
+    SerializedAttributes& operator=(const SerializedAttributes&) = delete;
+    // Rewrites the values in place; the views (and pointers handed to TensorRT) stay valid.
+    void update(const Attributes& attrs);
+    const std::vector<FieldView>& fields() const
+    {
+        return mFields;
+    }
+
+private:
+    int32_t mChunkSize;
+    int32_t mHasInitialStates;
+    std::vector<FieldView> mFields;
+};
+
+// Human-readable attribute summary (plugin metadata string, error messages).
+std::string describe(const Attributes& attrs);
+
+// ---- Types and formats --------------------------------------------------------------------------
+
+enum class IoType
+{
+    kFLOAT32,
+    kFLOAT16,
+    kBFLOAT16,
+    kOTHER
+};
+
+struct IoDesc
+{
+    IoType type;
+    bool linear; // TensorFormat::kLINEAR
+};
+
+// TensorRT's supportsFormatCombination: decides position `pos` from inOut[0..pos] only.
+//   x: fp32 | fp16 | bf16;  dt_f: fp32 or x's type;  dt_b, A, dt_bias: dt_f's type;
+//   B_f, C_f, B_b, C_b, y: x's type;  state_f0, state_b0, state_f, state_b: fp32;  all linear.
+bool supportsCombination(int32_t pos, const IoDesc* inOut, int32_t nbInputs, int32_t nbOutputs);
+
+// getOutputDataTypes: y takes x's type, the states are fp32.
+std::string outputTypes(const IoType* inputTypes, int32_t nbInputs, IoType* outputs, int32_t nbOutputs);
+
+// Kernel dtype code of a supported IoType (kOTHER maps to -1).
+int toDtypeCode(IoType t);
+
+// ---- Shapes -------------------------------------------------------------------------------------
+
+using Dims = std::vector<int64_t>; // -1 marks a dimension unknown at build time
+
+int32_t expectedRank(int32_t input);
+
+// Where each output dimension comes from: TensorRT's getOutputShapes copies these dimension
+// expressions, so shapes stay symbolic (dynamic batch and time) with no arithmetic.
+struct DimSource
+{
+    int32_t input;
+    int32_t axis;
+};
+const std::vector<DimSource>& outputDimSources(int32_t output);
+
+// Checks ranks and that every shared symbol (B, L, H, P, G, N) agrees across inputs, skipping unknown
+// (-1) dimensions, and that G divides H. When every dimension is known, fills *shape (may be NULL).
+std::string validateInputDims(const std::vector<Dims>& inputs, HmScanShape* shape);
+
+std::string computeOutputDims(const std::vector<Dims>& inputs, std::vector<Dims>* outputs);
+
+// Workspace for the largest shapes of a profile: x's max dims and y's type.
+size_t workspaceSize(const Dims& xMaxDims, IoType yType);
+
+} // namespace plugin
+} // namespace hydra_scan
+} // namespace hieramamba

@@ -1,0 +1,341 @@
+"""Native HydraScan (plugins/): the C++ CPU kernel through the C ABI, its C++ unit tests, and a
+compile check of the CUDA kernel.
+
+The oracle is a naive float64 recurrence (REFERENCE §7) written here with numpy, independent of
+both the C++ code and ``hieramamba.ops.hydra_scan``. If the library is not built yet, the module
+builds it with CMake into ``<repo>/build`` (the documented location) or skips when CMake or a
+compiler is missing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hieramamba.errors import BackendUnavailableError, InputError
+from hieramamba.ops import native
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "build"
+KERNEL_CU = REPO / "plugins" / "hydra_scan" / "hydraScanKernel.cu"
+
+
+# ------------------------------------------------------------------------------------------------
+# Library (built on demand)
+# ------------------------------------------------------------------------------------------------
+
+
+def _run(cmd, timeout):
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    loaded = native.load_native_library(required=False)
+    if loaded is not None:
+        return loaded
+    if shutil.which("cmake") is None:
+        pytest.skip("libhieramamba_plugins is not built and cmake is not installed "
+                    f"(build it with: {native.BUILD_COMMAND})")
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("libhieramamba_plugins is not built and no C++ compiler was found")
+    configure = _run(["cmake", "-S", ".", "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release"], 300)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    build = _run(["cmake", "--build", str(BUILD), "-j2"], 600)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    return native.load_native_library(required=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Oracle and data
+# ------------------------------------------------------------------------------------------------
+
+
+def oracle(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0=None, state_b0=None):
+    """Naive float64 recurrences with the one-step shift. Returns (y, S^f_{L-1}, S^b_0)."""
+    f64 = [np.asarray(t.double().numpy()) for t in (x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b)]
+    x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b = f64
+    bsz, L, H, P = x.shape
+    G, N = B_f.shape[2], B_f.shape[3]
+    y = np.zeros_like(x)
+
+    def softplus(v):  # mamba's threshold: identity above 20
+        return np.where(v > 20, v, np.log1p(np.exp(np.minimum(v, 20))))
+
+    def scan(dt, Bm, Cm, S, times, shift):
+        delta = softplus(dt + dt_bias)                    # [B, L, H]
+        decay = np.exp(delta * A)
+        Bh = np.repeat(Bm, H // G, axis=2)                 # head h reads group h // (H/G)
+        Ch = np.repeat(Cm, H // G, axis=2)
+        for t in times:
+            u = (delta[:, t, :, None] * x[:, t])[..., None]  # [B, H, P, 1]
+            S = decay[:, t, :, None, None] * S + u * Bh[:, t, :, None, :]
+            if 0 <= t + shift < L:
+                y[:, t + shift] += (S * Ch[:, t, :, None, :]).sum(-1)
+        return S
+
+    zeros = np.zeros((bsz, H, P, N))
+    sf = scan(dt_f, B_f, C_f, zeros if state_f0 is None else state_f0.double().numpy(), range(L), +1)
+    sb = scan(dt_b, B_b, C_b, zeros if state_b0 is None else state_b0.double().numpy(),
+              range(L - 1, -1, -1), -1)
+    return y, sf, sb
+
+
+def make_inputs(bsz, L, H, P, G, N, *, states, seed, dtype=torch.float32, dt_dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    # Mamba-like parameters: Δ0 in [1e-3, 1e-1] through an inverse-softplus dt_bias, A = -exp(A_log)
+    # with A_log ~ log U(1, 16); the last head's bias exceeds 20 to cover softplus's identity branch.
+    delta0 = torch.exp(torch.rand(H, generator=g) * (np.log(0.1) - np.log(1e-3)) + np.log(1e-3))
+    dt_bias = torch.log(torch.expm1(delta0))
+    dt_bias[-1] = 20.5
+    A = -torch.exp(torch.rand(H, generator=g) * np.log(16.0))
+    A[-1] = -0.05  # Δ≈20 times a small |A|: a fast but not total decay
+    t = {
+        "x": randn(bsz, L, H, P).to(dtype),
+        "dt_f": randn(bsz, L, H, scale=0.5).to(dt_dtype),
+        "dt_b": randn(bsz, L, H, scale=0.5).to(dt_dtype),
+        "A": A.to(dt_dtype),
+        "dt_bias": dt_bias.to(dt_dtype),
+        "B_f": randn(bsz, L, G, N).to(dtype),
+        "C_f": randn(bsz, L, G, N).to(dtype),
+        "B_b": randn(bsz, L, G, N).to(dtype),
+        "C_b": randn(bsz, L, G, N).to(dtype),
+        "state_f0": randn(bsz, H, P, N) if states else None,
+        "state_b0": randn(bsz, H, P, N) if states else None,
+    }
+    return t
+
+
+ORDER = ("x", "dt_f", "dt_b", "A", "dt_bias", "B_f", "C_f", "B_b", "C_b", "state_f0", "state_b0")
+
+
+def args(t):
+    return [t[k] for k in ORDER]
+
+
+def rel_err(got, want):
+    got = np.asarray(got.double().numpy() if isinstance(got, torch.Tensor) else got)
+    scale = np.abs(want).max()
+    return float(np.abs(got - want).max() / (scale if scale > 0 else 1.0))
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU kernel vs oracle
+# ------------------------------------------------------------------------------------------------
+
+# (L, G, with initial states): every length of the brief, G = 1 and G > 1, with and without states.
+CASES = [(1, 1, False), (1, 2, True), (2, 1, True), (2, 2, False), (17, 1, False), (17, 4, True),
+         (300, 1, True), (300, 2, False), (1000, 2, True), (1000, 1, False), (5000, 1, False),
+         (5000, 2, True)]
+
+
+@pytest.mark.parametrize("L,G,states", CASES)
+def test_cpu_kernel_matches_float64_oracle(lib, L, G, states):
+    t = make_inputs(2, L, 4, 8, G, 16, states=states, seed=L * 10 + G)
+    y, sf, sb = native.native_hydra_scan_cpu(*args(t))
+    assert y.dtype == torch.float32 and sf.dtype == torch.float32 and sb.dtype == torch.float32
+    assert y.shape == (2, L, 4, 8) and sf.shape == sb.shape == (2, 4, 8, 16)
+    y_ref, sf_ref, sb_ref = oracle(*args(t))
+    assert rel_err(y, y_ref) <= 1e-5
+    assert rel_err(sf, sf_ref) <= 1e-5
+    assert rel_err(sb, sb_ref) <= 1e-5
+    if L <= 2:  # the shift leaves nothing for L=1 and exactly one term per direction for L=2
+        assert (L == 1) == bool((y == 0).all())
+
+
+@pytest.mark.parametrize("dtype,dt_dtype,tol", [
+    (torch.float16, torch.float32, 2e-3),
+    (torch.float16, torch.float16, 2e-3),
+    (torch.bfloat16, torch.float32, 1e-2),
+    (torch.bfloat16, torch.bfloat16, 1e-2),
+])
+def test_half_inputs_fp32_math(lib, dtype, dt_dtype, tol):
+    t = make_inputs(2, 300, 4, 8, 2, 16, states=True, seed=5, dtype=dtype, dt_dtype=dt_dtype)
+    y, sf, sb = native.native_hydra_scan_cpu(*args(t))
+    assert y.dtype == dtype and sf.dtype == torch.float32 and sb.dtype == torch.float32
+    # The oracle sees the same rounded inputs, so only fp32 math and y's final rounding differ.
+    y_ref, sf_ref, sb_ref = oracle(*args(t))
+    assert rel_err(y, y_ref) <= tol
+    assert rel_err(sf, sf_ref) <= 1e-5
+    assert rel_err(sb, sb_ref) <= 1e-5
+
+
+def test_mixed_param_dtypes_are_promoted(lib):
+    t = make_inputs(1, 40, 4, 8, 1, 16, states=False, seed=3, dtype=torch.float16)
+    t["A"] = t["A"].to(torch.float16)  # dt fp32 but A fp16: converted to fp32, not rejected
+    y, _, _ = native.native_hydra_scan_cpu(*args(t))
+    assert rel_err(y, oracle(*args(t))[0]) <= 2e-3
+
+
+def test_thread_count_does_not_change_results(lib):
+    t = make_inputs(3, 200, 4, 8, 2, 16, states=True, seed=11)
+    one = native.native_hydra_scan_cpu(*args(t), num_threads=1)
+    many = native.native_hydra_scan_cpu(*args(t), num_threads=5)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("L,cut,G,states", [(300, 120, 1, False), (301, 150, 2, True), (17, 1, 2, True)])
+def test_chunked_composition_with_carried_states(lib, L, cut, G, states):
+    """Two halves with carried states plus the shift's boundary terms reproduce the whole."""
+    t = make_inputs(2, L, 4, 8, G, 16, states=states, seed=L + cut)
+    y, sf, sb = native.native_hydra_scan_cpu(*args(t))
+
+    def piece(sl, state_f0, state_b0):
+        p = {k: (v[:, sl] if k in ("x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b") else v)
+             for k, v in t.items()}
+        p = {k: (v.contiguous() if v is not None else None) for k, v in p.items()}
+        p["state_f0"], p["state_b0"] = state_f0, state_b0
+        return native.native_hydra_scan_cpu(*args(p))
+
+    left, right = slice(0, cut), slice(cut, L)
+    # Backward states flow right→left, forward states left→right: the right piece's state_b does
+    # not depend on its state_f0, so one pass for it, then the left piece, then the right again.
+    _, _, sb_right = piece(right, None, t["state_b0"])
+    y_left, sf_left, sb_left = piece(left, t["state_f0"], sb_right)
+    y_right, sf_right, _ = piece(right, sf_left, t["state_b0"])
+
+    H, G_ = t["x"].shape[2], t["C_f"].shape[2]
+
+    def boundary(state, c_row):  # state [B,H,P,N] · C row [B,G,N] of the neighbouring piece
+        return torch.einsum("bhpn,bhn->bhp", state, c_row.repeat_interleave(H // G_, dim=1))
+
+    y_left = y_left.clone()
+    y_right = y_right.clone()
+    y_right[:, 0] += boundary(sf_left, t["C_f"][:, cut - 1])
+    y_left[:, -1] += boundary(sb_right, t["C_b"][:, cut])
+    y_joined = torch.cat([y_left, y_right], dim=1)
+    scale = y.abs().max()
+    assert ((y_joined - y).abs().max() / scale).item() <= 1e-5
+    assert ((sf_right - sf).abs().max() / sf.abs().max()).item() <= 1e-5
+    assert ((sb_left - sb).abs().max() / sb.abs().max()).item() <= 1e-5
+
+
+def test_empty_batch_and_time(lib):
+    t = make_inputs(0, 5, 4, 8, 1, 16, states=False, seed=0)
+    y, sf, _ = native.native_hydra_scan_cpu(*args(t))
+    assert y.shape == (0, 5, 4, 8) and sf.shape == (0, 4, 8, 16)
+    t = make_inputs(2, 0, 4, 8, 1, 16, states=True, seed=0)
+    y, sf, sb = native.native_hydra_scan_cpu(*args(t))
+    assert y.shape == (2, 0, 4, 8)
+    assert torch.equal(sf, t["state_f0"]) and torch.equal(sb, t["state_b0"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+
+
+def _bad(mutate):
+    t = make_inputs(2, 10, 4, 8, 2, 16, states=True, seed=1)
+    mutate(t)
+    return t
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda t: t.update(x=t["x"].transpose(0, 1).contiguous().transpose(0, 1)), "contiguous"),
+    (lambda t: t.update(dt_f=t["dt_f"][:, :9].contiguous()), "dt_f must have shape"),
+    (lambda t: t.update(C_b=t["C_b"].to(torch.float16)), "C_b must have x's dtype"),
+    (lambda t: t.update(B_f=t["B_f"].to("meta")), "B_f must be on the CPU"),
+    (lambda t: t.update(x=t["x"].double()), "x must be float32"),
+    (lambda t: t.update(state_f0=t["state_f0"].double()), "state_f0 must be float32"),
+    (lambda t: t.update(state_b0=t["state_b0"][:, :3].contiguous()), "state_b0 must have shape"),
+    (lambda t: t.update(A=t["A"].to(torch.int32)), "A must be a floating"),
+    (lambda t: t.update(x=t["x"].numpy()), "x must be a torch.Tensor"),
+    (lambda t: t.update(**{k: t[k].repeat(1, 1, 2, 1)[:, :, :3].contiguous()  # G=3, H=4
+                           for k in ("B_f", "C_f", "B_b", "C_b")}), "divisible"),
+])
+def test_bad_inputs_raise_input_error(lib, mutate, needle):
+    with pytest.raises(InputError, match=needle):
+        native.native_hydra_scan_cpu(*args(_bad(mutate)))
+
+
+def test_c_abi_validation_and_cuda_entry(lib):
+    err = ctypes.create_string_buffer(256)
+    bad = native._HmScanShape(1, 4, 6, 8, 4, 16)  # H=6 not divisible by G=4
+    assert lib.hm_hydra_scan_validate(ctypes.byref(bad), 0, 0, err, 256) == 1
+    assert b"divisible" in err.value
+    ok = native._HmScanShape(2, 10, 4, 8, 2, 16)
+    assert lib.hm_hydra_scan_validate(ctypes.byref(ok), 1, 0, err, 256) == 0
+    assert lib.hm_hydra_scan_validate(ctypes.byref(ok), 1, 2, err, 256) == 1  # fp16 x, bf16 dt
+    assert lib.hm_hydra_scan_workspace_size(ctypes.byref(ok), 0) == 0
+    assert lib.hm_hydra_scan_workspace_size(ctypes.byref(ok), 1) == 2560  # 2*10*4*8*4 bytes
+    # The CUDA entry is always exported; shapes beyond the kernel's limits (N > 512) or a build
+    # without CUDA are refused before any device work, so this is safe with or without a GPU.
+    big = native._HmScanShape(1, 1, 1, 1, 1, 1024)
+    buf = (ctypes.c_float * 1024)()
+    p = ctypes.cast(buf, ctypes.c_void_p)
+    code = lib.hm_hydra_scan_cuda(ctypes.byref(big), 0, 0, *([p] * 14), None, 0, None, err, 256)
+    assert code == 2, err.value
+    assert (b"dstate" in err.value) if lib.hm_has_cuda() else (b"without CUDA" in err.value)
+
+
+def test_missing_library_error_names_paths_and_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_REPO_ROOT", tmp_path)
+    monkeypatch.setattr(native, "_PACKAGE_DIR", tmp_path)
+    monkeypatch.setenv(native.LIBRARY_ENV, str(tmp_path / "nowhere.so"))
+    assert native.load_native_library(required=False) is None
+    with pytest.raises(BackendUnavailableError) as e:
+        native.load_native_library(required=True)
+    message = str(e.value)
+    assert "nowhere.so" in message and "cmake -S . -B build" in message
+
+
+def test_registers_as_the_ops_cpu_kernel(lib):
+    """The op calls kernels as fn(x, ..., state_b0, chunk_size): the native kernel must fit."""
+    op_module = importlib.import_module("hieramamba.ops.hydra_scan")
+
+    t = make_inputs(2, 64, 4, 8, 2, 16, states=True, seed=9)
+    expected = native.native_hydra_scan_cpu(*args(t))
+    previous = getattr(op_module, "_KERNELS", {}).get("cpu")  # restore whatever was registered
+    assert native.register_native_cpu_kernel(required=True)
+    try:
+        got = op_module.hydra_scan(*args(t))
+    finally:
+        if previous is not None:
+            op_module.register_kernel("cpu", *previous)
+        else:
+            op_module.unregister_kernel("cpu")
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# C++ unit tests and the CUDA compile check
+# ------------------------------------------------------------------------------------------------
+
+
+def test_ctest_unit_tests(lib):
+    if not (BUILD / "CTestTestfile.cmake").is_file() or shutil.which("ctest") is None:
+        pytest.skip(f"no CTest build tree at {BUILD} (library loaded from elsewhere) or ctest missing")
+    # Make sure the test executables are current before running them.
+    build = _run(["cmake", "--build", str(BUILD), "-j2"], 600)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    result = _run(["ctest", "--test-dir", str(BUILD), "--output-on-failure"], 300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "hydra_scan_logic" in result.stdout
+
+
+def test_cuda_kernel_compiles_with_nvcc(tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found: the CUDA kernel cannot be compiled on this machine")
+    # Warnings are errors here (the CMake build only reports them), for Ampere and Hopper.
+    cmd = [nvcc, "-std=c++17", "-O3", "-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra",
+           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
+           "-Xptxas", "-warn-spills", "-c", str(KERNEL_CU), "-o", str(tmp_path / "hydraScanKernel.o")]
+    result = _run(cmd, 300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "hydraScanKernel.o").stat().st_size > 0
