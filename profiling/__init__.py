@@ -1,0 +1,1 @@
+"""NVTX ranges, benchmark harness, reports and Nsight recipes (DESIGN §1, §6)."""
