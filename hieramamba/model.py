@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from hieramamba.profiling.nvtx import nvtx_range
+
 from .errors import ConfigError
 from .modules.backbone import HieraMambaBackbone, check_mask_semantics
 from .modules.fusion import make_fusion
@@ -69,22 +71,27 @@ class HieraMamba(nn.Module):
     # -- pieces -------------------------------------------------------------------------
     def encode_text(self, text, text_mask):
         """``(Nq, Dt, Tt)``, mask ``(Nq, Tt)`` or ``(Nq, 1, Tt)`` → ``(Nq, C, Tt+1)``, mask."""
-        return self.text_net(text, _as_mask3(text_mask))
+        with nvtx_range("text_encode"):
+            return self.text_net(text, _as_mask3(text_mask))
 
     def heads(self, fpn, fpn_masks, text, text_mask, text_size=None):
         """Late fusion of every level with the text, then the shared heads."""
         logits, offsets, masks = [], [], []
         for level, (x, m) in enumerate(zip(fpn, fpn_masks)):
-            x, m = self.fusion(x, m, text, text_mask, text_size)
-            logits.append(self.cls_head(x, m))
-            offsets.append(self.reg_head(x, m, level))
-            masks.append(m[:, 0])
+            with nvtx_range(f"fusion_late[{level}]"):
+                x, m = self.fusion(x, m, text, text_mask, text_size)
+            with nvtx_range("heads"):
+                logits.append(self.cls_head(x, m))
+                offsets.append(self.reg_head(x, m, level))
+                masks.append(m[:, 0])
         return logits, offsets, masks
 
     def _video_pipeline(self, vid, vid_mask, text, text_mask, text_size):
         if self.early_fusion:
-            vid, vid_mask = self.vid_proj(vid, vid_mask)
-            vid, vid_mask = self.fusion(vid, vid_mask, text, text_mask, text_size)
+            with nvtx_range("vid_proj"):
+                vid, vid_mask = self.vid_proj(vid, vid_mask)
+            with nvtx_range("fusion_early"):
+                vid, vid_mask = self.fusion(vid, vid_mask, text, text_mask, text_size)
         fpn, fpn_masks, anchors, anchor_masks = self.vid_net(vid, vid_mask)
         logits, offsets, masks = self.heads(fpn, fpn_masks, text, text_mask, text_size)
         return ModelOutput(tuple(logits), tuple(offsets), tuple(masks), tuple(fpn), tuple(fpn_masks),

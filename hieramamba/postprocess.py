@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from hieramamba.profiling.nvtx import nvtx_range  # torch-free, like this module
+
 from .errors import InputError
 
 __all__ = [
@@ -408,12 +410,14 @@ def ground_query(level_logits: Sequence[np.ndarray], level_offsets: Sequence[np.
     if unknown:
         raise InputError(f"unknown eval.nms keys {sorted(unknown)}; known: {sorted(_NMS_KEYS)}")
 
-    segs, scores = collect_candidates(
-        level_logits, level_offsets, level_masks,
-        pre_nms_thresh=eval_cfg["pre_nms_thresh"], pre_nms_topk=eval_cfg["pre_nms_topk"],
-        seg_len_thresh=eval_cfg["seg_len_thresh"])
+    with nvtx_range("decode_topk"):
+        segs, scores = collect_candidates(
+            level_logits, level_offsets, level_masks,
+            pre_nms_thresh=eval_cfg["pre_nms_thresh"], pre_nms_topk=eval_cfg["pre_nms_topk"],
+            seg_len_thresh=eval_cfg["seg_len_thresh"])
     # The evaluator's second top-k (over all windows) is the identity for a single window.
-    segs, scores = soft_nms_voting(segs, scores, **nms)
+    with nvtx_range("softnms_host"):
+        segs, scores = soft_nms_voting(segs, scores, **nms)
     if len(segs) == 0:
         return segs, scores
     segs = to_seconds(segs, meta["fps"], meta["clip_size"], meta["clip_stride"], meta["duration"],

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hieramamba.profiling.nvtx import nvtx_range
+
 from ..errors import ConfigError, InputError
 from .hydra import Hydra
 from .primitives import (ChannelLayerNorm, LayerScale, MaskedConv1D, RMSNorm, TransformerEncoder,
@@ -78,21 +80,27 @@ class AnchorMambaPooling(nn.Module):
         """``x (B, D, L)``, ``mask (B, 1, L)`` → anchors ``(B, D, ceil(L/2))``, tokens
         ``(B, D, L)``, anchor mask, token mask. Outputs are not masked (as official)."""
         length = x.shape[-1]
-        x = x * mask.to(x.dtype)
-        seq, seq_mask, anchor_mask = interleave_anchors(x, mask, self.mask_semantics)
-        m = seq_mask.to(seq.dtype)
+        with nvtx_range("interleave"):
+            x = x * mask.to(x.dtype)
+            seq, seq_mask, anchor_mask = interleave_anchors(x, mask, self.mask_semantics)
+            m = seq_mask.to(seq.dtype)
         glob = (self.drop_path_global(self.global_encoder(self.norm_global(seq))) + seq) * m
-        g1 = self.gate1(torch.cat((seq, glob), dim=-1))
-        fused1 = g1 * glob + (1 - g1) * seq
-        local = self.local_encoder(self.norm_local(fused1).transpose(1, 2), seq_mask.transpose(1, 2))[0]
-        local = (self.drop_path_local(local.transpose(1, 2)) + fused1) * m
-        g2 = self.gate2(torch.cat((fused1, local), dim=-1))
-        fused2 = g2 * local + (1 - g2) * fused1
-        out = self.drop_path_ffn(self.ffn(self.norm_ffn(fused2))) + fused2
-        bsz, nb, dim = out.shape[0], anchor_mask.shape[-1], out.shape[-1]
-        out = out.reshape(bsz, nb, 3, dim)
-        anchors = out[:, :, 0].transpose(1, 2)
-        tokens = out[:, :, 1:].reshape(bsz, 2 * nb, dim).transpose(1, 2)[..., :length]
+        with nvtx_range("gate1"):
+            g1 = self.gate1(torch.cat((seq, glob), dim=-1))
+            fused1 = g1 * glob + (1 - g1) * seq
+        with nvtx_range("local_attn"):
+            local = self.local_encoder(self.norm_local(fused1).transpose(1, 2), seq_mask.transpose(1, 2))[0]
+            local = (self.drop_path_local(local.transpose(1, 2)) + fused1) * m
+        with nvtx_range("gate2"):
+            g2 = self.gate2(torch.cat((fused1, local), dim=-1))
+            fused2 = g2 * local + (1 - g2) * fused1
+        with nvtx_range("ffn"):
+            out = self.drop_path_ffn(self.ffn(self.norm_ffn(fused2))) + fused2
+        with nvtx_range("split"):
+            bsz, nb, dim = out.shape[0], anchor_mask.shape[-1], out.shape[-1]
+            out = out.reshape(bsz, nb, 3, dim)
+            anchors = out[:, :, 0].transpose(1, 2)
+            tokens = out[:, :, 1:].reshape(bsz, 2 * nb, dim).transpose(1, 2)[..., :length]
         return anchors, tokens, anchor_mask, mask
 
 
@@ -144,10 +152,12 @@ class HieraMambaBackbone(nn.Module):
     def forward(self, x, mask):
         """Returns per level: tokens ``fpn[l] (B, D, L_l)``, ``fpn_masks[l]``, and the anchors
         each block produced with their masks (for the anchor contrastive loss)."""
-        x, mask = self.embed(x, mask)
+        with nvtx_range("backbone.embed"):
+            x, mask = self.embed(x, mask)
         fpn, fpn_masks, anchors, anchor_masks = [], [], [], []
-        for block in self.branch:
-            a, tokens, a_mask, mask = block(x, mask)
+        for level, block in enumerate(self.branch):
+            with nvtx_range(f"amp{level}", scope=True):  # names inside read amp{l}.<range>
+                a, tokens, a_mask, mask = block(x, mask)
             fpn.append(tokens)
             fpn_masks.append(mask)
             anchors.append(a)

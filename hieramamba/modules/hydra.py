@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hieramamba.profiling.nvtx import nvtx_range
+
 from ..ops import hydra_scan
 
 
@@ -59,15 +61,19 @@ class Hydra(nn.Module):
         """``u (B, L, D)`` → ``(B, L, D)``."""
         bsz, seqlen, _ = u.shape
         e, n, g, h = self.d_inner, self.d_state, self.ngroups, self.nheads
-        z, xbc, dt = torch.split(self.in_proj(u), [e, e + 4 * g * n, 2 * h], dim=-1)
-        xbc = F.silu(self.conv1d(xbc.transpose(1, 2)).transpose(1, 2))
+        with nvtx_range("hydra.in_proj"):
+            z, xbc, dt = torch.split(self.in_proj(u), [e, e + 4 * g * n, 2 * h], dim=-1)
+        with nvtx_range("hydra.conv"):
+            xbc = F.silu(self.conv1d(xbc.transpose(1, 2)).transpose(1, 2))
         x, b_f, c_f, b_b, c_b = torch.split(xbc, [e, g * n, g * n, g * n, g * n], dim=-1)
         A = -torch.exp(self.A_log.float())
         groups = lambda t: t.reshape(bsz, seqlen, g, n)  # noqa: E731
-        y, _, _ = hydra_scan(
-            x.reshape(bsz, seqlen, h, self.headdim), dt[..., :h], dt[..., h:], A, self.dt_bias,
-            groups(b_f), groups(c_f), groups(b_b), groups(c_b), chunk_size=self.chunk_size)
-        # Data-dependent diagonal: d_t = fc_D·x_t + D, one value per head.
-        diag = F.linear(x, self.fc_D.weight, self.D).repeat_interleave(self.headdim, dim=-1)
-        y = y.reshape(bsz, seqlen, e) + x * diag
-        return self.out_proj(self.norm(y, z))
+        with nvtx_range("hydra.scan"):
+            y, _, _ = hydra_scan(
+                x.reshape(bsz, seqlen, h, self.headdim), dt[..., :h], dt[..., h:], A, self.dt_bias,
+                groups(b_f), groups(c_f), groups(b_b), groups(c_b), chunk_size=self.chunk_size)
+        with nvtx_range("hydra.norm_out"):
+            # Data-dependent diagonal: d_t = fc_D·x_t + D, one value per head.
+            diag = F.linear(x, self.fc_D.weight, self.D).repeat_interleave(self.headdim, dim=-1)
+            y = y.reshape(bsz, seqlen, e) + x * diag
+            return self.out_proj(self.norm(y, z))
