@@ -46,11 +46,14 @@ all-zero chunk is added (keeps the chunk count ≥ 2, see the code).
 ``hydra_scan`` validates its inputs, makes them contiguous and calls the custom op
 ``torch.ops.hieramamba.hydra_scan`` (schema: 9 tensors, 2 optional tensors, ``int chunk_size``).
 The op runs a native kernel registered with ``register_kernel`` for the input's device type and
-dtype, else the reference. Its autograd recomputes through the reference.
+dtype, else the reference. On CPU the C++ kernel of plugins/ registers itself on first use when
+its library is built (``HIERAMAMBA_NATIVE_CPU=0`` keeps the reference); fp64 always runs the
+reference. Its autograd recomputes through the reference.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 import torch
@@ -283,7 +286,28 @@ def unregister_kernel(device_type: str) -> bool:
     return _KERNELS.pop(device_type, None) is not None
 
 
+_NATIVE_CPU_ENV = "HIERAMAMBA_NATIVE_CPU"
+_native_cpu_tried = False
+
+
+def _maybe_register_native_cpu() -> None:
+    """Use the C++ CPU kernel (plugins/) when its library is built, unless
+    ``HIERAMAMBA_NATIVE_CPU=0``. Tried once per process, on the first CPU call; it agrees with the
+    reference to fp32 rounding (tests/test_native_scan.py) and is several times faster."""
+    global _native_cpu_tried
+    if _native_cpu_tried:
+        return
+    _native_cpu_tried = True
+    if os.environ.get(_NATIVE_CPU_ENV, "1") == "0" or "cpu" in _KERNELS:
+        return
+    from .native import register_native_cpu_kernel
+
+    register_native_cpu_kernel(required=False)
+
+
 def _select_impl(x: Tensor) -> Callable:
+    if x.device.type == "cpu":
+        _maybe_register_native_cpu()
     entry = _KERNELS.get(x.device.type)
     if entry is not None and x.dtype in entry[1]:
         return entry[0]
