@@ -135,6 +135,9 @@ private:
                 float* Sp = S + p * N;
                 const float u = xr[p];
                 float acc = 0.0f;
+                // The dot product is a reduction: without this the compiler keeps it scalar
+                // (IEEE order). Vector partial sums change only fp32 rounding.
+#pragma omp simd reduction(+ : acc)
                 for (int64_t n = 0; n < N; ++n)
                 {
                     const float v = decay * Sp[n] + u * br[n];
