@@ -339,3 +339,32 @@ def test_cuda_kernel_compiles_with_nvcc(tmp_path):
     result = _run(cmd, 300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "hydraScanKernel.o").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA kernel through the C ABI (runs only where a GPU is present)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cuda_wrapper_rejects_host_tensors(lib):
+    if not lib.hm_has_cuda():
+        with pytest.raises(BackendUnavailableError, match="without the CUDA kernel"):
+            native.native_hydra_scan_cuda(*args(make_inputs(1, 4, 2, 4, 1, 8, states=False, seed=0)))
+        return
+    with pytest.raises(InputError, match="must be on x's CUDA device"):
+        native.native_hydra_scan_cuda(*args(make_inputs(1, 4, 2, 4, 1, 8, states=False, seed=0)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (not measured on GPU here)")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("L,G,states", [(1, 1, False), (300, 2, True), (5000, 1, True)])
+def test_cuda_kernel_matches_float64_oracle(lib, dtype, tol, L, G, states):
+    if not lib.hm_has_cuda():
+        pytest.skip("library built without the CUDA kernel")
+    t = make_inputs(2, L, 4, 16, G, 32, states=states, seed=L, dtype=dtype)
+    want = oracle(*args(t))
+    dev = {k: (None if v is None else v.cuda()) for k, v in t.items()}
+    got = native.native_hydra_scan_cuda(*args(dev))
+    torch.cuda.synchronize()
+    for g, w, name in zip(got, want, ("y", "state_f", "state_b")):
+        assert rel_err(g.cpu(), w) <= tol, f"{name}: {rel_err(g.cpu(), w):.2e} > {tol}"

@@ -15,8 +15,9 @@ at import time; the first call that needs the library loads it once per process.
         -> (y in x's dtype, state_f fp32, state_b fp32)
 
 ``register_native_cpu_kernel()`` does that registration when the library is available.
-The C ABI itself (plugins/capi/hmCApi.h) also exposes the CUDA kernel (``hm_hydra_scan_cuda``)
-for device pointers; it is not wrapped here.
+``native_hydra_scan_cuda`` wraps the CUDA kernel (``hm_hydra_scan_cuda``) the same way, on torch's
+current stream; ``register_native_cuda_kernel()`` plugs it in for CUDA tensors (opt-in until the
+kernel has been validated on a GPU).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ __all__ = [
     "load_native_library",
     "native_library_info",
     "native_hydra_scan_cpu",
+    "native_hydra_scan_cuda",
     "register_native_cpu_kernel",
+    "register_native_cuda_kernel",
 ]
 
 ABI_VERSION = 1  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
@@ -169,6 +172,77 @@ def _raise_for(code: int, err: ctypes.Array) -> None:
     raise HieraMambaError(message)
 
 
+def _prepare_call(fn_name, device_type, x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
+                  state_f0, state_b0):
+    """Validate the tensors of a native call; returns ``(shape, dtype code, dt dtype code,
+    params [dt_f, dt_b, A, dt_bias] as passed to C, y, state_f, state_b)``."""
+    import torch  # deferred: loading the library must not require torch
+
+    dtype_codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+    named = {"x": x, "dt_f": dt_f, "dt_b": dt_b, "A": A, "dt_bias": dt_bias,
+             "B_f": B_f, "C_f": C_f, "B_b": B_b, "C_b": C_b}
+    if state_f0 is not None:
+        named["state_f0"] = state_f0
+    if state_b0 is not None:
+        named["state_b0"] = state_b0
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"{fn_name}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device.type != device_type or t.device != x.device:
+            where = "the CPU" if device_type == "cpu" else f"x's CUDA device ({x.device})"
+            raise InputError(f"{fn_name}: {name} must be on {where}, got {t.device}")
+        if not t.is_contiguous():
+            raise InputError(f"{fn_name}: {name} must be contiguous (call .contiguous()), "
+                             f"got strides {t.stride()} for shape {list(t.shape)}")
+
+    if x.dim() != 4:
+        raise InputError(f"{fn_name}: x must be 4-D [B, L, H, P], got shape {list(x.shape)}")
+    if x.dtype not in dtype_codes:
+        raise InputError(f"{fn_name}: x must be float32, float16 or bfloat16, got {x.dtype}")
+    bsz, L, H, P = x.shape
+    if B_f.dim() != 4:
+        raise InputError(f"{fn_name}: B_f must be 4-D [B, L, G, N], got shape {list(B_f.shape)}")
+    G, N = B_f.shape[2], B_f.shape[3]
+    if G < 1 or H % G != 0:
+        raise InputError(f"{fn_name}: heads H={H} (x.shape[2]) must be divisible by groups "
+                         f"G={G} (B_f.shape[2])")
+    expected = {
+        "dt_f": (bsz, L, H), "dt_b": (bsz, L, H), "A": (H,), "dt_bias": (H,),
+        "B_f": (bsz, L, G, N), "C_f": (bsz, L, G, N), "B_b": (bsz, L, G, N), "C_b": (bsz, L, G, N),
+        "state_f0": (bsz, H, P, N), "state_b0": (bsz, H, P, N),
+    }
+    for name, t in named.items():
+        if name != "x" and tuple(t.shape) != expected[name]:
+            raise InputError(f"{fn_name}: {name} must have shape {list(expected[name])}, "
+                             f"got {list(t.shape)}")
+    for name in ("B_f", "C_f", "B_b", "C_b"):
+        if named[name].dtype != x.dtype:
+            raise InputError(f"{fn_name}: {name} must have x's dtype {x.dtype}, got {named[name].dtype}")
+    for name in ("state_f0", "state_b0"):
+        if name in named and named[name].dtype != torch.float32:
+            raise InputError(f"{fn_name}: {name} must be float32, got {named[name].dtype}")
+    params = [dt_f, dt_b, A, dt_bias]
+    for name, t in zip(("dt_f", "dt_b", "A", "dt_bias"), params):
+        if not t.is_floating_point():
+            raise InputError(f"{fn_name}: {name} must be a floating tensor, got {t.dtype}")
+    dts = {t.dtype for t in params}
+    if len(dts) == 1 and next(iter(dts)) in (torch.float32, x.dtype):
+        dt_dtype = next(iter(dts))
+    else:  # mixed or other float types: fp32 holds every fp16/bf16 value exactly
+        params = [t.to(torch.float32) for t in params]
+        dt_dtype = torch.float32
+
+    y = torch.empty_like(x)
+    state_f = x.new_empty((bsz, H, P, N), dtype=torch.float32)
+    state_b = x.new_empty((bsz, H, P, N), dtype=torch.float32)
+    shape = _HmScanShape(bsz, L, H, P, G, N)
+    return shape, dtype_codes[x.dtype], dtype_codes[dt_dtype], params, y, state_f, state_b
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
 def native_hydra_scan_cpu(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
                           state_f0=None, state_b0=None, chunk_size: int = 256,
                           num_threads: Optional[int] = None):
@@ -183,81 +257,46 @@ def native_hydra_scan_cpu(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
     need it. ``num_threads`` defaults to ``torch.get_num_threads()``.
     Every tensor must be a contiguous CPU tensor; violations raise ``InputError``.
     """
-    import torch  # deferred: loading the library must not require torch
+    import torch
 
     lib = load_native_library(required=True)
-    dtype_codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
-    named = {"x": x, "dt_f": dt_f, "dt_b": dt_b, "A": A, "dt_bias": dt_bias,
-             "B_f": B_f, "C_f": C_f, "B_b": B_b, "C_b": C_b}
-    if state_f0 is not None:
-        named["state_f0"] = state_f0
-    if state_b0 is not None:
-        named["state_b0"] = state_b0
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"native_hydra_scan_cpu: {name} must be a torch.Tensor, got "
-                             f"{type(t).__name__}")
-        if t.device.type != "cpu":
-            raise InputError(f"native_hydra_scan_cpu: {name} must be on the CPU, got {t.device}")
-        if not t.is_contiguous():
-            raise InputError(f"native_hydra_scan_cpu: {name} must be contiguous (call .contiguous()), "
-                             f"got strides {t.stride()} for shape {list(t.shape)}")
-
-    if x.dim() != 4:
-        raise InputError(f"native_hydra_scan_cpu: x must be 4-D [B, L, H, P], got shape {list(x.shape)}")
-    if x.dtype not in dtype_codes:
-        raise InputError(f"native_hydra_scan_cpu: x must be float32, float16 or bfloat16, got {x.dtype}")
-    bsz, L, H, P = x.shape
-    if B_f.dim() != 4:
-        raise InputError(f"native_hydra_scan_cpu: B_f must be 4-D [B, L, G, N], got shape "
-                         f"{list(B_f.shape)}")
-    G, N = B_f.shape[2], B_f.shape[3]
-    if G < 1 or H % G != 0:
-        raise InputError(f"native_hydra_scan_cpu: heads H={H} (x.shape[2]) must be divisible by groups "
-                         f"G={G} (B_f.shape[2])")
-    expected = {
-        "dt_f": (bsz, L, H), "dt_b": (bsz, L, H), "A": (H,), "dt_bias": (H,),
-        "B_f": (bsz, L, G, N), "C_f": (bsz, L, G, N), "B_b": (bsz, L, G, N), "C_b": (bsz, L, G, N),
-        "state_f0": (bsz, H, P, N), "state_b0": (bsz, H, P, N),
-    }
-    for name, t in named.items():
-        if name != "x" and tuple(t.shape) != expected[name]:
-            raise InputError(f"native_hydra_scan_cpu: {name} must have shape {list(expected[name])}, "
-                             f"got {list(t.shape)}")
-    for name in ("B_f", "C_f", "B_b", "C_b"):
-        if named[name].dtype != x.dtype:
-            raise InputError(f"native_hydra_scan_cpu: {name} must have x's dtype {x.dtype}, got "
-                             f"{named[name].dtype}")
-    for name in ("state_f0", "state_b0"):
-        if name in named and named[name].dtype != torch.float32:
-            raise InputError(f"native_hydra_scan_cpu: {name} must be float32, got {named[name].dtype}")
-    params = [dt_f, dt_b, A, dt_bias]
-    for name, t in zip(("dt_f", "dt_b", "A", "dt_bias"), params):
-        if not t.is_floating_point():
-            raise InputError(f"native_hydra_scan_cpu: {name} must be a floating tensor, got {t.dtype}")
-    dts = {t.dtype for t in params}
-    if len(dts) == 1 and next(iter(dts)) in (torch.float32, x.dtype):
-        dt_dtype = next(iter(dts))
-    else:  # mixed or other float types: fp32 holds every fp16/bf16 value exactly
-        params = [t.to(torch.float32) for t in params]
-        dt_dtype = torch.float32
-
-    y = torch.empty_like(x)
-    state_f = torch.empty((bsz, H, P, N), dtype=torch.float32)
-    state_b = torch.empty((bsz, H, P, N), dtype=torch.float32)
-    shape = _HmScanShape(bsz, L, H, P, G, N)
+    shape, dtype, dt_dtype, params, y, state_f, state_b = _prepare_call(
+        "native_hydra_scan_cpu", "cpu", x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
+        state_f0, state_b0)
     err = ctypes.create_string_buffer(_ERR_LEN)
     threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
-
-    def ptr(t):
-        return None if t is None else t.data_ptr()
-
     code = lib.hm_hydra_scan_cpu(
-        ctypes.byref(shape), dtype_codes[x.dtype], dtype_codes[dt_dtype],
-        ptr(x), ptr(params[0]), ptr(params[1]), ptr(params[2]), ptr(params[3]),
-        ptr(B_f), ptr(C_f), ptr(B_b), ptr(C_b), ptr(state_f0), ptr(state_b0),
-        ptr(y), ptr(state_f), ptr(state_b), threads, err, _ERR_LEN)
+        ctypes.byref(shape), dtype, dt_dtype, _ptr(x), *[_ptr(t) for t in params],
+        _ptr(B_f), _ptr(C_f), _ptr(B_b), _ptr(C_b), _ptr(state_f0), _ptr(state_b0),
+        _ptr(y), _ptr(state_f), _ptr(state_b), threads, err, _ERR_LEN)
+    if code != _HM_OK:
+        _raise_for(code, err)
+    return y, state_f, state_b
+
+
+def native_hydra_scan_cuda(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
+                           state_f0=None, state_b0=None, chunk_size: int = 256):
+    """HydraScan on CUDA tensors with the CUDA kernel (one launch, both directions), enqueued on
+    torch's current stream; same contract as :func:`native_hydra_scan_cpu`. Raises
+    ``BackendUnavailableError`` when the library was built without CUDA."""
+    import torch
+
+    lib = load_native_library(required=True)
+    if not lib.hm_has_cuda():
+        raise BackendUnavailableError(
+            f"{_lib_path} was built without the CUDA kernel (no nvcc at configure time); rebuild "
+            f"with nvcc on PATH: {BUILD_COMMAND}")
+    shape, dtype, dt_dtype, params, y, state_f, state_b = _prepare_call(
+        "native_hydra_scan_cuda", "cuda", x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
+        state_f0, state_b0)
+    ws_bytes = int(lib.hm_hydra_scan_workspace_size(ctypes.byref(shape), dtype))
+    workspace = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device) if ws_bytes else None
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    code = lib.hm_hydra_scan_cuda(
+        ctypes.byref(shape), dtype, dt_dtype, _ptr(x), *[_ptr(t) for t in params],
+        _ptr(B_f), _ptr(C_f), _ptr(B_b), _ptr(C_b), _ptr(state_f0), _ptr(state_b0),
+        _ptr(y), _ptr(state_f), _ptr(state_b), _ptr(workspace), ws_bytes, stream, err, _ERR_LEN)
     if code != _HM_OK:
         _raise_for(code, err)
     return y, state_f, state_b
@@ -274,4 +313,19 @@ def register_native_cpu_kernel(required: bool = False) -> bool:
     from .hydra_scan import register_kernel
 
     register_kernel("cpu", native_hydra_scan_cpu)
+    return True
+
+
+def register_native_cuda_kernel(required: bool = False) -> bool:
+    """Register ``native_hydra_scan_cuda`` as the op's CUDA kernel (opt-in: not yet validated on a
+    GPU, see plugins/hydra_scan/README.md). Returns whether it was registered."""
+    lib = load_native_library(required=required)
+    if lib is None or not lib.hm_has_cuda():
+        if required:
+            raise BackendUnavailableError(
+                f"the native library has no CUDA kernel; rebuild with nvcc on PATH: {BUILD_COMMAND}")
+        return False
+    from .hydra_scan import register_kernel
+
+    register_kernel("cuda", native_hydra_scan_cuda)
     return True
