@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .postprocess import level_points, regression_ranges
 
 __all__ = [
     "regression_ranges",
@@ -35,49 +36,16 @@ __all__ = [
 ]
 
 
-def regression_ranges(num_levels: int, max_seq_len: int, regression_range: float = 4,
-                      sigma: float = 0.5) -> list[tuple[float, float]]:
-    """Per-level regression ranges of the official ``PtGenerator``.
-
-    Level 0: ``(0, r)``; level ``l >= 1``: ``(r·sigma, 2r)`` with ``r`` the previous upper bound; the
-    last level's upper bound is raised to ``max_seq_len + 1`` so every segment fits somewhere.
-    """
-    if num_levels < 1:
-        raise InputError(f"num_levels must be >= 1, got {num_levels}")
-    if not 0 < sigma <= 1:
-        raise InputError(f"sigma must be in (0, 1], got {sigma}")
-    r = regression_range
-    ranges = [(0.0, float(r))]
-    for level in range(1, num_levels):
-        lo, hi = r * sigma, r * 2
-        if level == num_levels - 1:
-            hi = max(hi, max_seq_len + 1)
-        ranges.append((float(lo), float(hi)))
-        r = hi
-    return ranges
-
-
 def make_points(max_seq_len: int, num_levels: int, regression_range: float = 4,
                 sigma: float = 0.5, device=None) -> list[Tensor]:
     """Candidate points per level, each ``(max_seq_len / 2^l, 4)`` float32 rows
-    ``[p, r_min, r_max, stride]`` with ``p = i·2^l`` (``use_offset=False``, as released).
+    ``[p, r_min, r_max, stride]`` with ``p = i·2^l`` (``use_offset=False``, as released): the
+    point grid of :func:`hieramamba.postprocess.level_points` as tensors.
 
     Slice ``points[l][:T_l]`` for a level of length ``T_l`` (the official ``PtGenerator.forward``).
     """
-    step = 2 ** (num_levels - 1)
-    if max_seq_len % step:
-        raise InputError(
-            f"max_seq_len must be a multiple of 2^(num_levels-1) = {step}, got {max_seq_len}")
-    ranges = regression_ranges(num_levels, max_seq_len, regression_range, sigma)
-    tics = torch.arange(0, max_seq_len, 1.0, device=device)
-    out = []
-    for level, (lo, hi) in enumerate(ranges):
-        stride = 2 ** level
-        p = tics[::stride]
-        n = p.numel()
-        out.append(torch.stack(
-            (p, p.new_full((n,), lo), p.new_full((n,), hi), p.new_full((n,), float(stride))), dim=1))
-    return out
+    return [torch.from_numpy(p).to(device)
+            for p in level_points(num_levels, max_seq_len, regression_range, sigma)]
 
 
 def annotate_points(points: Tensor | Sequence[Tensor], targets: Tensor,
