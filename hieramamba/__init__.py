@@ -22,6 +22,7 @@ _LAZY = {
     "load_config": ("hieramamba.config", "load_config"),
     "load_experiment": ("hieramamba.checkpoint", "load_experiment"),
     "save_experiment": ("hieramamba.checkpoint", "save_experiment"),
+    "load_default": ("hieramamba.checkpoint", "load_default"),
     "Grounder": ("hieramamba.inference", "Grounder"),
 }
 

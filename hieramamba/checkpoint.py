@@ -108,3 +108,40 @@ def save_experiment(folder, model: HieraMamba, opt_raw: dict, ckpt: str = "last"
         yaml.safe_dump(opt_raw, f, sort_keys=False)
     os.replace(tmp, folder / "opt.yaml")
     return folder
+
+
+# --------------------------------------------------------------------------------------------
+# the embedded default (package data)
+
+DEFAULT_NAME = "tiny"
+
+
+def default_experiment_dir(name: str = DEFAULT_NAME) -> Path:
+    """Folder of an embedded experiment (``hieramamba/assets/<name>``: ``opt.yaml``,
+    ``models/last.pth``, ``synthetic.json``)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("hieramamba") / "assets" / name))
+    if not (folder / "opt.yaml").is_file():
+        raise CheckpointError(f"embedded default {name!r} not found at {folder} (broken installation?); "
+                              "scripts/train_tiny_default.sh recreates it")
+    return folder
+
+
+def load_default(name: str = DEFAULT_NAME, **kwargs):
+    """The embedded trained default: ``(model, opt)`` in eval mode with its EMA weights — the tiny
+    config trained by ``hieramamba train`` on the synthetic set (see
+    ``scripts/train_tiny_default.sh``). ``kwargs`` go to :func:`load_experiment`."""
+    return load_experiment(default_experiment_dir(name), **kwargs)
+
+
+def default_synthetic_settings(name: str = DEFAULT_NAME) -> dict:
+    """How the default's training data was generated (``synthetic.json``: the
+    :func:`~hieramamba.data.make_synthetic` arguments and geometry), so callers can draw new videos
+    from the same synthetic world."""
+    import json
+
+    path = default_experiment_dir(name) / "synthetic.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the embedded default has no synthetic settings")
+    return json.loads(path.read_text())

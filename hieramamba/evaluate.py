@@ -1,0 +1,105 @@
+"""Evaluation (REFERENCE §8.4): R@k × IoU≥θ over all queries, official predictions JSON.
+
+Per video the evaluation dataset (``video_centric``, all of a video's queries in one sample, no
+crop) feeds :class:`~hieramamba.inference.Grounder` — the same per-video path as the official
+``EvaluatorAuxiliary`` (padding rule, text batching, decoding, Soft-NMS + voting, seconds) — and
+:func:`~hieramamba.metrics.predictions_json` scores the results (ranks and thresholds from the
+config's ``eval`` section). Nothing of either is re-implemented here.
+
+Outputs, as the official evaluator names them: ``eval_<ckpt>.txt`` (one ``Rank@k_IoU@θ: value``
+line per metric, percentages) and ``predictions_<ckpt>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .data import make_dataset
+from .errors import InputError
+from .inference import Grounder
+from .metrics import metric_key, predictions_json
+
+__all__ = ["evaluate_dataset", "evaluate_model", "evaluate_experiment", "format_metrics"]
+
+
+def evaluate_dataset(grounder: Grounder, dataset, progress: bool = False,
+                     max_videos: Optional[int] = None) -> dict:
+    """Ground every query of ``dataset`` (an evaluation :class:`VideoCentricDataset`) and return the
+    official predictions JSON dict (``summary.overall_recall_at_iou`` holds the metrics)."""
+    from tqdm.auto import tqdm
+
+    ev = grounder.opt["eval"]
+    ranks, threshs = tuple(ev.get("ranks", (1, 5))), tuple(ev.get("iou_threshs", (0.3, 0.5)))
+    n = len(dataset) if max_videos is None else min(len(dataset), int(max_videos))
+    if n == 0:
+        raise InputError("the evaluation dataset has no videos")
+    videos = []
+    for i in tqdm(range(n), desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+        s = dataset[i]
+        results = grounder.ground(
+            s["vid"].t(), [t.t() for t in s["text"]], fps=s["fps"], duration=s["duration"],
+            clip_size=s["clip_size"], clip_stride=s["clip_stride"])
+        preds = [(np.array([[g.start_sec, g.end_sec] for g in segs], dtype=np.float32).reshape(-1, 2),
+                  np.array([g.score for g in segs], dtype=np.float32)) for segs in results]
+        targets = [np.asarray(seg, dtype=np.float32) for seg in s["segment"].numpy()]
+        videos.append((s["vid_id"], preds, targets))
+    return predictions_json(videos, ranks, threshs)
+
+
+def evaluate_model(model, opt: dict, *, root=None, data_paths: Optional[dict] = None,
+                   split: Optional[str] = None, device="cpu", text_overflow: str = "error",
+                   progress: bool = False, max_videos: Optional[int] = None,
+                   outside_moments: str = "error") -> dict:
+    """Evaluate a loaded model on the split ``eval.data.split`` (or ``split``) of the dataset the
+    config describes (paths overridable as in :func:`hieramamba.data.make_dataset`)."""
+    dataset = make_dataset(opt, False, root=root, split=split, outside_moments=outside_moments,
+                           **(data_paths or {}))
+    grounder = Grounder(model, opt, device=device, text_overflow=text_overflow)
+    return evaluate_dataset(grounder, dataset, progress=progress, max_videos=max_videos)
+
+
+def format_metrics(summary: dict) -> str:
+    """``eval_<ckpt>.txt`` body: one ``Rank@k_IoU@θ: xx.xx`` line per metric (percent)."""
+    rec = summary["overall_recall_at_iou"]
+    lines = [f"{k}: {100.0 * v:.2f}" for k, v in rec.items()]
+    lines.append(f"queries: {summary['total_queries']}, videos: {summary['total_videos']}")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_experiment(folder, ckpt: str = "last", *, out_dir=None, root=None,
+                        data_paths: Optional[dict] = None, split: Optional[str] = None,
+                        device="cpu", use_ema: bool = True, mask_semantics: str = "official",
+                        text_overflow: str = "error", progress: bool = False,
+                        max_videos: Optional[int] = None) -> dict:
+    """Evaluate an official (or our own) experiment folder: loads ``opt.yaml`` and the EMA weights
+    of ``models/<ckpt>.pth`` strictly, runs :func:`evaluate_model`, writes ``eval_<ckpt>.txt`` and
+    ``predictions_<ckpt>.json`` into ``out_dir`` (default: the folder). Data paths in the
+    config are relative to ``root`` (default: the current directory, as the official scripts
+    assume running from the repository root). Returns the predictions dict."""
+    from .checkpoint import load_experiment
+
+    model, opt = load_experiment(folder, ckpt, use_ema=use_ema, mask_semantics=mask_semantics,
+                                 device=device)
+    t0 = time.perf_counter()
+    result = evaluate_model(model, opt, root=root, data_paths=data_paths, split=split, device=device,
+                            text_overflow=text_overflow, progress=progress, max_videos=max_videos)
+    elapsed = time.perf_counter() - t0
+    out = Path(out_dir) if out_dir is not None else Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    text = format_metrics(result["summary"]) + f"seconds: {elapsed:.1f}\n"
+    (out / f"eval_{ckpt}.txt").write_text(text)
+    tmp = out / f"predictions_{ckpt}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out / f"predictions_{ckpt}.json")
+    return result
+
+
+def r_at(result: dict, rank: int, iou: float) -> float:
+    """One metric from a predictions dict, e.g. ``r_at(res, 1, 0.5)``."""
+    return result["summary"]["overall_recall_at_iou"][metric_key(rank, iou)]

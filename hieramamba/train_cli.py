@@ -1,0 +1,147 @@
+"""``hieramamba train``, ``hieramamba eval`` and ``hieramamba make-synthetic`` (registered by
+:mod:`hieramamba.cli`). Kept apart so the CLI module stays a thin dispatcher."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def _threads(n) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def _data_paths(args) -> dict:
+    out = {}
+    for key in ("anno_file", "vid_feat_dir", "text_feat_dir", "glove_path"):
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def cmd_train(args) -> int:
+    from .config import PACKAGED_CONFIGS, packaged_config_path, read_yaml
+    from .train import Trainer
+
+    _threads(args.threads)
+    path = packaged_config_path(args.config) if args.config in PACKAGED_CONFIGS else args.config
+    raw = read_yaml(path)
+    paths = _data_paths(args)
+    if args.data:       # a synthetic / official-layout folder: annotations.json, video/, text/
+        import os
+
+        paths.setdefault("anno_file", os.path.join(args.data, "annotations.json"))
+        paths.setdefault("vid_feat_dir", os.path.join(args.data, "video"))
+        paths.setdefault("text_feat_dir", os.path.join(args.data, "text"))
+    if args.seed is not None:
+        raw["seed"] = args.seed
+    for key in ("epochs", "warmup_epochs", "batch_size"):
+        if getattr(args, key) is not None:
+            raw.setdefault("train", {})[key] = getattr(args, key)
+    if args.lr is not None:
+        raw.setdefault("train", {}).setdefault("optimizer", {})["lr"] = args.lr
+    t0 = time.perf_counter()
+    trainer = Trainer(raw, args.output, root=args.root, data_paths=paths, device=args.device,
+                      num_workers=args.num_workers, resume=not args.no_resume,
+                      max_iters=args.max_iters, progress=not args.no_progress)
+    trainer.fit()
+    print(f"trained {trainer.itr} iterations in {time.perf_counter() - t0:.1f} s → {args.output}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_experiment, format_metrics
+
+    _threads(args.threads)
+    paths = _data_paths(args)
+    if args.data:
+        import os
+
+        paths.setdefault("anno_file", os.path.join(args.data, "annotations.json"))
+        paths.setdefault("vid_feat_dir", os.path.join(args.data, "video"))
+        paths.setdefault("text_feat_dir", os.path.join(args.data, "text"))
+    result = evaluate_experiment(
+        args.experiment, args.ckpt, out_dir=args.out_dir, root=args.root, data_paths=paths,
+        split=args.split, device=args.device, use_ema=not args.no_ema,
+        mask_semantics=args.mask_semantics, text_overflow=args.text_overflow,
+        progress=not args.no_progress, max_videos=args.max_videos)
+    print(format_metrics(result["summary"]), end="")
+    return 0
+
+
+def cmd_make_synthetic(args) -> int:
+    from .data import make_synthetic
+
+    syn = make_synthetic(
+        args.out, args.config, n_videos=args.videos, min_len=args.min_len, max_len=args.max_len,
+        seed=args.seed, n_scenes=args.scenes, queries_per_video=(args.min_queries, args.max_queries),
+        max_scene_len=args.max_scene_len, max_moment_len=args.max_moment_len, noise=args.noise,
+        drift=args.drift, text_noise=args.text_noise, write_glove=args.glove, overwrite=args.overwrite)
+    counts = {k: len(v) for k, v in syn.splits.items()}
+    print(json.dumps({"root": syn.root, "anno_file": syn.anno_file, "splits": counts}, indent=1))
+    return 0
+
+
+def _data_args(p) -> None:
+    p.add_argument("--data", help="dataset folder in the synthetic layout (annotations.json, video/, text/)")
+    p.add_argument("--root", help="folder the config's relative data paths resolve against (default: cwd)")
+    p.add_argument("--anno-file", dest="anno_file")
+    p.add_argument("--vid-feat-dir", dest="vid_feat_dir")
+    p.add_argument("--text-feat-dir", dest="text_feat_dir")
+    p.add_argument("--glove-path", dest="glove_path", help="glove.6B.300d.txt (TACoS)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads (on a busy machine 1 is often fastest)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("train", help="train a config on an official-layout dataset (experiment folder out)")
+    p.add_argument("--config", required=True, help="packaged name (ego4d, tacos, mad, madv2, tiny) or YAML")
+    p.add_argument("--output", required=True, help="experiment folder (opt.yaml, models/, states/, log.txt)")
+    _data_args(p)
+    p.add_argument("--num-workers", type=int, help="DataLoader workers (default: train.num_workers)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if states/last.pth exists")
+    p.add_argument("--max-iters", type=int, help="stop after this many iterations")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=int, help="override train.warmup_epochs")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="override train.batch_size")
+    p.add_argument("--lr", type=float, help="override train.optimizer.lr")
+    p.add_argument("--seed", type=int, help="override the config seed")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="R@k × IoU of an experiment folder; writes eval_<ckpt>.txt and predictions_<ckpt>.json")
+    p.add_argument("--experiment", required=True, help="folder with opt.yaml and models/<ckpt>.pth")
+    p.add_argument("--ckpt", default="last")
+    _data_args(p)
+    p.add_argument("--split", help="override eval.data.split")
+    p.add_argument("--out-dir", dest="out_dir", help="where to write the results (default: the experiment folder)")
+    p.add_argument("--no-ema", action="store_true", help="evaluate 'model' instead of 'model_ema'")
+    p.add_argument("--mask-semantics", default="official", choices=["official", "per_sample"])
+    p.add_argument("--text-overflow", default="error", choices=["error", "truncate"])
+    p.add_argument("--max-videos", type=int, help="evaluate only the first N videos")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("make-synthetic", help="write the synthetic long-video grounding dataset (official layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", default="tiny", help="geometry: 'tiny' or a config name / opt.yaml")
+    p.add_argument("--videos", type=int, default=8)
+    p.add_argument("--min-len", type=int, default=256, help="shortest video in feature rows")
+    p.add_argument("--max-len", type=int, default=1024, help="longest video in feature rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenes", type=int, default=12)
+    p.add_argument("--min-queries", type=int, default=2)
+    p.add_argument("--max-queries", type=int, default=8)
+    p.add_argument("--max-scene-len", type=int)
+    p.add_argument("--max-moment-len", type=int)
+    p.add_argument("--noise", type=float, default=0.5)
+    p.add_argument("--drift", type=float, default=0.3)
+    p.add_argument("--text-noise", type=float, default=0.3)
+    p.add_argument("--glove", action="store_true", help="also write glove.txt for the sentences")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_make_synthetic)
