@@ -310,6 +310,9 @@ def export_model(model, *, opset: int = DEFAULT_OPSET, portable: bool = False, d
     import copy
 
     check_model_supported(model)
+    if model.training:
+        raise ExportError("export needs the model in eval mode (dropout / drop-path are active "
+                          "in training mode); call .eval() first")
     dname = dtype_name(dtype)
     tdt = SUPPORTED_DTYPES[dname]
     m = model if tdt == next(model.parameters()).dtype else copy.deepcopy(model).to(tdt)

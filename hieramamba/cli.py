@@ -138,6 +138,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
+    from .export.cli import register as add_export_subcommands
+
+    add_export_subcommands(sub)  # export, check-onnx, build-engine (export/cli.py)
+
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,147 @@
+"""``hieramamba export``, ``check-onnx`` and ``build-engine`` (registered by hieramamba/cli.py).
+
+Importing this module imports neither torch nor onnx; each command imports what it needs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+def _load(args):
+    """(model, opt, source) from --experiment or --config (random weights, --seed)."""
+    from hieramamba.errors import ExportError
+
+    if bool(args.experiment) == bool(args.config):
+        raise ExportError("give exactly one of --experiment (official/our experiment folder) or "
+                          "--config (packaged config name or YAML, random weights)")
+    import torch
+
+    if args.experiment:
+        from hieramamba.checkpoint import load_experiment
+
+        model, opt = load_experiment(args.experiment, args.ckpt, mask_semantics=args.mask_semantics)
+        return model, opt, {"experiment": str(Path(args.experiment).resolve()), "ckpt": args.ckpt}
+    from hieramamba.config import load_config
+    from hieramamba.model import build_model
+
+    torch.manual_seed(args.seed)
+    opt = load_config(args.config)
+    return (build_model(opt, mask_semantics=args.mask_semantics).eval(), opt,
+            {"config": args.config, "random_weights_seed": args.seed})
+
+
+def _default_text_len(opt) -> int:
+    return int(opt.get("eval", {}).get("max_text_len", 24))
+
+
+def cmd_export(args) -> int:
+    from .api import export_to_file
+
+    model, opt, source = _load(args)
+    for dtype in args.dtype:
+        for portable in ([False, True] if args.both else [args.portable]):
+            out = Path(args.out)
+            if len(args.dtype) > 1 or args.both:
+                out = out.with_name(f"{out.stem}.{dtype}{'.portable' if portable else ''}{out.suffix}")
+            t0 = time.perf_counter()
+            path, man = export_to_file(model, opt, out, dtype=dtype, portable=portable,
+                                       opset=args.opset, source=source)
+            dt = time.perf_counter() - t0
+            size = path.stat().st_size / 2 ** 20
+            print(f"wrote {path} ({size:.1f} MiB, {man['hydra_scan']['custom_nodes']} HydraScan nodes,"
+                  f" {dtype}, opset {args.opset}) in {dt:.1f} s; manifest {path}.json")
+    return 0
+
+
+def cmd_check_onnx(args) -> int:
+    import torch
+
+    from hieramamba.errors import ExportError
+
+    from .check import format_case, ort_session, run_case
+    from .manifest import load_manifest
+
+    man = load_manifest(args.onnx)
+    model, opt, _ = _load(args)
+    if man.get("mask_semantics") != model.mask_semantics:
+        raise ExportError(f"{args.onnx} was exported with mask semantics {man.get('mask_semantics')!r}, "
+                          f"the eager model uses {model.mask_semantics!r}")
+    sess = ort_session(args.onnx, args.threads)
+    dtype = torch.float16 if man["dtype"] == "float16" else torch.float32
+    tol = args.tol if args.tol is not None else (1e-2 if dtype == torch.float16 else 1e-4)
+    text_len = args.text_len or _default_text_len(opt)
+    worst, fails = 0.0, 0
+    for T in args.lengths:
+        for nq in args.queries:
+            r = run_case(sess, model, T, nq, text_len, dtype=dtype, seed=T * 31 + nq,
+                         valid=max(1, T - T // 7))
+            print(format_case(r))
+            worst = max(worst, r.worst())
+            if r.worst() > tol or r.mask_mismatches():
+                fails += 1
+    print(f"worst max rel error on logits/offsets: {worst:.3e} (tolerance {tol:g}); "
+          f"{fails} failing case(s)")
+    return 1 if fails else 0
+
+
+def cmd_build_engine(args) -> int:
+    from .trt_build import build_engine, profile_from_args
+
+    profile = profile_from_args(args.lengths, args.queries, args.text_len)
+    engine = args.out or str(Path(args.onnx).with_suffix(".engine"))
+    man = build_engine(args.onnx, engine, profile, plugin_library=args.plugin,
+                       timing_cache=args.timing_cache, workspace_gib=args.workspace_gib)
+    print(f"wrote {engine} (TensorRT {man['tensorrt_version']}, GPU {man['gpu']}); manifest {engine}.json")
+    return 0
+
+
+def _model_source_args(p):
+    p.add_argument("--experiment", help="experiment folder (opt.yaml + models/<ckpt>.pth)")
+    p.add_argument("--ckpt", default="last")
+    p.add_argument("--config", help="packaged config name (ego4d, tacos, mad, madv2, tiny) or YAML; random weights")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights with --config")
+    p.add_argument("--mask-semantics", default="official", choices=["official", "per_sample"])
+
+
+def register(sub) -> None:
+    """Add the three subcommands to the ``hieramamba`` argparse subparsers."""
+    p = sub.add_parser("export", help="export a model to ONNX (HydraScan custom node + local function)")
+    _model_source_args(p)
+    p.add_argument("--out", required=True, help="output .onnx path (a manifest .onnx.json is written beside it)")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16"])
+    p.add_argument("--portable", action="store_true", help="inline HydraScan (standard ops only)")
+    p.add_argument("--both", action="store_true", help="write the custom-node and the portable graph")
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check-onnx", help="ONNX Runtime (CPU) vs eager PyTorch, max abs/rel error per output")
+    p.add_argument("onnx", help="exported .onnx (its manifest must be beside it)")
+    _model_source_args(p)
+    p.add_argument("--lengths", type=int, nargs="+", default=[1, 127, 2304])
+    p.add_argument("--queries", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--text-len", type=int, help="query token length (default eval.max_text_len)")
+    p.add_argument("--tol", type=float, help="max rel error allowed (default 1e-4 fp32, 1e-2 fp16)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    p.set_defaults(func=cmd_check_onnx)
+
+    p = sub.add_parser("build-engine", help="build a TensorRT engine (TensorRT 10 Python API)")
+    p.add_argument("onnx", help="exported .onnx (its manifest must be beside it)")
+    p.add_argument("--out", help="engine path (default: <onnx>.engine)")
+    p.add_argument("--plugin", help=f"HydraScan plugin library (default build/libhieramamba_trt_plugin.so)")
+    p.add_argument("--lengths", default="128:2304:9216", help="video length MIN:OPT:MAX")
+    p.add_argument("--queries", default="1:8:32", help="query batch MIN:OPT:MAX")
+    p.add_argument("--text-len", default="24", help="text length MIN:OPT:MAX or N")
+    p.add_argument("--timing-cache", help="timing cache file (read if present, then updated)")
+    p.add_argument("--workspace-gib", type=float, default=8.0)
+    p.set_defaults(func=cmd_build_engine)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers(dest="cmd", required=True))
+    a = ap.parse_args()
+    sys.exit(a.func(a))

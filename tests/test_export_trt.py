@@ -1,0 +1,75 @@
+"""TensorRT engine building: everything but the TensorRT calls (profiles, plugin lookup,
+argument checks, engine manifest); the command fails clearly without TensorRT."""
+
+import importlib.util
+import json
+
+import pytest
+
+from hieramamba.cli import main
+from hieramamba.errors import BackendUnavailableError, ExportError
+from hieramamba.export.trt_build import (ProfileSpec, engine_manifest, find_plugin_library,
+                                         import_tensorrt, input_dims_from_manifest,
+                                         parse_range, profile_from_args)
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def test_profile_shapes_follow_the_graph_inputs():
+    p = profile_from_args("1:2304:9216", "1:8:32", "24")
+    shapes = p.shapes(256, 768)
+    assert shapes["video"] == ((1, 256, 1), (1, 256, 2304), (1, 256, 9216))
+    assert shapes["video_mask"] == ((1, 1, 1), (1, 1, 2304), (1, 1, 9216))
+    assert shapes["text"] == ((1, 768, 24), (8, 768, 24), (32, 768, 24))
+    assert shapes["text_mask"][2] == (32, 1, 24)
+
+
+@pytest.mark.parametrize("spec,msg", [("128:64:256", "min <= opt <= max"), ("0:1:2", "min <= opt"),
+                                      ("a:b:c", "integers"), ("1:2", "MIN:OPT:MAX")])
+def test_profile_argument_errors(spec, msg):
+    with pytest.raises(ExportError, match=msg):
+        profile_from_args(spec, "1", "24")
+
+
+def test_parse_range_single_value_is_fixed():
+    assert parse_range("24", "--text-len") == (24, 24, 24)
+
+
+def test_missing_plugin_library_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(BackendUnavailableError, match="plugin library not found"):
+        find_plugin_library(str(tmp_path / "libnope.so"))
+    monkeypatch.setenv("HIERAMAMBA_TRT_PLUGIN", str(tmp_path / "libnope.so"))
+    with pytest.raises(BackendUnavailableError, match="HIERAMAMBA_TRT_PLUGIN"):
+        find_plugin_library()
+    lib = tmp_path / "libhieramamba_trt_plugin.so"
+    lib.write_bytes(b"\x7fELF")
+    assert find_plugin_library(str(lib)) == lib
+
+
+def test_engine_manifest_records_versions_and_profile(tmp_path):
+    onnx_man = {"sha256": "ab", "dtype": "float16", "mask_semantics": "official", "config": {"x": 1},
+                "inputs": [{"name": "video", "dtype": "float16", "shape": [1, 256, "T"]},
+                           {"name": "text", "dtype": "float16", "shape": ["Nq", 768, "Tt"]}],
+                "outputs": [], "padding": {"multiple": 128}}
+    eng = tmp_path / "m.engine"
+    eng.write_bytes(b"engine")
+    p = ProfileSpec(1, 2304, 9216, 1, 8, 32, 24, 24, 24)
+    m = engine_manifest(onnx_man, tmp_path / "m.onnx", eng, p, trt_version="10.16.0",
+                        plugin_library="/x/libhieramamba_trt_plugin.so", gpu="NVIDIA H200",
+                        timing_cache=None)
+    assert m["tensorrt_version"] == "10.16.0" and m["gpu"] == "NVIDIA H200"
+    assert m["plugin"] == {"library": "/x/libhieramamba_trt_plugin.so", "name": "HydraScan",
+                           "version": "1", "namespace": "hieramamba"}
+    assert m["profile"]["len_max"] == 9216 and m["dtype"] == "float16" and m["engine_sha256"]
+    assert input_dims_from_manifest(onnx_man) == (256, 768)
+    json.dumps(m)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_build_engine_without_tensorrt_exits_nonzero(tmp_path, capsys):
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        import_tensorrt()
+    # A missing manifest is reported before TensorRT is even needed.
+    (tmp_path / "m.onnx").write_bytes(b"")
+    assert main(["build-engine", str(tmp_path / "m.onnx")]) == 2
+    assert "manifest not found" in capsys.readouterr().err
