@@ -22,8 +22,8 @@ import tempfile
 import time
 
 # make_synthetic settings of the embedded default (kept equal to scripts/train_tiny_default.sh)
-SYNTHETIC = dict(n_videos=150, min_len=96, max_len=256, seed=0, n_scenes=8, max_scene_len=40,
-                 max_moment_len=64, queries_per_video=(2, 6))
+SYNTHETIC = dict(n_videos=200, min_len=64, max_len=128, seed=0, n_scenes=6, min_scene_len=4,
+                 max_scene_len=24, max_moment_len=32, noise=0.3, queries_per_video=(2, 6))
 
 
 def peak_rss_mb() -> float:

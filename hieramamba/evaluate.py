@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 
 from .data import make_dataset
 from .errors import InputError
@@ -58,6 +59,8 @@ def evaluate_model(model, opt: dict, *, root=None, data_paths: Optional[dict] = 
                    outside_moments: str = "error") -> dict:
     """Evaluate a loaded model on the split ``eval.data.split`` (or ``split``) of the dataset the
     config describes (paths overridable as in :func:`hieramamba.data.make_dataset`)."""
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dataset = make_dataset(opt, False, root=root, split=split, outside_moments=outside_moments,
                            **(data_paths or {}))
     grounder = Grounder(model, opt, device=device, text_overflow=text_overflow)
@@ -83,7 +86,9 @@ def evaluate_experiment(folder, ckpt: str = "last", *, out_dir=None, root=None,
     config are relative to ``root`` (default: the current directory, as the official scripts
     assume running from the repository root). Returns the predictions dict."""
     from .checkpoint import load_experiment
+    from .train import _resolve_device
 
+    device = _resolve_device(device)
     model, opt = load_experiment(folder, ckpt, use_ema=use_ema, mask_semantics=mask_semantics,
                                  device=device)
     t0 = time.perf_counter()

@@ -184,6 +184,7 @@ def make_synthetic(out_dir: str | os.PathLike, config_name_or_dims: Any = "tiny"
                    min_len: int = 256, max_len: int = 1024, seed: int = 0, *,
                    n_scenes: int = 12, queries_per_video: tuple[int, int] = (2, 8),
                    max_scene_len: Optional[int] = None, max_moment_len: Optional[int] = None,
+                   min_scene_len: int = 1,
                    noise: float = 0.5, drift: float = 0.3, occurrence_jitter: float = 0.2,
                    text_noise: float = 0.3, split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
                    fps: Optional[float] = None, write_glove: bool = False,
@@ -206,6 +207,9 @@ def make_synthetic(out_dir: str | os.PathLike, config_name_or_dims: Any = "tiny"
         n_scenes: number of recurring scenes ``K`` (≥ 3).
         queries_per_video: inclusive range of queries per video (fewer when too few occurrences
             are unambiguous; at least one per video).
+        min_scene_len: shortest scene occurrence in rows (default 1; a difficulty knob: very short
+            moments need sub-clip precision for IoU ≥ 0.5). The last occurrence of a video may be
+            shorter (it ends with the video).
         max_scene_len: longest scene occurrence in rows (default ten minutes of features); each
             occurrence is also at most a third of its video.
         max_moment_len: longest queried occurrence in rows (default: half the config's training
@@ -236,6 +240,8 @@ def make_synthetic(out_dir: str | os.PathLike, config_name_or_dims: Any = "tiny"
         max_moment_len = window // 2 if window else 512
     if max_moment_len < 1 or max_scene_len < 1:
         raise InputError("max_scene_len and max_moment_len must be >= 1")
+    if not 1 <= min_scene_len <= max_scene_len:
+        raise InputError(f"need 1 <= min_scene_len <= max_scene_len, got {min_scene_len}, {max_scene_len}")
 
     out_dir = os.fspath(out_dir)
     vid_dir, text_dir = os.path.join(out_dir, "video"), os.path.join(out_dir, "text")
@@ -269,9 +275,10 @@ def make_synthetic(out_dir: str | os.PathLike, config_name_or_dims: Any = "tiny"
 
         # scene occurrences
         occ_cap = max(1, min(max_scene_len, n_rows // 3))
+        occ_min = min(min_scene_len, occ_cap)
         occs, pos, prev = [], 0, -1
         while pos < n_rows:
-            length = min(_log_uniform_int(rng, 1, occ_cap), n_rows - pos)
+            length = min(_log_uniform_int(rng, occ_min, occ_cap), n_rows - pos)
             scene = int(rng.integers(n_scenes - 1)) if prev >= 0 else int(rng.integers(n_scenes))
             if prev >= 0 and scene >= prev:
                 scene += 1                                                # never repeat the previous scene
@@ -355,7 +362,7 @@ def make_synthetic(out_dir: str | os.PathLike, config_name_or_dims: Any = "tiny"
         _atomic_write(glove_path, ("\n".join(lines) + "\n").encode("utf-8"))
     meta = {
         "generator": "hieramamba.data.synthetic", "format_version": _FORMAT_VERSION, "seed": seed,
-        "geometry": dims, "n_scenes": n_scenes, "max_scene_len": max_scene_len,
+        "geometry": dims, "n_scenes": n_scenes, "min_scene_len": min_scene_len, "max_scene_len": max_scene_len,
         "max_moment_len": max_moment_len, "noise": noise, "drift": drift,
         "occurrence_jitter": occurrence_jitter, "text_noise": text_noise, "splits": splits,
         "videos": meta_videos,
