@@ -12,7 +12,7 @@ from hieramamba.profiling.nvtx import nvtx_range
 from ..errors import ConfigError, InputError
 from .hydra import Hydra
 from .primitives import (ChannelLayerNorm, LayerScale, MaskedConv1D, RMSNorm, TransformerEncoder,
-                         position_encoding, sinusoid_table)
+                         position_encoding, position_encoding_window, sinusoid_table)
 
 MASK_SEMANTICS = ("official", "per_sample")
 
@@ -23,7 +23,7 @@ def check_mask_semantics(value: str) -> str:
     return value
 
 
-def interleave_anchors(x, mask, mask_semantics: str):
+def interleave_anchors(x, mask, mask_semantics: str, n_valid=None, slot_offset=0):
     """Mean-pool pairs into anchors and interleave ``[a_k, x_2k, x_2k+1]`` (REFERENCE §6.2).
 
     ``x (B, D, L)``, ``mask (B, 1, L)`` → sequence ``(B, T', D)`` with ``T' = 3·ceil(L/2)``,
@@ -31,7 +31,10 @@ def interleave_anchors(x, mask, mask_semantics: str):
 
     ``official``: slot ``j`` is valid iff ``j < Σ_batch valid tokens + Σ_batch valid anchors``,
     the batch-summed count of the official code (REFERENCE §13.1) computed as a tensor, so no
-    host sync; identical rows for every sample. ``per_sample``: exact per-slot validity."""
+    host sync; identical rows for every sample. ``per_sample``: exact per-slot validity.
+
+    Chunked callers (DESIGN §4) pass a window of the level: ``n_valid`` (the official count of
+    the whole level and batch) and ``slot_offset`` (the window's first slot in the level)."""
     bsz, dim, length = x.shape
     # Explicit sizes instead of -1 in reshapes: with a symbolic length, inferring -1 makes the
     # exporter simplify a product/quotient of nested ceil-divisions, which takes minutes.
@@ -44,8 +47,9 @@ def interleave_anchors(x, mask, mask_semantics: str):
     m_blocks = m_pad.reshape(bsz, 1, nb, 2)
     anchor_mask = m_blocks.any(-1)
     if mask_semantics == "official":
-        n_valid = mask.sum() + anchor_mask.sum()
-        slots = torch.arange(seq.shape[1], device=x.device)
+        if n_valid is None:
+            n_valid = mask.sum() + anchor_mask.sum()
+        slots = torch.arange(seq.shape[1], device=x.device) + slot_offset
         seq_mask = (slots < n_valid)[None, :, None].expand(bsz, -1, 1)
     else:
         slot_mask = torch.cat((anchor_mask[..., None], m_blocks), dim=-1)  # (B, 1, nb, 3)
@@ -76,18 +80,24 @@ class AnchorMambaPooling(nn.Module):
         self.norm_ffn = RMSNorm(d_model)
         self.drop_path_ffn = LayerScale((1, 1, d_model), dropout)
 
-    def forward(self, x, mask):
-        """``x (B, D, L)``, ``mask (B, 1, L)`` → anchors ``(B, D, ceil(L/2))``, tokens
-        ``(B, D, L)``, anchor mask, token mask. Outputs are not masked (as official)."""
-        length = x.shape[-1]
+    # The forward is written as steps so that the chunked runtime (DESIGN §4) runs the same
+    # code on windows: interleave → [Hydra] → mix_global → mix_local → split.
+    def interleave(self, x, mask, n_valid=None, slot_offset=0):
+        """Masked input → interleaved sequence ``(B, T', D)``, its mask, the anchor mask."""
         with nvtx_range("interleave"):
             x = x * mask.to(x.dtype)
-            seq, seq_mask, anchor_mask = interleave_anchors(x, mask, self.mask_semantics)
-            m = seq_mask.to(seq.dtype)
-        glob = (self.drop_path_global(self.global_encoder(self.norm_global(seq))) + seq) * m
+            return interleave_anchors(x, mask, self.mask_semantics, n_valid, slot_offset)
+
+    def mix_global(self, seq, seq_mask, hydra_out):
+        """Hydra residual, masking and gate 1 (pointwise in time) → ``fused1``."""
+        glob = (self.drop_path_global(hydra_out) + seq) * seq_mask.to(seq.dtype)
         with nvtx_range("gate1"):
             g1 = self.gate1(torch.cat((seq, glob), dim=-1))
-            fused1 = g1 * glob + (1 - g1) * seq
+            return g1 * glob + (1 - g1) * seq
+
+    def mix_local(self, fused1, seq_mask):
+        """Local encoder, gate 2 and FFN → block output ``(B, T', D)`` (not masked)."""
+        m = seq_mask.to(fused1.dtype)
         with nvtx_range("local_attn"):
             local = self.local_encoder(self.norm_local(fused1).transpose(1, 2), seq_mask.transpose(1, 2))[0]
             local = (self.drop_path_local(local.transpose(1, 2)) + fused1) * m
@@ -95,12 +105,26 @@ class AnchorMambaPooling(nn.Module):
             g2 = self.gate2(torch.cat((fused1, local), dim=-1))
             fused2 = g2 * local + (1 - g2) * fused1
         with nvtx_range("ffn"):
-            out = self.drop_path_ffn(self.ffn(self.norm_ffn(fused2))) + fused2
+            return self.drop_path_ffn(self.ffn(self.norm_ffn(fused2))) + fused2
+
+    @staticmethod
+    def split(out, nb, length):
+        """``(B, 3·nb, D)`` → anchors ``(B, D, nb)``, tokens ``(B, D, length)``."""
         with nvtx_range("split"):
-            bsz, nb, dim = out.shape[0], anchor_mask.shape[-1], out.shape[-1]
+            bsz, dim = out.shape[0], out.shape[-1]
             out = out.reshape(bsz, nb, 3, dim)
             anchors = out[:, :, 0].transpose(1, 2)
             tokens = out[:, :, 1:].reshape(bsz, 2 * nb, dim).transpose(1, 2)[..., :length]
+            return anchors, tokens
+
+    def forward(self, x, mask, n_valid=None):
+        """``x (B, D, L)``, ``mask (B, 1, L)`` → anchors ``(B, D, ceil(L/2))``, tokens
+        ``(B, D, L)``, anchor mask, token mask. Outputs are not masked (as official).
+        ``n_valid`` overrides the official batch-summed slot count (see interleave_anchors)."""
+        seq, seq_mask, anchor_mask = self.interleave(x, mask, n_valid)
+        fused1 = self.mix_global(seq, seq_mask, self.global_encoder(self.norm_global(seq)))
+        out = self.mix_local(fused1, seq_mask)
+        anchors, tokens = self.split(out, anchor_mask.shape[-1], x.shape[-1])
         return anchors, tokens, anchor_mask, mask
 
 
@@ -134,8 +158,10 @@ class HieraMambaBackbone(nn.Module):
                                mamba_dconv=mamba_dconv, mask_semantics=mask_semantics)
             for idx in range(arch[2]))
 
-    def embed(self, x, mask):
-        """Embedding convs + PE: ``(B, C_in, T_in)`` → level input ``(B, D, T)``, mask."""
+    def embed(self, x, mask, pe_window=None):
+        """Embedding convs + PE: ``(B, C_in, T_in)`` → level input ``(B, D, T)``, mask.
+        ``pe_window=(start, total)``: ``x`` is a window of a longer video (chunked runtime); its
+        PE columns are those of positions ``start…`` of a ``total``-long level 0 (eval only)."""
         x = self.embd_fc(x, mask)[0]
         for conv, norm in zip(self.embd_convs, self.embd_norms):
             x, mask = conv(x, mask)
@@ -144,7 +170,11 @@ class HieraMambaBackbone(nn.Module):
             t = x.shape[-1]
             if self.training and t > self.max_seq_len:
                 raise InputError(f"video length {t} exceeds vid_net.max_seq_len={self.max_seq_len} in training")
-            x = x + position_encoding(self.pe.to(x.dtype), t, resample=not self.training) * mask.to(x.dtype)
+            if pe_window is None:
+                pe = position_encoding(self.pe.to(x.dtype), t, resample=not self.training)
+            else:
+                pe = position_encoding_window(self.pe.to(x.dtype), pe_window[1], pe_window[0], t)
+            x = x + pe * mask.to(x.dtype)
         else:
             x = x * mask.to(x.dtype)
         return x, mask

@@ -57,8 +57,12 @@ class Hydra(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def forward(self, u):
-        """``u (B, L, D)`` → ``(B, L, D)``."""
+    # forward = scan_inputs → hydra_scan → scan_output; the chunked runtime (DESIGN §4) calls
+    # the three on windows and carries the scan states between them.
+    def scan_inputs(self, u):
+        """``u (B, L, D)`` → ``(z (B,L,E), x (B,L,H,P), dt_f, dt_b (B,L,H), B_f, C_f, B_b, C_b
+        (B,L,G,N))``. The depthwise conv zero-pads at the ends of ``u``: on a window, only
+        positions ≥ ``d_conv//2`` away from a cut are exact."""
         bsz, seqlen, _ = u.shape
         e, n, g, h = self.d_inner, self.d_state, self.ngroups, self.nheads
         with nvtx_range("hydra.in_proj"):
@@ -66,14 +70,27 @@ class Hydra(nn.Module):
         with nvtx_range("hydra.conv"):
             xbc = F.silu(self.conv1d(xbc.transpose(1, 2)).transpose(1, 2))
         x, b_f, c_f, b_b, c_b = torch.split(xbc, [e, g * n, g * n, g * n, g * n], dim=-1)
-        A = -torch.exp(self.A_log.float())
         groups = lambda t: t.reshape(bsz, seqlen, g, n)  # noqa: E731
-        with nvtx_range("hydra.scan"):
-            y, _, _ = hydra_scan(
-                x.reshape(bsz, seqlen, h, self.headdim), dt[..., :h], dt[..., h:], A, self.dt_bias,
-                groups(b_f), groups(c_f), groups(b_b), groups(c_b), chunk_size=self.chunk_size)
+        return (z, x.reshape(bsz, seqlen, h, self.headdim), dt[..., :h], dt[..., h:],
+                groups(b_f), groups(c_f), groups(b_b), groups(c_b))
+
+    def scan_A(self):
+        return -torch.exp(self.A_log.float())
+
+    def scan_output(self, y, x, z):
+        """Scan output ``y (B,L,H,P)`` + D term + gated RMSNorm + out_proj → ``(B, L, D)``."""
+        bsz, seqlen = y.shape[:2]
         with nvtx_range("hydra.norm_out"):
+            x = x.reshape(bsz, seqlen, self.d_inner)
             # Data-dependent diagonal: d_t = fc_D·x_t + D, one value per head.
             diag = F.linear(x, self.fc_D.weight, self.D).repeat_interleave(self.headdim, dim=-1)
-            y = y.reshape(bsz, seqlen, e) + x * diag
+            y = y.reshape(bsz, seqlen, self.d_inner) + x * diag
             return self.out_proj(self.norm(y, z))
+
+    def forward(self, u):
+        """``u (B, L, D)`` → ``(B, L, D)``."""
+        z, x, dt_f, dt_b, b_f, c_f, b_b, c_b = self.scan_inputs(u)
+        with nvtx_range("hydra.scan"):
+            y, _, _ = hydra_scan(x, dt_f, dt_b, self.scan_A(), self.dt_bias, b_f, c_f, b_b, c_b,
+                                 chunk_size=self.chunk_size)
+        return self.scan_output(y, x, z)

@@ -124,13 +124,29 @@ def position_encoding(table: torch.Tensor, length, resample: bool) -> torch.Tens
     idx = torch.arange(length, device=table.device, dtype=torch.float64 if table.dtype == torch.float64 else torch.float32)
     if not resample:
         return table[:, :length]
-    denom = torch.clamp(idx[-1:], min=1.0)
+    return _sample_table(table, idx, torch.clamp(idx[-1:], min=1.0))
+
+
+def _sample_table(table: torch.Tensor, idx: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """Columns of ``table`` at positions ``min(i, i·(n−1)/denom)``, linearly interpolated."""
+    n = table.shape[-1]
     pos = torch.minimum(idx, idx * ((n - 1) / denom))
     lo = torch.clamp(torch.floor(pos), max=n - 1)
     frac = (pos - lo).to(table.dtype)
     lo = lo.long()
     hi = torch.clamp(lo + 1, max=n - 1)
     return table[:, lo] * (1 - frac) + table[:, hi] * frac
+
+
+def position_encoding_window(table: torch.Tensor, total, start, count) -> torch.Tensor:
+    """Eval-time ``position_encoding(table, total, resample=True)[:, start:start+count]``
+    without building the other columns (chunked execution, DESIGN §4). ``total`` and ``start``
+    may be ints or 0-d integer tensors (graph inputs of an exported stage)."""
+    fdt = torch.float64 if table.dtype == torch.float64 else torch.float32
+    total = torch.as_tensor(total, device=table.device).to(fdt)
+    start = torch.as_tensor(start, device=table.device).to(fdt)
+    idx = torch.arange(count, device=table.device, dtype=fdt) + start
+    return _sample_table(table, idx, torch.clamp((total - 1).reshape(1), min=1.0))
 
 
 class FFN(nn.Module):

@@ -1,0 +1,253 @@
+"""Stage graphs of the chunked runtime (DESIGN §4) and the bundle that holds them.
+
+A bundle is a folder: ``manifest.json`` (format version, plan, dtype, opset, mask semantics,
+scan op version, every stage's file and I/O names) and one ONNX file per stage:
+
+==============  ==========================================================================
+``text``        text (Nq, Dt, Tt), text_mask → text_enc, text_enc_mask
+``front``       video window, mask, text_enc, text_enc_mask, pe_start, pe_total → level-0 input
+``pre{l}``      level tokens window, mask, n_valid, slot_offset → seq, seq_mask, z and the
+                seven scan inputs (x, dt_f, dt_b, B_f, C_f, B_b, C_b) of the window
+``scan{l}``     scan inputs + state_f0, state_b0, c_f_prev, c_b_next → y (with the boundary
+                terms of the one-step shift), state_f, state_b
+``post{l}``     seq, seq_mask, y, x, z → fused1
+``local{l}``    fused1 window, seq_mask → anchors, tokens of the window
+``whole{l}``    (global-attention levels) tokens, mask, n_valid → anchors, tokens
+``heads{l}``    tokens window, mask, text_enc, text_enc_mask → logits, offsets
+==============  ==========================================================================
+
+Every stage is a thin wrapper that calls the model's own modules (the same calls as
+``hieramamba.runtime.torch_backend``); the scan is exported through the portable reference
+(``hydra_scan_reference``, standard ONNX ops, DESIGN §3 ``--portable``). Crops happen on the host.
+Writing is atomic: the bundle is built in a temporary sibling folder and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from hieramamba.errors import ExportError
+from hieramamba.ops.hydra_scan import hydra_scan_reference
+
+from hieramamba.runtime.bundle import BUNDLE_FORMAT, SCAN_OP_VERSION
+
+
+@contextlib.contextmanager
+def portable_scan():
+    """Route the model's ``hydra_scan`` calls to the pure-PyTorch reference while exporting."""
+    import hieramamba.modules.hydra as hydra_mod
+
+    saved = hydra_mod.hydra_scan
+
+    def ref(*args, chunk_size=256):
+        return hydra_scan_reference(*args, chunk_size=chunk_size)
+
+    hydra_mod.hydra_scan = ref
+    try:
+        yield
+    finally:
+        hydra_mod.hydra_scan = saved
+
+
+class TextStage(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, text, text_mask):
+        return self.model.encode_text(text, text_mask)
+
+
+class FrontStage(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, vid, mask, text, text_mask, pe_start, pe_total):
+        m = self.model
+        if m.early_fusion:
+            vid, mask = m.vid_proj(vid, mask)
+            vid, mask = m.fusion(vid, mask, text, text_mask)
+        return m.vid_net.embed(vid, mask, pe_window=(pe_start, pe_total))[0]
+
+
+class PreStage(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, tokens, mask, n_valid, slot_offset):
+        seq, seq_mask, _ = self.block.interleave(tokens, mask, n_valid, slot_offset)
+        parts = self.block.global_encoder.scan_inputs(self.block.norm_global(seq))
+        return (seq, seq_mask) + tuple(parts)
+
+
+class ScanStage(nn.Module):
+    def __init__(self, hydra):
+        super().__init__()
+        self.hydra = hydra
+
+    def forward(self, x, dt_f, dt_b, b_f, c_f, b_b, c_b, state_f0, state_b0, c_f_prev, c_b_next):
+        from hieramamba.runtime.torch_backend import add_boundary_terms
+
+        h = self.hydra
+        y, sf, sb = hydra_scan_reference(x, dt_f, dt_b, h.scan_A(), h.dt_bias, b_f, c_f, b_b, c_b,
+                                         state_f0, state_b0, chunk_size=h.chunk_size)
+        return add_boundary_terms(y, state_f0, c_f_prev, state_b0, c_b_next), sf, sb
+
+
+class PostStage(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, seq, seq_mask, y, x, z):
+        out = self.block.global_encoder.scan_output(y, x, z)
+        return self.block.mix_global(seq, seq_mask, out)
+
+
+class LocalStage(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, fused1, seq_mask):
+        nb = fused1.shape[1] // 3
+        return self.block.split(self.block.mix_local(fused1, seq_mask), nb, 2 * nb)
+
+
+class WholeStage(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, tokens, mask, n_valid):
+        anchors, out_tokens, _, _ = self.block(tokens, mask, n_valid)
+        return anchors, out_tokens
+
+
+class HeadsStage(nn.Module):
+    def __init__(self, model, level):
+        super().__init__()
+        self.model, self.level = model, level
+
+    def forward(self, tokens, mask, text, text_mask):
+        x, xm = self.model.fusion(tokens, mask, text, text_mask)
+        return self.model.cls_head(x, xm), self.model.reg_head(x, xm, self.level)
+
+
+def _stage_specs(model, dtype):
+    """(name, module, example args, dynamic shapes, input names, output names) per stage."""
+    from torch.export import Dim
+
+    B, T, Tt, W = Dim("batch", min=1), Dim("time", min=2), Dim("text", min=1), Dim("window", min=2)
+    f = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    bm = lambda *s: torch.ones(*s, dtype=torch.bool)  # noqa: E731
+    i64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    nq, tt, t = 2, 5, 12
+    dt_in, dv = model.text_in_dim, model.vid_in_dim
+    d = model.vid_net.embd_fc.conv.out_channels
+    with torch.no_grad():
+        text_enc, text_enc_mask = model.encode_text(f(nq, dt_in, tt), bm(nq, 1, tt))
+    ct, tt1 = text_enc.shape[1], text_enc.shape[2]
+    Tt1 = Dim("text1", min=2)
+    specs = [("text", TextStage(model), (f(nq, dt_in, tt), bm(nq, 1, tt)),
+              ({0: B, 2: Tt}, {0: B, 2: Tt}), ["text", "text_mask"], ["text_enc", "text_enc_mask"])]
+    bb = nq if model.early_fusion else 1
+    text_dyn = ({0: B, 2: Tt1}, {0: B, 2: Tt1})
+    vid_w = 2 * t * model.vid_stride
+    specs.append(("front", FrontStage(model),
+                  (f(1, dv, vid_w), bm(1, 1, vid_w), text_enc, text_enc_mask, i64(0), i64(100)),
+                  ({2: Dim("vtime", min=2) * model.vid_stride if model.vid_stride > 1 else Dim("vtime", min=2)},
+                   {2: Dim("vtime", min=2) * model.vid_stride if model.vid_stride > 1 else Dim("vtime", min=2)})
+                  + text_dyn + (None, None),
+                  ["video", "video_mask", "text_enc", "text_enc_mask", "pe_start", "pe_total"], ["x"]))
+    TB = B if model.early_fusion else None
+    for lvl, blk in enumerate(model.vid_net.branch):
+        hyd = blk.global_encoder
+        e, h, p, n, g = hyd.d_inner, hyd.nheads, hyd.headdim, hyd.d_state, hyd.ngroups
+        tokd = {0: TB, 2: Dim("tok", min=1) * 2} if TB is not None else {2: Dim("tok", min=1) * 2}
+        if blk.local_encoder.attn.attn.window_size > 0:
+            S = Dim("slots", min=1) * 3
+            specs.append((f"pre{lvl}", PreStage(blk), (f(bb, d, t), bm(bb, 1, t), i64(27), i64(0)),
+                          (tokd, tokd, None, None),
+                          ["tokens", "mask", "n_valid", "slot_offset"],
+                          ["seq", "seq_mask", "z", "x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b"]))
+            L = 3 * t // 2
+            scan_args = (f(bb, L, h, p), f(bb, L, h), f(bb, L, h), f(bb, L, g, n), f(bb, L, g, n),
+                         f(bb, L, g, n), f(bb, L, g, n), torch.randn(bb, h, p, n), torch.randn(bb, h, p, n),
+                         f(bb, g, n), f(bb, g, n))
+            SL = Dim("slen", min=2)
+            bt = {0: B, 1: SL}
+            specs.append((f"scan{lvl}", ScanStage(hyd), scan_args,
+                          (bt, bt, bt, bt, bt, bt, bt, {0: B}, {0: B}, {0: B}, {0: B}),
+                          ["x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b", "state_f0", "state_b0",
+                           "c_f_prev", "c_b_next"], ["y", "state_f", "state_b"]))
+            specs.append((f"post{lvl}", PostStage(blk),
+                          (f(bb, L, d), bm(bb, L, 1), f(bb, L, h, p), f(bb, L, h, p), f(bb, L, e)),
+                          (bt, bt, bt, bt, bt), ["seq", "seq_mask", "y", "x", "z"], ["fused1"]))
+            specs.append((f"local{lvl}", LocalStage(blk), (f(bb, L, d), bm(bb, L, 1)),
+                          ({0: B, 1: S}, {0: B, 1: S}), ["fused1", "seq_mask"], ["anchors", "tokens"]))
+        else:
+            specs.append((f"whole{lvl}", WholeStage(blk), (f(bb, d, t), bm(bb, 1, t), i64(27)),
+                          (tokd, tokd, None), ["tokens", "mask", "n_valid"], ["anchors", "tokens_out"]))
+        HT = Dim("htime", min=2)
+        hd = {0: TB, 2: HT} if TB is not None else {2: HT}
+        specs.append((f"heads{lvl}", HeadsStage(model, lvl), (f(bb, d, t), bm(bb, 1, t), text_enc, text_enc_mask),
+                      (hd, hd) + text_dyn, ["tokens", "mask", "text_enc", "text_enc_mask"],
+                      ["logits", "offsets"]))
+    return specs
+
+
+def export_bundle(model, opt, out_dir, dtype="float32", opset: int = 18, stages=None, log=None) -> Path:
+    """Export every stage of ``model`` to ``out_dir`` (must not exist) with a manifest."""
+    from hieramamba.runtime.plan import plan_from_model
+
+    tdtype = {"float32": torch.float32, "float16": torch.float16}.get(dtype)
+    if tdtype is None:
+        raise ExportError(f"bundle dtype must be 'float32' or 'float16', got {dtype!r}")
+    out = Path(out_dir)
+    if out.exists():
+        raise ExportError(f"bundle folder {out} already exists; remove it or choose another")
+    model = model.eval().to(tdtype)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    manifest = {"format": BUNDLE_FORMAT, "scan_op_version": SCAN_OP_VERSION, "dtype": dtype,
+                "opset": opset, "mask_semantics": model.mask_semantics,
+                "plan": plan_from_model(model, opt), "stages": {}}
+    try:
+        for name, module, args, dyn, ins, outs in _stage_specs(model, tdtype):
+            if stages is not None and name not in stages:
+                continue
+            t0 = time.perf_counter()
+            with portable_scan(), torch.no_grad(), warnings.catch_warnings(), \
+                    contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                try:
+                    prog = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
+                                             dynamic_shapes=dyn, input_names=ins, output_names=outs,
+                                             verbose=False)
+                except Exception as exc:
+                    raise ExportError(f"stage {name}: torch.onnx export failed: {type(exc).__name__}: "
+                                      f"{str(exc)[:1500]}") from exc
+            fname = f"{name}.onnx"
+            prog.save(str(tmp / fname))
+            manifest["stages"][name] = {"file": fname, "inputs": ins, "outputs": outs}
+            if log:
+                log(f"exported {name} in {time.perf_counter() - t0:.1f} s")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,287 @@
+"""Exact chunked execution of the eval forward (DESIGN §4). NumPy only: never imports torch.
+
+The scheduler walks the time axis in chunks through every pyramid level and calls a backend's
+*stages* (the model's own modules in the torch backend, exported graphs in the ONNX Runtime
+backend) on windows. Exactness comes from three devices:
+
+* **Halos** for everything local in time: a stage runs on a window that extends ``halo``
+  positions past the chunk on both sides and its output is cropped back to the chunk. Windows
+  are clipped at the true ends of the sequence, where the modules' own zero padding is right.
+  Halos (level-0 steps, interleaved slots, level tokens): front ``FRONT_HALO`` (early fusion
+  q-convs ±2 at input rate, embedding convs), Hydra conv ±3 slots (one anchor pair),
+  local encoder ±3 slots (q/k/v convs ±1 + 5-wide window ±2), heads ``HEAD_HALO`` (late
+  fusion q-convs ±2 + head convs ±3).
+* **Scan states**: per windowed level two passes over its chunks. Right→left, the backward
+  state entering each chunk from its right neighbour is computed (and the neighbour's first
+  ``C_b`` row). Left→right, each chunk's scan gets the carried forward state, the stored backward
+  state and the boundary terms of the one-step shift (``hieramamba.ops.hydra_scan``), so the
+  scan output equals the whole-sequence one.
+* **Global counts**: positions, masks, the official batch-summed slot count and the resampled
+  position encoding depend only on the total length, known up front.
+
+Lagged consumers (``HaloStream``): the local encoder needs Hydra outputs of the next chunk, and
+the heads need level tokens of the next chunk, so both run one chunk behind the scan.
+
+Levels whose local encoder is global attention run whole (they are short: level ≥ 5).
+Memory: per chunk O(batch × chunk) activations; the anchors that feed the next level and the
+head outputs are kept whole (a level's input/output, DESIGN §4 "per-level outputs excepted").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FRONT_HALO = 4   # level-0 steps (8 input features at stride 2)
+HEAD_HALO = 6    # level tokens
+SLOT_HALO = 3    # interleaved slots = one anchor pair
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class LevelGeometry:
+    """Lengths of level ``l``: tokens ``length`` (padded) of which ``valid`` are real,
+    ``pairs`` anchors/pairs, ``3·pairs`` interleaved slots."""
+    length: int
+    valid: int
+
+    @property
+    def pairs(self) -> int:
+        return ceil_div(self.length, 2)
+
+    @property
+    def valid_pairs(self) -> int:
+        return ceil_div(self.valid, 2)
+
+
+def level_geometry(padded_len: int, valid_len: int, vid_stride: int, num_levels: int):
+    """Per level token lengths for a video padded to ``padded_len`` input features."""
+    length, valid = ceil_div(padded_len, vid_stride), ceil_div(valid_len, vid_stride)
+    out = []
+    for _ in range(num_levels):
+        out.append(LevelGeometry(length, valid))
+        length, valid = ceil_div(length, 2), ceil_div(valid, 2)
+    return out
+
+
+def token_mask(batch: int, lo: int, hi: int, valid: int) -> np.ndarray:
+    """Bool mask ``(batch, 1, hi-lo)`` of positions ``lo…hi-1`` of a left-aligned sequence."""
+    m = (np.arange(lo, hi) < valid)[None, None]
+    return np.ascontiguousarray(np.broadcast_to(m, (batch, 1, hi - lo)))
+
+
+class HaloStream:
+    """Feeds a windowed function with chunks that arrive left to right.
+
+    ``push(arrays)`` appends a chunk (a tuple of arrays sharing a time axis, given per array in
+    ``axes``); as soon as ``halo`` positions of look-ahead exist, ``emit(window, lo, crop0, crop1)``
+    is called for the not yet emitted positions, where ``window`` covers global positions
+    ``lo…`` and ``[crop0, crop1)`` (window-relative) are the positions to keep. Emitted ranges
+    start and stop on multiples of ``align`` except at the end."""
+
+    def __init__(self, total, halo, emit, axes, cat, align=1):
+        self.total, self.halo, self.align = total, halo, align
+        self.emit, self.axes, self.cat = emit, axes, cat
+        self.buf, self.lo, self.hi, self.done = None, 0, 0, 0
+
+    def push(self, arrays):
+        n = arrays[0].shape[self.axes[0]]
+        if self.buf is None:
+            self.buf = tuple(arrays)
+        else:
+            self.buf = tuple(self.cat([b, a], ax) for b, a, ax in zip(self.buf, arrays, self.axes))
+        self.hi += n
+        if self.hi >= self.total:
+            self._emit(self.total)
+        else:
+            stop = (self.hi - self.halo) // self.align * self.align
+            if stop > self.done:
+                self._emit(stop)
+
+    def finish(self):
+        if self.hi != self.total:
+            raise RuntimeError(f"HaloStream: got {self.hi} of {self.total} positions")
+        if self.done < self.total:
+            self._emit(self.total)
+
+    def _take(self, a, ax, i, j):
+        idx = [slice(None)] * a.ndim
+        idx[ax] = slice(i, j)
+        return a[tuple(idx)]
+
+    def _emit(self, stop):
+        w0 = max(0, self.done - self.halo)
+        w1 = min(self.total, stop + self.halo)
+        window = tuple(self._take(b, ax, w0 - self.lo, w1 - self.lo) for b, ax in zip(self.buf, self.axes))
+        self.emit(window, w0, self.done - w0, stop - w0)
+        self.done = stop
+        keep = max(0, self.done - self.halo)
+        if keep > self.lo:
+            self.buf = tuple(self._take(b, ax, keep - self.lo, None) for b, ax in zip(self.buf, self.axes))
+            self.lo = keep
+
+
+class ChunkScheduler:
+    """Runs one group of queries of one video through a backend, chunk by chunk.
+
+    ``plan``: the static model description (see ``hieramamba.runtime.plan``); ``backend``: an
+    object with the stage methods (see ``TorchBackend``) and the array helpers ``cat``,
+    ``zeros_state``, ``zeros_row``, ``to_numpy``, ``from_numpy``. ``chunk`` is in level tokens
+    (rounded down to an even number, at least 2)."""
+
+    def __init__(self, plan: dict, backend, chunk: int = 2048, progress=None):
+        if not isinstance(chunk, (int, np.integer)) or chunk < 2:
+            from hieramamba.errors import InputError
+            raise InputError(f"chunk must be an int ≥ 2 (level tokens), got {chunk!r}")
+        self.plan, self.backend = plan, backend
+        self.chunk = int(chunk) // 2 * 2
+        self.progress = progress
+
+    # -- one query group ------------------------------------------------------------------
+    def run(self, video: np.ndarray, valid_len: int, text: np.ndarray, text_mask: np.ndarray,
+            official_batch: int):
+        """``video (Dv, L_pad)`` float, ``valid_len`` real features, ``text (B, Dt, Tt)``, mask
+        ``(B, 1, Tt)`` bool; ``official_batch``: the number of queries the official evaluator
+        would run together (the batch-summed mask count, REFERENCE §13.1).
+        Returns per level numpy logits ``(B, T_l)``, offsets ``(B, T_l, 2)``, masks ``(B, T_l)``."""
+        plan, be = self.plan, self.backend
+        nq = text.shape[0]
+        t, tm = be.text(text, text_mask)
+        geo = level_geometry(video.shape[-1], valid_len, plan["vid_stride"], plan["num_levels"])
+        bb = nq if plan["early_fusion"] else 1           # backbone batch
+        count_batch = official_batch if plan["early_fusion"] else 1
+        source = _FrontSource(self, video, valid_len, geo[0], t, tm, bb)
+        logits, offsets, masks = [], [], []
+        for level, g in enumerate(geo):
+            n_valid = count_batch * (g.valid + g.valid_pairs)
+            heads = _HeadCollector(self, level, g, t, tm, bb)
+            if plan["windowed"][level]:
+                anchors = self._windowed_level(level, g, source, n_valid, bb, heads)
+            else:
+                anchors = self._whole_level(level, g, source, n_valid, bb, heads)
+            lo, of = heads.result()
+            logits.append(lo)
+            offsets.append(of)
+            masks.append(np.broadcast_to(np.arange(g.length) < g.valid, lo.shape).copy())
+            source = _ArraySource(anchors)
+            if self.progress is not None:
+                self.progress(level)
+        return logits, offsets, masks
+
+    # -- levels ---------------------------------------------------------------------------
+    def _chunks(self, g: LevelGeometry):
+        cp = self.chunk // 2
+        return [(p, min(g.pairs, p + cp)) for p in range(0, g.pairs, cp)]
+
+    def _pre(self, level, g, source, n_valid, bb, p0, p1):
+        """Scan inputs etc. of slots ``3·p0 … 3·p1`` (window one pair wider each side)."""
+        w0, w1 = max(0, p0 - 1), min(g.pairs, p1 + 1)
+        t0, t1 = 2 * w0, min(g.length, 2 * w1)
+        tok = source.get(t0, t1)
+        mask = self.backend.from_numpy(token_mask(bb, t0, t1, g.valid))
+        pre = self.backend.amp_pre(level, tok, mask, n_valid, 3 * w0)
+        c0, c1 = 3 * (p0 - w0), 3 * (p1 - w0)
+        return {"seq": pre["seq"][:, c0:c1], "seq_mask": pre["seq_mask"][:, c0:c1],
+                "z": pre["z"][:, c0:c1], "scan": tuple(t[:, c0:c1] for t in pre["scan"])}
+
+    def _windowed_level(self, level, g, source, n_valid, bb, heads):
+        be = self.backend
+        chunks = self._chunks(g)
+        zero_state, zero_row = be.zeros_state(level, bb), be.zeros_row(level, bb)
+        # Pass 1, right → left: what each chunk needs from its right neighbour.
+        right = [None] * len(chunks)
+        state_b, c_b_next = zero_state, zero_row
+        for k in range(len(chunks) - 1, -1, -1):
+            right[k] = (state_b, c_b_next)
+            if k == 0:
+                break
+            pre = self._pre(level, g, source, n_valid, bb, *chunks[k])
+            _, _, state_b = be.scan(level, pre["scan"], zero_state, state_b, zero_row, zero_row)
+            c_b_next = pre["scan"][6][:, 0]
+        # Pass 2, left → right, with the local encoder one chunk behind.
+        anchors = []
+
+        def local(window, lo, c0, c1):
+            a, tok = be.amp_local(level, window[0], window[1])
+            a, tok = a[..., c0 // 3: c1 // 3], tok[..., 2 * c0 // 3: 2 * c1 // 3]
+            anchors.append(a)
+            t0 = 2 * (lo + c0) // 3
+            t1 = 2 * (lo + c1) // 3
+            if t1 > g.length:
+                tok = tok[..., : g.length - t0]
+            heads.push(tok)
+
+        stream = HaloStream(3 * g.pairs, SLOT_HALO, local, axes=(1, 1), cat=be.cat, align=3)
+        state_f, c_f_prev = zero_state, zero_row
+        for k, (p0, p1) in enumerate(chunks):
+            pre = self._pre(level, g, source, n_valid, bb, p0, p1)
+            y, state_f_new, _ = be.scan(level, pre["scan"], state_f, right[k][0], c_f_prev, right[k][1])
+            state_f, c_f_prev = state_f_new, pre["scan"][4][:, -1]
+            fused1 = be.amp_post(level, pre, y)
+            stream.push((fused1, pre["seq_mask"]))
+        stream.finish()
+        heads.finish()
+        return be.cat(anchors, 2)
+
+    def _whole_level(self, level, g, source, n_valid, bb, heads):
+        x = source.get(0, g.length)
+        mask = self.backend.from_numpy(token_mask(bb, 0, g.length, g.valid))
+        anchors, tokens = self.backend.amp_whole(level, x, mask, n_valid)
+        heads.push(tokens)
+        heads.finish()
+        return anchors
+
+
+class _FrontSource:
+    """Level-0 input on demand: early fusion + embedding + PE of a window, from the video."""
+
+    def __init__(self, sched, video, valid_len, g0, t, tm, bb):
+        self.s, self.video, self.valid_len, self.g0 = sched, video, valid_len, g0
+        self.t, self.tm, self.bb = t, tm, bb
+        self.vs = sched.plan["vid_stride"]
+
+    def get(self, t0, t1):
+        be, vs = self.s.backend, self.vs
+        w0, w1 = max(0, t0 - FRONT_HALO), min(self.g0.length, t1 + FRONT_HALO)
+        i0, i1 = vs * w0, min(self.video.shape[-1], vs * w1)
+        vid = be.from_numpy(np.ascontiguousarray(self.video[None, :, i0:i1]))
+        mask = be.from_numpy(token_mask(1, i0, i1, self.valid_len))
+        x = be.front(vid, mask, self.t, self.tm, w0, self.g0.length)
+        return x[..., t0 - w0: t1 - w0]
+
+
+class _ArraySource:
+    def __init__(self, x):
+        self.x = x
+
+    def get(self, t0, t1):
+        return self.x[..., t0:t1]
+
+
+class _HeadCollector:
+    """Late fusion + heads over a level's tokens as they arrive (halo ``HEAD_HALO``)."""
+
+    def __init__(self, sched, level, g, t, tm, bb):
+        self.be, self.level, self.g, self.t, self.tm, self.bb = sched.backend, level, g, t, tm, bb
+        self.logits, self.offsets = [], []
+        self.stream = HaloStream(g.length, HEAD_HALO, self._emit, axes=(2,), cat=self.be.cat)
+
+    def _emit(self, window, lo, c0, c1):
+        n = window[0].shape[-1]
+        mask = self.be.from_numpy(token_mask(self.bb, lo, lo + n, self.g.valid))
+        lg, of = self.be.heads(self.level, window[0], mask, self.t, self.tm)
+        self.logits.append(self.be.to_numpy(lg)[:, c0:c1])
+        self.offsets.append(self.be.to_numpy(of)[:, c0:c1])
+
+    def push(self, tokens):
+        self.stream.push((tokens,))
+
+    def finish(self):
+        self.stream.finish()
+
+    def result(self):
+        return np.concatenate(self.logits, axis=1), np.concatenate(self.offsets, axis=1)

@@ -1,0 +1,109 @@
+"""Torch backend of the chunked runtime: the stages are the model's own modules (no module
+math is written here), run eagerly. Imported only when asked for (``backend="torch"``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError as exc:  # pragma: no cover - exercised without torch
+    from hieramamba.errors import BackendUnavailableError
+    raise BackendUnavailableError("the torch backend needs PyTorch installed") from exc
+
+from hieramamba.ops import hydra_scan, scan_boundary_term
+
+
+def add_boundary_terms(y, state_f0, c_f_prev, state_b0, c_b_next):
+    """``y (B, L, H, P)`` plus the one-step-shift boundary terms of a chunk (DESIGN §2): the
+    carried forward state read by the previous chunk's last ``C_f`` row at position 0, the
+    backward state read by the next chunk's first ``C_b`` row at position L-1. Zero states
+    (sequence ends) add exact zeros."""
+    first = scan_boundary_term(state_f0, c_f_prev)
+    last = scan_boundary_term(state_b0, c_b_next)
+    n = y.shape[1]
+    add = F.pad(first[:, None], (0, 0, 0, 0, 0, n - 1)) + F.pad(last[:, None], (0, 0, 0, 0, n - 1, 0))
+    return (y.to(add.dtype) + add).to(y.dtype)
+
+
+class TorchBackend:
+    """Stages over a ``HieraMamba`` in eval mode. ``dtype`` float32 or float16/bfloat16."""
+
+    name = "torch"
+
+    def __init__(self, model, device="cpu", dtype=torch.float32):
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.device, self.dtype = torch.device(device), dtype
+        self.blocks = self.model.vid_net.branch
+
+    # -- array helpers ---------------------------------------------------------------------
+    def from_numpy(self, a):
+        a = np.ascontiguousarray(a)
+        t = torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device)
+        return t if t.dtype == torch.bool else t.to(self.dtype)
+
+    def to_numpy(self, t):
+        return t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype).numpy()
+
+    def cat(self, arrays, axis):
+        return torch.cat(arrays, dim=axis)
+
+    def zeros_state(self, level, batch):
+        h = self.blocks[level].global_encoder
+        return torch.zeros(batch, h.nheads, h.headdim, h.d_state, device=self.device)
+
+    def zeros_row(self, level, batch):
+        h = self.blocks[level].global_encoder
+        return torch.zeros(batch, h.ngroups, h.d_state, device=self.device, dtype=self.dtype)
+
+    # -- stages ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def text(self, text, text_mask):
+        return self.model.encode_text(self.from_numpy(text), self.from_numpy(text_mask))
+
+    @torch.no_grad()
+    def front(self, vid, mask, text, text_mask, pe_start, pe_total):
+        m = self.model
+        if m.early_fusion:
+            vid, mask = m.vid_proj(vid, mask)
+            vid, mask = m.fusion(vid, mask, text, text_mask)
+        return m.vid_net.embed(vid, mask, pe_window=(pe_start, pe_total))[0]
+
+    @torch.no_grad()
+    def amp_pre(self, level, tokens, mask, n_valid, slot_offset):
+        blk = self.blocks[level]
+        seq, seq_mask, _ = blk.interleave(tokens, mask, n_valid, slot_offset)
+        parts = blk.global_encoder.scan_inputs(blk.norm_global(seq))
+        return {"seq": seq, "seq_mask": seq_mask, "z": parts[0], "scan": tuple(parts[1:])}
+
+    @torch.no_grad()
+    def scan(self, level, scan, state_f0, state_b0, c_f_prev, c_b_next):
+        hyd = self.blocks[level].global_encoder
+        x, dt_f, dt_b, b_f, c_f, b_b, c_b = scan
+        y, sf, sb = hydra_scan(x, dt_f, dt_b, hyd.scan_A(), hyd.dt_bias, b_f, c_f, b_b, c_b,
+                               state_f0, state_b0, chunk_size=hyd.chunk_size)
+        return add_boundary_terms(y, state_f0, c_f_prev, state_b0, c_b_next), sf, sb
+
+    @torch.no_grad()
+    def amp_post(self, level, pre, y):
+        blk = self.blocks[level]
+        hydra_out = blk.global_encoder.scan_output(y, pre["scan"][0], pre["z"])
+        return blk.mix_global(pre["seq"], pre["seq_mask"], hydra_out)
+
+    @torch.no_grad()
+    def amp_local(self, level, fused1, seq_mask):
+        blk = self.blocks[level]
+        nb = fused1.shape[1] // 3
+        return blk.split(blk.mix_local(fused1, seq_mask), nb, 2 * nb)
+
+    @torch.no_grad()
+    def amp_whole(self, level, x, mask, n_valid):
+        anchors, tokens, _, _ = self.blocks[level](x, mask, n_valid)
+        return anchors, tokens
+
+    @torch.no_grad()
+    def heads(self, level, tokens, mask, text, text_mask):
+        m = self.model
+        x, xm = m.fusion(tokens, mask, text, text_mask)
+        return m.cls_head(x, xm), m.reg_head(x, xm, level)
