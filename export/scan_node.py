@@ -206,7 +206,7 @@ def build_function(sig: ScanSignature, opset: int):
             prog = torch.onnx.export(
                 (_ScanOnlyWithStates if sig.has_states else _ScanOnly)(sig.chunk_size), tuple(args), dynamo=True, opset_version=opset,
                 dynamic_shapes=tuple(per_input), input_names=names,
-                output_names=list(OUTPUT_NAMES), verbose=False)
+                output_names=list(OUTPUT_NAMES), verbose=False, optimize=True)
         except Exception as exc:  # the exporter raises many types
             raise ExportError(f"could not export the portable HydraScan body for "
                               f"{sig.describe()}: {type(exc).__name__}: {exc}") from exc

@@ -73,3 +73,31 @@ def test_build_engine_without_tensorrt_exits_nonzero(tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(b"")
     assert main(["build-engine", str(tmp_path / "m.onnx")]) == 2
     assert "manifest not found" in capsys.readouterr().err
+
+
+def _tiny_graph_with_manifest(path):
+    """A valid ONNX file in the whole-model I/O layout with its manifest (no export needed)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from hieramamba.export.manifest import build_manifest, write_manifest
+
+    ins = [helper.make_tensor_value_info("video", TensorProto.FLOAT, [1, 8, "T"]),
+           helper.make_tensor_value_info("text", TensorProto.FLOAT, ["Nq", 4, "Tt"])]
+    outs = [helper.make_tensor_value_info("logits_0", TensorProto.FLOAT, [1, 8, "T"])]
+    g = helper.make_graph([helper.make_node("Identity", ["video"], ["logits_0"])], "g", ins, outs)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(proto, path)
+    write_manifest(build_manifest(proto, path, kind="grounding_model", dtype="float32", opset=18,
+                                  mask_semantics="official", config=None), path)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_build_engine_command_says_tensorrt_is_missing(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    _tiny_graph_with_manifest(path)
+    assert main(["build-engine", str(path), "--lengths", "1:128:1024"]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT is not installed" in err
+    assert main(["build-engine", str(path), "--lengths", "128:1:1024"]) == 2
+    assert "min <= opt <= max" in capsys.readouterr().err
