@@ -81,7 +81,7 @@ def cmd_make_synthetic(args) -> int:
     syn = make_synthetic(
         args.out, args.config, n_videos=args.videos, min_len=args.min_len, max_len=args.max_len,
         seed=args.seed, n_scenes=args.scenes, queries_per_video=(args.min_queries, args.max_queries),
-        max_scene_len=args.max_scene_len, max_moment_len=args.max_moment_len, noise=args.noise,
+        min_scene_len=args.min_scene_len, max_scene_len=args.max_scene_len, max_moment_len=args.max_moment_len, noise=args.noise,
         drift=args.drift, text_noise=args.text_noise, write_glove=args.glove, overwrite=args.overwrite)
     counts = {k: len(v) for k, v in syn.splits.items()}
     print(json.dumps({"root": syn.root, "anno_file": syn.anno_file, "splits": counts}, indent=1))
@@ -137,6 +137,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--scenes", type=int, default=12)
     p.add_argument("--min-queries", type=int, default=2)
     p.add_argument("--max-queries", type=int, default=8)
+    p.add_argument("--min-scene-len", type=int, default=1, help="shortest scene occurrence in rows")
     p.add_argument("--max-scene-len", type=int)
     p.add_argument("--max-moment-len", type=int)
     p.add_argument("--noise", type=float, default=0.5)
