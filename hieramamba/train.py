@@ -50,16 +50,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .checkpoint import _atomic_save, _load_pth, check_state_dict, save_experiment
+from .checkpoint import _load_pth, check_state_dict, save_experiment
 from .config import parse_config, read_yaml
 from .data import collate_train, make_dataset, trivial_collate
 from .errors import CheckpointError, ConfigError, InputError
 from .labels import annotate_points, gt_span_masks, make_points, split_levels
 from .losses import (AnchorContrastiveLoss, LossNormalizer, SegmentPooledContrastiveLoss,
                      cls_focal_loss, regression_loss)
-from .model import HieraMamba, ModelOutput, build_model
+from .model import ModelOutput, build_model
 from .modules.hydra import Hydra
-from .modules.primitives import LayerScale, Scale
 
 __all__ = ["param_groups", "ModelEma", "WarmupConstantLR", "GroundingLoss", "Trainer", "train"]
 
