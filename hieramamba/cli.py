@@ -1,4 +1,4 @@
-"""``hieramamba`` command line: ``configs``, ``ground``, ``demo``."""
+"""``hieramamba`` command line: ``configs``, ``ground``, ``demo``, ``bench``, ``profile``."""
 
 from __future__ import annotations
 
@@ -52,12 +52,31 @@ def _print_groundings(results, truths=None):
 
 
 def cmd_ground(args) -> int:
-    from .inference import Grounder
+    from .errors import InputError
 
-    grounder = Grounder.from_experiment(args.experiment, args.ckpt, mask_semantics=args.mask_semantics,
-                                        text_overflow=args.text_overflow)
+    if (args.bundle is None) == (args.experiment is None):
+        raise InputError("ground: pass exactly one of --experiment (PyTorch) or --bundle (exported runtime)")
     video = _load_array(args.video)
     queries = [_load_array(q) for q in args.query]
+    chunked = dict(chunk=args.chunk, max_batch=args.max_batch, text_overflow=args.text_overflow,
+                   progress=args.progress or len(video) > 8192)
+    if args.bundle is not None:
+        from hieramamba.runtime import GroundingRuntime  # torch-free path
+
+        grounder = GroundingRuntime.load(args.bundle, backend=args.backend or "onnxruntime", **chunked)
+    elif args.backend == "torch":
+        from hieramamba.checkpoint import load_experiment
+        from hieramamba.runtime import GroundingRuntime
+
+        model, opt = load_experiment(args.experiment, args.ckpt, mask_semantics=args.mask_semantics)
+        grounder = GroundingRuntime.from_model(model, opt, dtype=args.dtype, **chunked)
+    elif args.backend is None:
+        from .inference import Grounder
+
+        grounder = Grounder.from_experiment(args.experiment, args.ckpt, mask_semantics=args.mask_semantics,
+                                            text_overflow=args.text_overflow)
+    else:
+        raise InputError(f"ground: --backend {args.backend} runs an exported --bundle, not an --experiment")
     t0 = time.perf_counter()
     results = grounder.ground(video, queries, fps=args.fps, duration=args.duration)
     elapsed = time.perf_counter() - t0
@@ -65,7 +84,11 @@ def cmd_ground(args) -> int:
         {"query": q, "segments": [[s.start_sec, s.end_sec, s.score] for s in segs]}
         for q, segs in zip(args.query, results)], "seconds": elapsed}
     if args.out:
-        Path(args.out).write_text(json.dumps(payload, indent=2))
+        # Written to a sibling temp file and renamed: never a half-written JSON.
+        out = Path(args.out)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        tmp.replace(out)
     else:
         _print_groundings(results)
     print(f"grounded {len(queries)} queries in {elapsed:.3f} s", file=sys.stderr)
@@ -127,7 +150,14 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_configs)
 
     p = sub.add_parser("ground", help="ground query features in one video with an experiment folder")
-    p.add_argument("--experiment", required=True, help="folder with opt.yaml and models/<ckpt>.pth")
+    p.add_argument("--experiment", help="folder with opt.yaml and models/<ckpt>.pth")
+    p.add_argument("--bundle", help="exported runtime bundle (hieramamba.export.stages) instead of --experiment")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
+                   help="chunked runtime backend (default: eager PyTorch for --experiment, onnxruntime for --bundle)")
+    p.add_argument("--chunk", type=int, default=2048, help="chunked runtime: level tokens per chunk")
+    p.add_argument("--max-batch", type=int, default=16, help="chunked runtime: most queries per batch")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="--backend torch precision")
+    p.add_argument("--progress", action="store_true", help="progress bar (on by default for > 8192 clips)")
     p.add_argument("--ckpt", default="last")
     p.add_argument("--video", required=True, help="(num_clips, Dv) features, .npy or .pt")
     p.add_argument("--query", required=True, action="append", help="(num_tokens, Dt) features; repeatable")
@@ -149,6 +179,10 @@ def main(argv=None) -> int:
     from .train_cli import add_subcommands as add_training_subcommands
 
     add_training_subcommands(sub)  # train, eval, make-synthetic (train_cli.py)
+
+    from .profiling.commands import add_subcommands as add_profiling_subcommands
+
+    add_profiling_subcommands(sub)  # bench, profile (profiling/commands.py)
 
     from .export.cli import register as add_export_subcommands
 

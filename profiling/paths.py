@@ -1,0 +1,270 @@
+"""Execution paths the benchmark compares, as a registry.
+
+Each path says whether it can run here (``unavailable`` returns the reason, or None) and builds
+a runner for one config. A path that cannot run is reported as *skipped* with its reason, one
+that raises is reported as *failed* with the error: never silently dropped.
+
+Every runner takes the same inputs, the official per-video eval layout (``Grounder``): one
+padded video ``(1, Dv, T)`` + mask and a list of query groups ``(text (n, Dt, Tt), mask)``
+(one group of all queries when ``eval.batchify_text_queries``, else one group per query), and
+returns, per group, the per-level logits and offsets as numpy arrays (for the output check).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from hieramamba.errors import BackendUnavailableError
+
+
+@dataclass
+class BenchContext:
+    model: object          # HieraMamba, fp32, eval, on ``device``
+    opt: dict
+    device: str
+    threads: int
+    workdir: Path          # artifacts (ONNX files) live here, shared with memory subprocesses
+
+
+@dataclass
+class PathSpec:
+    name: str
+    description: str
+    unavailable: Callable[[BenchContext], Optional[str]]
+    build: Callable[[BenchContext], Callable]   # → runner(inputs) -> list[(logits, offsets)]
+    prepare: Optional[Callable[[BenchContext], None]] = None  # one-time artifacts (parent only)
+
+
+REGISTRY: dict[str, PathSpec] = {}
+
+
+def register(spec: PathSpec) -> PathSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def _cuda(ctx) -> bool:
+    return ctx.device.startswith("cuda")
+
+
+def _to_numpy(levels):
+    logits, offsets = levels[0], levels[1]
+    return ([np.asarray(x.detach().float().cpu()) for x in logits],
+            [np.asarray(x.detach().float().cpu()) for x in offsets])
+
+
+# -- eager torch ------------------------------------------------------------------------------
+
+def _eager_runner(ctx: BenchContext, dtype_name: str):
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    model = ctx.model if dtype == torch.float32 else copy.deepcopy(ctx.model).to(dtype)
+
+    def run(inputs):
+        vid, vmask, groups = inputs
+        out = []
+        with torch.inference_mode():
+            v = vid.to(ctx.device, dtype)
+            for text, tmask in groups:
+                levels = model.forward_levels(v, vmask, text.to(ctx.device, dtype), tmask)
+                out.append(levels)
+            if _cuda(ctx):
+                torch.cuda.synchronize()
+        return [_to_numpy(o) for o in out]
+
+    return run
+
+
+def _half_unavailable(dtype_name):
+    def check(ctx):
+        import torch
+
+        if _cuda(ctx) and dtype_name == "bfloat16" and not torch.cuda.is_bf16_supported():
+            return "this GPU does not support bfloat16"
+        return None
+
+    return check
+
+
+register(PathSpec("eager_fp32", "PyTorch eager, fp32 (the reference of every ratio)",
+                  lambda ctx: None, lambda ctx: _eager_runner(ctx, "float32")))
+register(PathSpec("eager_fp16", "PyTorch eager, fp16 weights and activations",
+                  _half_unavailable("float16"), lambda ctx: _eager_runner(ctx, "float16")))
+register(PathSpec("eager_bf16", "PyTorch eager, bf16 weights and activations",
+                  _half_unavailable("bfloat16"), lambda ctx: _eager_runner(ctx, "bfloat16")))
+
+
+# -- eager + CUDA graphs ----------------------------------------------------------------------
+
+def _cuda_graph_runner(ctx: BenchContext):
+    """One graph per input shape, captured on first sight (after a warm-up on a side stream,
+    which also settles any autotuning) and replayed with the inputs copied into static tensors."""
+    import torch
+
+    model, graphs = ctx.model, {}
+
+    def capture(v, text, tmask, vmask):
+        static = [v.clone(), vmask.clone(), text.clone(), tmask.clone()]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(2):
+                model.forward_levels(*static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.inference_mode():
+            out = model.forward_levels(*static)
+        return graph, static, out
+
+    def run(inputs):
+        vid, vmask, groups = inputs
+        v, vm = vid.to(ctx.device), vmask.to(ctx.device)
+        results = []
+        for text, tmask in groups:
+            text, tmask = text.to(ctx.device), tmask.to(ctx.device)
+            key = (tuple(v.shape), tuple(text.shape))
+            if key not in graphs:
+                graphs[key] = capture(v, text, tmask, vm)
+            graph, static, out = graphs[key]
+            for dst, src in zip(static, (v, vm, text, tmask)):
+                dst.copy_(src)
+            graph.replay()
+            results.append(out)
+        torch.cuda.synchronize()
+        return [_to_numpy(o) for o in results]
+
+    return run
+
+
+register(PathSpec("eager_cuda_graphs", "PyTorch eager fp32 captured into CUDA graphs",
+                  lambda ctx: None if _cuda(ctx) else "needs a CUDA device (none here)",
+                  _cuda_graph_runner))
+
+
+# -- ONNX Runtime (graphs from the export package, issue 4) -----------------------------------
+
+def _export_api():
+    """``export_model(model, portable=...) -> result with .model_proto`` from hieramamba.export."""
+    for name in ("hieramamba.export", "hieramamba.export.onnx_export"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        fn = getattr(mod, "export_model", None)
+        if fn is not None:
+            return fn
+    return None
+
+
+def _onnx_file(ctx, portable: bool) -> Path:
+    return ctx.workdir / f"model_{'portable' if portable else 'custom'}.onnx"
+
+
+def _ort_unavailable(ctx) -> Optional[str]:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed (extra [export] or [runtime])"
+    if _export_api() is None:
+        return "hieramamba.export has no export_model yet (issue 4)"
+    return None
+
+
+def _ort_prepare(portable: bool):
+    def prepare(ctx):
+        import time
+
+        path = _onnx_file(ctx, portable)
+        if path.is_file():
+            return
+        t0 = time.perf_counter()
+        model = copy.deepcopy(ctx.model).cpu() if _cuda(ctx) else ctx.model
+        result = _export_api()(model.float().eval(), portable=portable)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        proto = getattr(result, "model_proto", result)
+        path.write_bytes(proto.SerializeToString())
+        (path.with_suffix(".seconds")).write_text(f"{time.perf_counter() - t0:.3f}")
+
+    return prepare
+
+
+def _ort_runner(portable: bool):
+    def build(ctx):
+        import onnxruntime as ort
+
+        path = _onnx_file(ctx, portable)
+        if not path.is_file():
+            raise BackendUnavailableError(f"{path} was not exported (prepare step skipped or failed)")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = ctx.threads
+        so.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if _cuda(ctx) and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        sess = ort.InferenceSession(str(path), so, providers=providers)
+        names = [o.name for o in sess.get_outputs()]
+        in_names = [i.name for i in sess.get_inputs()]
+
+        def run(inputs):
+            vid, vmask, groups = inputs
+            v, vm = vid.cpu().numpy(), vmask.cpu().numpy()
+            results = []
+            for text, tmask in groups:
+                outs = sess.run(None, dict(zip(in_names, (v, vm, text.cpu().numpy(), tmask.cpu().numpy()))))
+                by = dict(zip(names, outs))
+                n = len(names) // 3
+                results.append(([by[f"logits_{l}"] for l in range(n)], [by[f"offsets_{l}"] for l in range(n)]))
+            return results
+
+        return run
+
+    return build
+
+
+register(PathSpec("ort_custom", "ONNX Runtime, graph with HydraScan nodes (local-function body)",
+                  _ort_unavailable, _ort_runner(False), _ort_prepare(False)))
+register(PathSpec("ort_portable", "ONNX Runtime, portable graph (HydraScan inlined)",
+                  _ort_unavailable, _ort_runner(True), _ort_prepare(True)))
+
+
+# -- chunked runtime (issue 6) and TensorRT ---------------------------------------------------
+
+def _runtime_bench_factory():
+    """The chunked runtime plugs in by exposing ``bench_runner(ctx) -> runner`` in
+    ``hieramamba.runtime`` (same inputs/outputs as the paths here)."""
+    try:
+        mod = importlib.import_module("hieramamba.runtime")
+    except ImportError:
+        return None
+    return getattr(mod, "bench_runner", None)
+
+
+register(PathSpec(
+    "runtime_chunked", "hieramamba.runtime chunk scheduler",
+    lambda ctx: None if _runtime_bench_factory() else
+    "hieramamba.runtime exposes no bench_runner(ctx) yet (issue 6 not landed)",
+    lambda ctx: _runtime_bench_factory()(ctx)))
+
+
+def _trt_unavailable(ctx) -> Optional[str]:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (extra [tensorrt])"
+    if not _cuda(ctx):
+        return "TensorRT needs a CUDA device (none here)"
+    try:
+        mod = importlib.import_module("hieramamba.export")
+    except ImportError:
+        mod = None
+    if getattr(mod, "bench_trt_runner", None) is None:
+        return "hieramamba.export exposes no bench_trt_runner(ctx) yet (engine building, issue 4)"
+    return None
+
+
+register(PathSpec("tensorrt", "TensorRT engine with the HydraScan plugin", _trt_unavailable,
+                  lambda ctx: importlib.import_module("hieramamba.export").bench_trt_runner(ctx)))
