@@ -177,7 +177,8 @@ def _stage_specs(model, dtype):
     for lvl, blk in enumerate(model.vid_net.branch):
         hyd = blk.global_encoder
         e, h, p, n, g = hyd.d_inner, hyd.nheads, hyd.headdim, hyd.d_state, hyd.ngroups
-        tokd = {0: TB, 2: Dim("tok", min=1) * 2} if TB is not None else {2: Dim("tok", min=1) * 2}
+        # Plain (not even-only) token length: the last level of a padded video can be odd.
+        tokd = {0: TB, 2: Dim("tok", min=2)} if TB is not None else {2: Dim("tok", min=2)}
         if blk.local_encoder.attn.attn.window_size > 0:
             S = Dim("slots", min=1) * 3
             specs.append((f"pre{lvl}", PreStage(blk), (f(bb, d, t), bm(bb, 1, t), i64(27), i64(0)),

@@ -64,8 +64,10 @@ class GroundingRuntime:
         self.text_overflow, self.progress = text_overflow, progress
 
     @classmethod
-    def from_model(cls, model, opt: dict, device="cpu", dtype="float32", **kwargs) -> "GroundingRuntime":
-        """Torch backend over a loaded ``HieraMamba`` (eager; imports torch)."""
+    def from_model(cls, model, opt: dict, device="cpu", dtype="float32", attn_rows: int = 256,
+                   **kwargs) -> "GroundingRuntime":
+        """Torch backend over a loaded ``HieraMamba`` (eager; imports torch). ``attn_rows``: query
+        rows per block in the global attention of the whole-run levels (memory bound, exact)."""
         import torch
 
         from .plan import plan_from_model
@@ -73,7 +75,8 @@ class GroundingRuntime:
 
         tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
             dtype, dtype)
-        return cls(TorchBackend(model, device, tdtype), plan_from_model(model, opt), **kwargs)
+        backend = TorchBackend(model, device, tdtype, attn_rows=attn_rows)
+        return cls(backend, plan_from_model(model, opt), **kwargs)
 
     @classmethod
     def load(cls, bundle_dir, backend: str = "onnxruntime", providers=None, plugin_library=None,

@@ -3,6 +3,8 @@ math is written here), run eagerly. Imported only when asked for (``backend="tor
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 try:
@@ -32,10 +34,12 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model, device="cpu", dtype=torch.float32):
+    def __init__(self, model, device="cpu", dtype=torch.float32, attn_rows: int = 2048):
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
         self.blocks = self.model.vid_net.branch
+        self.attn_rows = int(attn_rows)
+        self._whole_lock = threading.Lock()
 
     # -- array helpers ---------------------------------------------------------------------
     def from_numpy(self, a):
@@ -99,7 +103,16 @@ class TorchBackend:
 
     @torch.no_grad()
     def amp_whole(self, level, x, mask, n_valid):
-        anchors, tokens, _, _ = self.blocks[level](x, mask, n_valid)
+        # Global attention of a long level in blocks of query rows (exact, memory ∝ rows × T);
+        # the switch is set only for this call, under a lock, and the model is left as it was.
+        blk = self.blocks[level]
+        mha = blk.local_encoder.attn.attn
+        with self._whole_lock:
+            saved, mha.max_query_rows = mha.max_query_rows, self.attn_rows
+            try:
+                anchors, tokens, _, _ = blk(x, mask, n_valid)
+            finally:
+                mha.max_query_rows = saved
         return anchors, tokens
 
     @torch.no_grad()

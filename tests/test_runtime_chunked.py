@@ -60,9 +60,10 @@ def compare(model, opt, valid, nq, chunks, seed, dtype=torch.float32):
     model = model.to(dtype)
     with torch.no_grad():
         ref = model.forward_levels(vid.to(dtype), vmask, text.to(dtype), tmask)
-    backend = TorchBackend(model, dtype=dtype)
     worst = 0.0
     for chunk in chunks:
+        # Global-attention levels in blocks of `chunk` query rows too.
+        backend = TorchBackend(model, dtype=dtype, attn_rows=chunk)
         logits, offsets, masks = ChunkScheduler(plan, backend, chunk).run(
             vid[0].numpy(), valid, text.numpy(), tmask.numpy(), official_batch=nq)
         assert len(logits) == plan["num_levels"]
@@ -177,3 +178,17 @@ def test_bad_inputs_raise_input_error():
         rt.ground(good, [np.zeros((99, model.text_in_dim), np.float32)], fps=30)
     with pytest.raises(InputError, match="chunk"):
         GroundingRuntime.from_model(model, opt, chunk=1)
+
+
+def test_row_blocked_global_attention_is_exact():
+    from hieramamba.modules.primitives import MaskedMHA
+
+    torch.manual_seed(0)
+    mha = MaskedMHA(16, n_heads=2).double().eval()
+    x = torch.randn(2, 16, 37, dtype=torch.float64)
+    mask = (torch.arange(37) < 30)[None, None].expand(2, 1, 37)
+    with torch.no_grad():
+        whole = mha(x, kv_mask=mask)
+        mha.max_query_rows = 8
+        blocked = mha(x, kv_mask=mask)
+    np.testing.assert_allclose(blocked.numpy(), whole.numpy(), rtol=0, atol=1e-12)

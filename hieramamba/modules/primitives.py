@@ -197,6 +197,9 @@ class MaskedMHA(nn.Module):
         self.value = nn.Conv1d(kv_dim, embd_dim, 1)
         self.proj = nn.Conv1d(embd_dim, out_dim, 1)
         self.attn_drop = nn.Dropout(attn_pdrop)
+        # Eager-only memory bound for long global attention (chunked runtime, DESIGN §4): when
+        # > 0, query rows are processed in blocks of this many; softmax is per row, so exact.
+        self.max_query_rows = 0
         self.proj_drop = nn.Dropout(proj_pdrop)
 
     def _heads(self, x):
@@ -214,14 +217,21 @@ class MaskedMHA(nn.Module):
         qh, kh, vh = self._heads(q) * self.scale, self._heads(k) * self.scale, self._heads(v)
         if self.window_size > 0:
             out = self._banded(qh, kh, vh, kv_mask[:, 0])
+        elif self.max_query_rows > 0 and qh.shape[2] > self.max_query_rows:
+            r = self.max_query_rows
+            out = torch.cat([self._global(qh[:, :, i:i + r], kh, vh, kv_mask)
+                             for i in range(0, qh.shape[2], r)], dim=2)
         else:
-            attn = qh @ kh.transpose(2, 3)
-            attn = attn.masked_fill(~kv_mask[:, :, None, :], float("-inf"))
-            attn = self.attn_drop(F.softmax(attn, dim=-1))
-            out = attn @ vh
+            out = self._global(qh, kh, vh, kv_mask)
         b, h, t, d = out.shape
         out = out.transpose(2, 3).reshape(b, h * d, t)
         return self.proj_drop(self.proj(out))
+
+    def _global(self, q, k, v, kv_mask):
+        attn = q @ k.transpose(2, 3)
+        attn = attn.masked_fill(~kv_mask[:, :, None, :], float("-inf"))
+        attn = self.attn_drop(F.softmax(attn, dim=-1))
+        return attn @ v
 
     def _banded(self, q, k, v, mask):
         """q, k, v: (B, h, T, d); mask: (B, T) for keys and queries (self-attention)."""

@@ -1,0 +1,130 @@
+"""Peak RSS and latency vs video length: chunked runtime vs whole-sequence eager (CPU).
+
+Not a CI test. Each (path, length) runs in a fresh subprocess so that its peak RSS
+(``ru_maxrss``) is its own. Random weights; the video is random features of the given length.
+
+    python benchmarks/bench_runtime_cpu.py --config tiny --minutes 10,60,180,600 --paths chunked,eager
+    python benchmarks/bench_runtime_cpu.py --bundle /tmp/bundle --paths ort --minutes 10,600
+
+Prints a table and writes JSON (``--json``). "RSS − input" subtracts the video feature array.
+The acceptance check (DESIGN §4): chunked peak RSS − input stays within 1.2× from the shortest
+to the longest video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(args) -> dict:
+    import numpy as np
+
+    sec_per_clip = None
+    if args.path == "ort":
+        from hieramamba.runtime import GroundingRuntime
+
+        rt = GroundingRuntime.load(args.bundle, chunk=args.chunk)
+        plan = rt.plan
+        dv, dt = plan["vid_in_dim"], plan["text_in_dim"]
+        sec_per_clip = plan["clip_stride"] / 30.0
+        run = lambda v, q: rt.level_outputs(v, q)  # noqa: E731
+    else:
+        import torch
+
+        from hieramamba.config import load_config
+        from hieramamba.model import build_model
+
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        opt = load_config(args.config)
+        model = build_model(opt).eval()
+        dv, dt = model.vid_in_dim, model.text_in_dim
+        data = opt["train"]["data"]
+        sec_per_clip = data.get("clip_stride", 1) * data.get("downsample_rate", 1) / 30.0
+        if args.config.startswith("mad"):
+            sec_per_clip = 0.2
+        if args.path == "chunked":
+            from hieramamba.runtime import GroundingRuntime
+
+            rt = GroundingRuntime.from_model(model, opt, chunk=args.chunk)
+            run = lambda v, q: rt.level_outputs(v, q)  # noqa: E731
+        else:
+            from hieramamba.inference import Grounder
+
+            g = Grounder(model, opt)
+            run = lambda v, q: g.level_outputs(v, q)  # noqa: E731
+    n_clips = int(args.minutes * 60 / sec_per_clip)
+    rng = np.random.default_rng(0)
+    video = rng.standard_normal((n_clips, dv)).astype(np.float32)
+    queries = [rng.standard_normal((8, dt)).astype(np.float32) for _ in range(args.queries)]
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    run(video, queries)
+    latency = time.perf_counter() - t0
+    peak = _rss_mb()
+    return {"path": args.path, "minutes": args.minutes, "clips": n_clips, "queries": args.queries,
+            "latency_s": latency, "peak_rss_mb": peak, "rss_before_run_mb": base,
+            "input_mb": video.nbytes / 2 ** 20, "peak_minus_input_mb": peak - video.nbytes / 2 ** 20}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--bundle", help="exported bundle for the 'ort' path")
+    ap.add_argument("--minutes", default="10,60,180,600")
+    ap.add_argument("--paths", default="chunked,eager", help="chunked (torch), eager, ort")
+    ap.add_argument("--queries", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        args.minutes = float(args.minutes)
+        print(json.dumps(run_one(args)))
+        return 0
+    rows = []
+    print(f"{'path':8s} {'minutes':>8s} {'clips':>7s} {'latency s':>10s} {'peak RSS MB':>12s} {'RSS-input MB':>13s}")
+    for path in args.paths.split(","):
+        for minutes in args.minutes.split(","):
+            cmd = [sys.executable, __file__, "--one", "--path", path, "--minutes", minutes,
+                   "--config", args.config, "--queries", str(args.queries), "--chunk", str(args.chunk),
+                   "--threads", str(args.threads)] + (["--bundle", args.bundle] if args.bundle else [])
+            try:
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{path:8s} {minutes:>8s}  timed out after {args.timeout:.0f} s", flush=True)
+                rows.append({"path": path, "minutes": float(minutes), "timeout_s": args.timeout})
+                continue
+            if res.returncode != 0:
+                print(f"{path:8s} {minutes:>8s}  failed: {res.stderr.strip().splitlines()[-1:]}", flush=True)
+                rows.append({"path": path, "minutes": float(minutes), "error": res.stderr[-2000:]})
+                continue
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"{path:8s} {row['minutes']:8.0f} {row['clips']:7d} {row['latency_s']:10.2f} "
+                  f"{row['peak_rss_mb']:12.0f} {row['peak_minus_input_mb']:13.0f}", flush=True)
+    for path in args.paths.split(","):
+        ok = [r for r in rows if r.get("path") == path and "peak_rss_mb" in r]
+        if len(ok) >= 2:
+            ratio = ok[-1]["peak_minus_input_mb"] / ok[0]["peak_minus_input_mb"]
+            print(f"{path}: (peak RSS − input) longest / shortest = {ratio:.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The torch-free ONNX Runtime path: exported stage bundle → chunked runtime, against the
+whole-sequence eager model; bundle checks; the ``ground --bundle`` CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hieramamba.config import packaged_config_path, parse_config, read_yaml
+from hieramamba.errors import BackendUnavailableError, CheckpointError, ExportError
+from hieramamba.inference import Grounder
+from hieramamba.model import build_model
+from hieramamba.runtime import GroundingRuntime
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_level_model():
+    """Tiny widths, one windowed AMP level: every chunked stage kind, quick to export."""
+    raw = read_yaml(packaged_config_path("tiny"))
+    raw["model"]["vid_net"]["arch"] = [2, 0, 1]
+    raw["model"]["vid_net"].update(embd_dim=32, mamba_headdim=16, mamba_dstate=8, max_seq_len=64)
+    raw["model"]["text_net"].update(embd_dim=32)
+    opt = parse_config(raw)
+    torch.manual_seed(0)
+    model = build_model(opt).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".scale") and "scales." not in n:
+                p.uniform_(0.3, 1.0)
+    return model, opt
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from hieramamba.export.stages import export_bundle
+
+    model, opt = one_level_model()
+    out = tmp_path_factory.mktemp("rt") / "bundle"
+    export_bundle(model, opt, out)
+    return out, model, opt
+
+
+@pytest.mark.slow
+def test_ort_bundle_equals_eager_grounder(bundle):
+    path, model, opt = bundle
+    rng = np.random.default_rng(0)
+    video = rng.standard_normal((150, model.vid_in_dim)).astype(np.float32)  # > max_seq_len: resampled PE
+    queries = [rng.standard_normal((n, model.text_in_dim)).astype(np.float32) for n in (3, 16, 6)]
+    want = Grounder(model, opt).level_outputs(video, queries)
+    rt = GroundingRuntime.load(path, chunk=24, max_batch=2)
+    got = rt.level_outputs(video, queries)
+    for (gl, go, gm), (wl, wo, wm) in zip(got, want):
+        for a, b in ((gl[0], wl[0]), (go[0], wo[0])):
+            assert np.abs(a - b).max() / np.abs(b).max() <= 1e-4
+        np.testing.assert_array_equal(gm[0], wm[0])
+    segs = rt.ground(video, queries, fps=30.0)
+    ref = Grounder(model, opt).ground(video, queries, fps=30.0)
+    for s, r in zip(segs, ref):
+        np.testing.assert_allclose([[x.start_sec, x.end_sec, x.score] for x in s],
+                                   [[x.start_sec, x.end_sec, x.score] for x in r], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_ground_with_bundle_writes_json(bundle, tmp_path):
+    path, model, _ = bundle
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "v.npy", rng.standard_normal((90, model.vid_in_dim)).astype(np.float32))
+    np.save(tmp_path / "q.npy", rng.standard_normal((5, model.text_in_dim)).astype(np.float32))
+    out = tmp_path / "r.json"
+    res = subprocess.run([sys.executable, "-m", "hieramamba.cli", "ground", "--bundle", str(path),
+                          "--video", str(tmp_path / "v.npy"), "--query", str(tmp_path / "q.npy"),
+                          "--fps", "30", "--chunk", "16", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    payload = json.loads(out.read_text())
+    assert len(payload["queries"]) == 1 and len(payload["queries"][0]["segments"]) > 0
+    assert not list(tmp_path.glob(".*tmp"))
+    nan_video = np.zeros((20, model.vid_in_dim), np.float32)
+    nan_video[7, 3] = np.inf
+    np.save(tmp_path / "nan.npy", nan_video)
+    bad = subprocess.run([sys.executable, "-m", "hieramamba.cli", "ground", "--bundle", str(path),
+                          "--video", str(tmp_path / "nan.npy"), "--query", str(tmp_path / "q.npy"),
+                          "--fps", "30", "--out", str(tmp_path / "bad.json")],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert bad.returncode == 2 and "NaN/Inf (first at row 7)" in bad.stderr
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_bundle_version_mismatch_and_missing_files(tmp_path):
+    from hieramamba.runtime.bundle import BUNDLE_FORMAT, read_manifest
+
+    with pytest.raises(CheckpointError, match="no manifest.json"):
+        GroundingRuntime.load(tmp_path)
+    man = {"format": "hieramamba-runtime-bundle/0", "scan_op_version": "1", "plan": {}, "stages": {},
+           "dtype": "float32"}
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(CheckpointError, match="bundle format"):
+        read_manifest(tmp_path)
+    man.update(format=BUNDLE_FORMAT, scan_op_version="2")
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(CheckpointError, match="op version"):
+        read_manifest(tmp_path)
+    man.update(scan_op_version="1", stages={"text": {"file": "text.onnx", "inputs": [], "outputs": []}})
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(CheckpointError, match="missing"):
+        read_manifest(tmp_path)
+
+
+def test_tensorrt_backend_is_absent_safe(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailableError, match="TensorRT"):
+            GroundingRuntime.load(tmp_path, backend="tensorrt")
+    else:  # pragma: no cover - a machine with TensorRT
+        with pytest.raises(BackendUnavailableError, match="plugin library not found"):
+            GroundingRuntime.load(tmp_path, backend="tensorrt", plugin_library=tmp_path / "missing.so")
+
+
+def test_failed_export_leaves_nothing_on_disk(tmp_path):
+    from hieramamba.export.stages import export_bundle
+
+    model, opt = one_level_model()
+    with pytest.raises(ExportError, match="dtype"):
+        export_bundle(model, opt, tmp_path / "b", dtype="int8")
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(ExportError, match="already exists"):
+        export_bundle(model, opt, tmp_path / "exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
