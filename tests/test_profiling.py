@@ -1,0 +1,177 @@
+"""profiling/: NVTX no-op and recording paths, the bench harness on the tiny config, and reports
+rendered from a recorded bench JSON (tests/data/bench_tiny_sample.json, made by
+``hieramamba bench --config tiny``)."""
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from hieramamba.config import load_config
+from hieramamba.errors import HieraMambaError, InputError
+from hieramamba.model import build_model
+from hieramamba.profiling import nvtx
+from hieramamba.profiling.bench import BenchSettings, make_inputs, measure_memory_subprocess, run_bench, write_outputs
+from hieramamba.profiling.report import load_report, markdown_report
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    opt = load_config("tiny")
+    return build_model(opt).eval(), opt
+
+
+@pytest.fixture(autouse=True)
+def _profiling_off():
+    nvtx.disable()
+    yield
+    nvtx.disable()
+
+
+def _forward(model, opt, clips=64):
+    vid, vmask, groups = make_inputs(model, opt, clips, 2, None)
+    with torch.inference_mode():
+        return model.forward_levels(vid, vmask, *groups[0])
+
+
+def test_disabled_path_imports_nothing_and_returns_shared_noop():
+    code = ("import sys\nfrom hieramamba.profiling import nvtx\n"
+            "assert nvtx.nvtx_range('a') is nvtx.nvtx_range('b')\n"
+            "with nvtx.nvtx_range('hydra.scan'): pass\n"
+            "assert 'nvtx' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != nvtx.ENV_VAR}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_disabled_model_makes_no_nvtx_calls_and_outputs_match_enabled(tiny, monkeypatch):
+    model, opt = tiny
+    calls = []
+    fake = types.ModuleType("nvtx")
+
+    class Domain:
+        def get_event_attributes(self, message):
+            return message
+
+        def push_range(self, attrs):
+            calls.append(("push", attrs))
+
+        def pop_range(self):
+            calls.append(("pop",))
+
+    fake.get_domain = lambda name: (calls.append(("domain", name)), Domain())[1]
+    monkeypatch.setitem(sys.modules, "nvtx", fake)
+    off = _forward(model, opt)
+    assert calls == []
+    with nvtx.profiling("nvtx"):
+        on = _forward(model, opt)
+    assert calls[0] == ("domain", "hieramamba")
+    pushed = [c[1] for c in calls if c[0] == "push"]
+    assert sum(c[0] == "pop" for c in calls) == len(pushed)
+    for name in ("text_encode", "vid_proj", "fusion_early", "backbone.embed", "amp0", "amp0.interleave",
+                 "amp0.hydra.in_proj", "amp0.hydra.conv", "amp0.hydra.scan", "amp0.hydra.norm_out",
+                 "amp0.gate1", "amp0.local_attn", "amp0.gate2", "amp0.ffn", "amp0.split", "amp5.hydra.scan",
+                 "fusion_late[0]", "fusion_late[5]", "heads"):
+        assert name in pushed, name
+    for a, b in zip(torch.utils._pytree.tree_leaves(off), torch.utils._pytree.tree_leaves(on)):
+        assert torch.equal(a, b)
+
+
+def test_record_mode_gives_per_range_breakdown_including_decoding(tiny):
+    from hieramamba.inference import Grounder
+    from hieramamba.profiling.nsys import rows_from_recording, summarize_ranges
+
+    model, opt = tiny
+    g = torch.Generator().manual_seed(1)
+    video, query = torch.randn(100, 32, generator=g), torch.randn(5, 32, generator=g)
+    with nvtx.profiling("record"):
+        Grounder(model, opt).ground(video, [query, query], fps=30.0)
+        rec = nvtx.recorded()
+    assert nvtx.mode() == "off"
+    assert {"decode_topk", "softnms_host", "amp2.hydra.scan", "heads"} <= set(rec)
+    assert len(rec["decode_topk"]) == 2 and len(rec["heads"]) == 6
+    assert all(ns >= 0 for v in rec.values() for ns in v)
+    summary = {r["range"]: r for r in summarize_ranges(rows_from_recording(rec))}
+    assert summary["hydra.scan (all levels)"]["instances"] == 6
+
+
+def test_enabled_ranges_are_skipped_while_exporting():
+    class M(torch.nn.Module):
+        def forward(self, x):
+            with nvtx.nvtx_range("hydra.scan"):
+                return x * 2
+
+    with nvtx.profiling("record"):
+        ep = torch.export.export(M(), (torch.ones(3),), strict=False)
+        assert nvtx.recorded() == {}
+    assert torch.equal(ep.module()(torch.ones(3)), torch.full((3,), 2.0))
+
+
+def test_mode_switch_is_validated_and_overhead_is_small():
+    with pytest.raises(HieraMambaError, match="profiling mode"):
+        nvtx.enable("fast")
+    assert nvtx.measure_disabled_overhead(20_000)["ns_per_range"] < 20_000  # generous: shared CI cores
+
+
+def test_bench_harness_tiny(tmp_path, tiny):
+    settings = BenchSettings(config="tiny", clips=(32, 64), queries=(1, 2), warmup=1, repeats=2, threads=1,
+                             paths=("eager_fp32", "eager_bf16", "eager_cuda_graphs", "runtime_chunked"),
+                             isolate_memory=False, workdir=str(tmp_path / "work"))
+    report = run_bench(settings, log=lambda m: None)
+    rows = {(r["path"], r["case"]["clips"], r["case"]["queries"]): r for r in report["results"]}
+    assert len(rows) == 4 * 4
+    ref = rows[("eager_fp32", 64, 2)]
+    assert ref["status"] == "ok" and ref["vs_eager"]["max_abs_err_logits"] == 0
+    assert ref["latency_s"]["p50"] > 0 and ref["throughput_qps"] > 0
+    assert ref["case"]["padded_clips"] == 64 and ref["case"]["groups"] == 1
+    bf16 = rows[("eager_bf16", 32, 1)]
+    assert bf16["status"] == "ok" and bf16["speedup_vs_eager"] > 0 and bf16["vs_eager"]["finite"]
+    if not torch.cuda.is_available():
+        assert rows[("eager_cuda_graphs", 32, 1)]["status"] == "skipped"
+    assert "issue 6" in rows[("runtime_chunked", 32, 1)]["reason"] or rows[("runtime_chunked", 32, 1)]["status"] == "ok"
+    files = write_outputs(report, tmp_path / "out")
+    md = Path(files["markdown"]).read_text()
+    assert "eager_bf16" in md and "Not measured" in md
+    assert json.loads(Path(files["json"]).read_text())["schema"] == "hieramamba.bench/1"
+
+
+def test_memory_is_measured_in_a_fresh_process(tmp_path):
+    settings = BenchSettings(config="tiny", paths=("eager_fp32",), threads=1)
+    mem = measure_memory_subprocess(settings, "eager_fp32", 32, 1, tmp_path, timeout=300)
+    assert "error" not in mem, mem
+    assert mem["peak_rss_mb"] >= mem["rss_before_run_mb"] > 0 and "fresh process" in mem["kind"]
+
+
+def test_unknown_path_and_bad_workload_are_input_errors(tiny):
+    model, opt = tiny
+    with pytest.raises(InputError, match="unknown bench paths"):
+        run_bench(BenchSettings(paths=("eager_fp64",), isolate_memory=False))
+    with pytest.raises(InputError, match="max_text_len"):
+        make_inputs(model, opt, 32, 1, 99)
+
+
+def test_report_from_recorded_json(tmp_path):
+    report = load_report(DATA / "bench_tiny_sample.json")
+    md = markdown_report(report)
+    assert md.startswith("## tiny")
+    assert "| eager_fp32 |" in md.replace("| 1 | eager_fp32", "| eager_fp32") or "eager_fp32" in md
+    for row in report["results"]:
+        if row["status"] != "ok":
+            assert f"`{row['path']}` **{row['status']}**" in md
+    files = write_outputs(report, tmp_path)
+    pytest.importorskip("matplotlib")
+    for stem in ("latency_vs_length", "memory_vs_length", "speedup_vs_eager"):
+        assert Path(files[stem]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_rejects_other_json(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(HieraMambaError, match="schema"):
+        load_report(p)
