@@ -160,7 +160,7 @@ def test_report_from_recorded_json(tmp_path):
     report = load_report(DATA / "bench_tiny_sample.json")
     md = markdown_report(report)
     assert md.startswith("## tiny")
-    assert "| eager_fp32 |" in md.replace("| 1 | eager_fp32", "| eager_fp32") or "eager_fp32" in md
+    assert "| 64 | 1 | eager_fp32 |" in md and "| 128 | 2 | eager_bf16 |" in md
     for row in report["results"]:
         if row["status"] != "ok":
             assert f"`{row['path']}` **{row['status']}**" in md
