@@ -93,6 +93,9 @@ class OrtBackend:
     def cat(self, arrays, axis):
         return np.concatenate(arrays, axis=axis)
 
+    def copy(self, a):
+        return np.array(a, copy=True, order="C")
+
     def zeros_state(self, level, batch):
         s = self.plan["scan"][level]
         return np.zeros((batch, s["H"], s["P"], s["N"]), np.float32)

@@ -130,7 +130,7 @@ class ChunkScheduler:
 
     ``plan``: the static model description (see ``hieramamba.runtime.plan``); ``backend``: an
     object with the stage methods (see ``TorchBackend``) and the array helpers ``cat``,
-    ``zeros_state``, ``zeros_row``, ``to_numpy``, ``from_numpy``. ``chunk`` is in level tokens
+    ``copy`` (a compact copy of a view), ``zeros_state``, ``zeros_row``, ``to_numpy``, ``from_numpy``. ``chunk`` is in level tokens
     (rounded down to an even number, at least 2)."""
 
     def __init__(self, plan: dict, backend, chunk: int = 2048, progress=None):
@@ -201,14 +201,15 @@ class ChunkScheduler:
                 break
             pre = self._pre(level, g, source, n_valid, bb, *chunks[k])
             _, _, state_b = be.scan(level, pre["scan"], zero_state, state_b, zero_row, zero_row)
-            c_b_next = pre["scan"][6][:, 0]
+            # Copies, not views: a view would keep the whole window's conv output alive per chunk.
+            c_b_next = be.copy(pre["scan"][6][:, 0])
         # Pass 2, left → right, with the local encoder one chunk behind.
         anchors = []
 
         def local(window, lo, c0, c1):
             a, tok = be.amp_local(level, window[0], window[1])
             a, tok = a[..., c0 // 3: c1 // 3], tok[..., 2 * c0 // 3: 2 * c1 // 3]
-            anchors.append(a)
+            anchors.append(be.copy(a))
             t0 = 2 * (lo + c0) // 3
             t1 = 2 * (lo + c1) // 3
             if t1 > g.length:
@@ -220,7 +221,7 @@ class ChunkScheduler:
         for k, (p0, p1) in enumerate(chunks):
             pre = self._pre(level, g, source, n_valid, bb, p0, p1)
             y, state_f_new, _ = be.scan(level, pre["scan"], state_f, right[k][0], c_f_prev, right[k][1])
-            state_f, c_f_prev = state_f_new, pre["scan"][4][:, -1]
+            state_f, c_f_prev = state_f_new, be.copy(pre["scan"][4][:, -1])
             fused1 = be.amp_post(level, pre, y)
             stream.push((fused1, pre["seq_mask"]))
         stream.finish()
@@ -274,8 +275,8 @@ class _HeadCollector:
         n = window[0].shape[-1]
         mask = self.be.from_numpy(token_mask(self.bb, lo, lo + n, self.g.valid))
         lg, of = self.be.heads(self.level, window[0], mask, self.t, self.tm)
-        self.logits.append(self.be.to_numpy(lg)[:, c0:c1])
-        self.offsets.append(self.be.to_numpy(of)[:, c0:c1])
+        self.logits.append(self.be.to_numpy(lg)[:, c0:c1].copy())
+        self.offsets.append(self.be.to_numpy(of)[:, c0:c1].copy())
 
     def push(self, tokens):
         self.stream.push((tokens,))

@@ -53,6 +53,9 @@ class TorchBackend:
     def cat(self, arrays, axis):
         return torch.cat(arrays, dim=axis)
 
+    def copy(self, t):
+        return t.clone(memory_format=torch.contiguous_format)
+
     def zeros_state(self, level, batch):
         h = self.blocks[level].global_encoder
         return torch.zeros(batch, h.nheads, h.headdim, h.d_state, device=self.device)

@@ -76,6 +76,7 @@ def compare(model, opt, valid, nq, chunks, seed, dtype=torch.float32):
 @pytest.mark.parametrize("name,valid,chunks", [
     ("ego4d", 301, [18, 70, 1000]),   # 8 levels, stride 1, padded to 384
     ("mad", 777, [22, 96]),           # 9 levels, stride 2, padded to 1024 → level 0 has 512
+    ("tacos", 200, [20]),             # no early fusion: backbone at batch 1, fusion per level
 ])
 def test_chunked_equals_whole_fp32(name, valid, chunks):
     model, opt = shrunk(name)

@@ -133,3 +133,27 @@ def test_failed_export_leaves_nothing_on_disk(tmp_path):
     with pytest.raises(ExportError, match="already exists"):
         export_bundle(model, opt, tmp_path / "exists")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+@pytest.mark.slow
+def test_bundle_runs_with_torch_blocked(bundle, tmp_path):
+    from test_runtime_import import run_blocked
+
+    path, model, opt = bundle
+    rng = np.random.default_rng(2)
+    video = rng.standard_normal((70, model.vid_in_dim)).astype(np.float32)
+    query = rng.standard_normal((4, model.text_in_dim)).astype(np.float32)
+    np.save(tmp_path / "v.npy", video)
+    np.save(tmp_path / "q.npy", query)
+    res = run_blocked(f"""
+        import numpy as np
+        from hieramamba.runtime import GroundingRuntime
+        rt = GroundingRuntime.load({str(path)!r}, chunk=8)
+        segs = rt.ground(np.load({str(tmp_path / 'v.npy')!r}), [np.load({str(tmp_path / 'q.npy')!r})], fps=30.0)
+        assert "torch" not in sys.modules
+        print("top1", segs[0][0].start_sec, segs[0][0].end_sec, segs[0][0].score)
+    """)
+    assert res.returncode == 0, res.stderr
+    top = [float(v) for v in res.stdout.split("top1")[1].split()]
+    ref = Grounder(model, opt).ground(video, [query], fps=30.0)[0][0]
+    np.testing.assert_allclose(top, [ref.start_sec, ref.end_sec, ref.score], rtol=1e-4, atol=1e-4)
