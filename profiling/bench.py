@@ -63,6 +63,7 @@ class BenchSettings:
     isolate_memory: bool = True
     workdir: Optional[str] = None
     mask_semantics: str = "official"
+    export: bool = True                # False: ONNX paths only use files already in workdir
 
 
 def _percentile(xs, q):
@@ -212,7 +213,7 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
     else:
         own_tmp = tempfile.TemporaryDirectory(prefix="hieramamba-bench-")
         workdir = Path(own_tmp.name)
-    ctx = paths_mod.BenchContext(model, opt, settings.device, threads, workdir)
+    ctx = paths_mod.BenchContext(model, opt, settings.device, threads, workdir, settings.export)
     report = {"schema": SCHEMA, "settings": {**asdict(settings), "weights": weights},
               "environment": _environment(settings, threads), "method": __doc__.split("Method", 1)[1].strip(),
               "paths": {}, "results": []}

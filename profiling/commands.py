@@ -50,7 +50,8 @@ def cmd_bench(args) -> int:
                              queries=_ints(args.queries), tokens=args.tokens, paths=paths,
                              warmup=args.warmup, repeats=args.repeats, device=args.device,
                              threads=args.threads, seed=args.seed, isolate_memory=not args.no_memory,
-                             workdir=args.workdir, mask_semantics=args.mask_semantics)
+                             workdir=args.workdir, mask_semantics=args.mask_semantics,
+                             export=not args.no_export)
     report = run_bench(settings, log=lambda m: print(m, file=sys.stderr, flush=True))
     report["command"] = "hieramamba bench " + shlex.join(_argv(args) + ["--out", str(args.out)])
     files = write_outputs(report, args.out, plots=not args.no_plots)
@@ -114,6 +115,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-export", action="store_true",
+                   help="ONNX paths use files already in --workdir (model_custom.onnx, model_portable.onnx); "
+                        "skip them instead of exporting (export can take many minutes on CPU)")
     p.add_argument("--workdir", help="keep exported ONNX files here (default: a temporary folder)")
     p.add_argument("--out", default="bench-out", help="folder for bench.json, bench.md and the plots")
     p.add_argument("--report-only", metavar="JSON", help="only render a recorded bench.json")

@@ -31,6 +31,7 @@ class BenchContext:
     device: str
     threads: int
     workdir: Path          # artifacts (ONNX files) live here, shared with memory subprocesses
+    allow_export: bool = True  # False: ONNX paths use files already in workdir, never export
 
 
 @dataclass
@@ -176,6 +177,17 @@ def _ort_unavailable(ctx) -> Optional[str]:
     return None
 
 
+def _ort_unavailable_for(portable: bool):
+    def check(ctx):
+        reason = _ort_unavailable(ctx)
+        if reason is None and not ctx.allow_export and not _onnx_file(ctx, portable).is_file():
+            reason = (f"no {_onnx_file(ctx, portable).name} in {ctx.workdir} and exporting was switched off "
+                      "(--no-export)")
+        return reason
+
+    return check
+
+
 def _ort_prepare(portable: bool):
     def prepare(ctx):
         import time
@@ -228,9 +240,9 @@ def _ort_runner(portable: bool):
 
 
 register(PathSpec("ort_custom", "ONNX Runtime, graph with HydraScan nodes (local-function body)",
-                  _ort_unavailable, _ort_runner(False), _ort_prepare(False)))
+                  _ort_unavailable_for(False), _ort_runner(False), _ort_prepare(False)))
 register(PathSpec("ort_portable", "ONNX Runtime, portable graph (HydraScan inlined)",
-                  _ort_unavailable, _ort_runner(True), _ort_prepare(True)))
+                  _ort_unavailable_for(True), _ort_runner(True), _ort_prepare(True)))
 
 
 # -- chunked runtime (issue 6) and TensorRT ---------------------------------------------------

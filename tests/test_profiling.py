@@ -121,11 +121,13 @@ def test_mode_switch_is_validated_and_overhead_is_small():
 
 def test_bench_harness_tiny(tmp_path, tiny):
     settings = BenchSettings(config="tiny", clips=(32, 64), queries=(1, 2), warmup=1, repeats=2, threads=1,
-                             paths=("eager_fp32", "eager_bf16", "eager_cuda_graphs", "runtime_chunked"),
-                             isolate_memory=False, workdir=str(tmp_path / "work"))
+                             paths=("eager_fp32", "eager_bf16", "eager_cuda_graphs", "runtime_chunked",
+                                    "ort_portable"),
+                             isolate_memory=False, workdir=str(tmp_path / "work"), export=False)
     report = run_bench(settings, log=lambda m: None)
     rows = {(r["path"], r["case"]["clips"], r["case"]["queries"]): r for r in report["results"]}
-    assert len(rows) == 4 * 4
+    assert len(rows) == 5 * 4
+    assert rows[("ort_portable", 32, 1)]["status"] == "skipped"  # no file in workdir, export off
     ref = rows[("eager_fp32", 64, 2)]
     assert ref["status"] == "ok" and ref["vs_eager"]["max_abs_err_logits"] == 0
     assert ref["latency_s"]["p50"] > 0 and ref["throughput_qps"] > 0
