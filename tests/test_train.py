@@ -136,7 +136,7 @@ def test_gradients_reach_every_trainable_parameter(syn, tmp_path):
     batch = tr._to_device(tr.collate([tr.dataset[i] for i in range(min(3, len(tr.dataset)))]))
     out = tr.model(batch.vid, batch.vid_masks, batch.text, batch.text_masks, batch.text_size)
     losses = tr.criterion(out, batch.targets, batch.text_size)
-    assert int(losses["num_pos"]) > 0 and float(losses["acc"]) > 0 and float(losses["spc"]) > 0
+    assert int(losses["num_pos"]) > 0 and float(losses["acc"].detach()) > 0 and float(losses["spc"].detach()) > 0
     losses["total"].backward()
     params = list(tr.model.named_parameters()) + [("loss." + n, p) for n, p in tr.criterion.named_parameters()]
     none = [n for n, p in params if p.grad is None]
