@@ -13,7 +13,8 @@ Method (recorded in the JSON so a reader can judge the numbers):
 - Outputs: each path's first outputs are compared with eager fp32 (max abs error of logits and
   offsets, and whether every query's top-1 level position agrees).
 - Peak memory: in a fresh subprocess per (workload, path) that builds the model and runner,
-  reads its RSS, runs the workload twice and reads ``ru_maxrss`` (the process high-water mark,
+  reads its RSS, runs the workload twice and reads its RSS high-water mark (``VmHWM``; not
+  ``ru_maxrss``, which on Linux carries the forking parent's RSS across exec) (the process peak,
   including torch and the weights: ``peak_rss_mb``; minus the RSS before the first run:
   ``run_rss_mb``). On CUDA also ``torch.cuda.max_memory_allocated`` of the run.
   With ``isolate_memory=False`` no subprocess is used and memory is not reported.
@@ -79,6 +80,16 @@ def _rss_mb() -> float:
 
 
 def _maxrss_mb() -> float:
+    """This process's RSS high-water mark. Linux: ``VmHWM`` of /proc/self/status, because
+    ``ru_maxrss`` survives exec and so starts at the forking parent's RSS (the bench parent can
+    be large); elsewhere ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2 ** 20 if sys.platform == "darwin" else r / 1024
 
@@ -333,7 +344,7 @@ def _memory_child(settings: BenchSettings) -> dict:
     peak = _maxrss_mb()
     # run_rss_mb: high-water mark minus the RSS before the first run (an upper bound of the
     # run's own working memory when building the runner set the high-water mark).
-    out = {"kind": "ru_maxrss of a fresh process (includes interpreter, torch, weights)",
+    out = {"kind": "RSS high-water mark (VmHWM) of a fresh process (includes interpreter, torch, weights)",
            "peak_rss_mb": round(peak, 1), "rss_before_run_mb": round(before, 1),
            "run_rss_mb": round(max(peak - before, 0.0), 1)}
     if cuda:
