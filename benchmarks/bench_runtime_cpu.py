@@ -22,6 +22,14 @@ import time
 
 
 def _rss_mb() -> float:
+    """Peak RSS of this process. VmHWM, not ru_maxrss: Linux carries the forking parent's
+    ru_maxrss across exec (harmless here, the driver is small, but VmHWM is exact)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
