@@ -247,21 +247,44 @@ register(PathSpec("ort_portable", "ONNX Runtime, portable graph (HydraScan inlin
 
 # -- chunked runtime (issue 6) and TensorRT ---------------------------------------------------
 
-def _runtime_bench_factory():
-    """The chunked runtime plugs in by exposing ``bench_runner(ctx) -> runner`` in
-    ``hieramamba.runtime`` (same inputs/outputs as the paths here)."""
+def _runtime_module():
     try:
-        mod = importlib.import_module("hieramamba.runtime")
+        return importlib.import_module("hieramamba.runtime")
     except ImportError:
         return None
-    return getattr(mod, "bench_runner", None)
 
 
-register(PathSpec(
-    "runtime_chunked", "hieramamba.runtime chunk scheduler",
-    lambda ctx: None if _runtime_bench_factory() else
-    "hieramamba.runtime exposes no bench_runner(ctx) yet (issue 6 not landed)",
-    lambda ctx: _runtime_bench_factory()(ctx)))
+def _runtime_unavailable(ctx) -> Optional[str]:
+    mod = _runtime_module()
+    if mod is None or getattr(mod, "GroundingRuntime", None) is None:
+        return "hieramamba.runtime has no GroundingRuntime (issue 6 not landed)"
+    return None
+
+
+def _runtime_runner(ctx: BenchContext):
+    """``GroundingRuntime.from_model`` (torch backend, default chunk) driven group by group
+    through its ``ChunkScheduler``, with the official batch count of each group."""
+    mod = _runtime_module()
+    rt = mod.GroundingRuntime.from_model(ctx.model, ctx.opt, device=ctx.device)
+    scheduler = importlib.import_module("hieramamba.runtime.scheduler")
+
+    def run(inputs):
+        vid, vmask, groups = inputs
+        v = np.ascontiguousarray(vid[0].cpu().numpy())
+        valid = int(vmask.sum())
+        results = []
+        for text, tmask in groups:
+            sched = scheduler.ChunkScheduler(rt.plan, rt.backend, rt.chunk)
+            logits, offsets, _ = sched.run(v, valid, text.cpu().numpy(), tmask.cpu().numpy(),
+                                           official_batch=text.shape[0])
+            results.append(([np.asarray(x) for x in logits], [np.asarray(x) for x in offsets]))
+        return results
+
+    return run
+
+
+register(PathSpec("runtime_chunked", "hieramamba.runtime chunk scheduler, torch backend (GroundingRuntime.from_model)",
+                  _runtime_unavailable, _runtime_runner))
 
 
 def _trt_unavailable(ctx) -> Optional[str]:
