@@ -158,3 +158,4 @@ def test_embedded_default_is_trained_and_demo_prints_true_moments(tmp_path, caps
     assert main(["demo", "--minutes", "1", "--queries", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("true moment") == 2 and "#1" in out and "embedded default" in out
+    assert "top-1 segments identical to eager" in out  # chunked runtime agrees with eager
