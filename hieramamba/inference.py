@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .features import TEXT_OVERFLOW, check_video_shape, query_tokens_to_keep
 from .model import HieraMamba
 from .postprocess import ground_query
 
@@ -70,7 +71,7 @@ class Grounder:
 
     def __init__(self, model: HieraMamba, opt: dict, device="cpu", dtype=torch.float32,
                  text_overflow: str = "error"):
-        if text_overflow not in ("error", "truncate"):
+        if text_overflow not in TEXT_OVERFLOW:
             raise InputError(f"text_overflow must be 'error' or 'truncate', got {text_overflow!r}")
         self.model = model.to(device=device, dtype=dtype).eval()
         self.opt = opt
@@ -96,14 +97,7 @@ class Grounder:
     # -- validation ----------------------------------------------------------------------
     def _video(self, video) -> torch.Tensor:
         v = _as_float_array(video, "video features")
-        dv = self.model.vid_in_dim
-        if v.ndim != 2:
-            raise InputError(f"video features must be 2-D (num_clips, {dv}), got shape {tuple(v.shape)}")
-        if v.shape[1] != dv:
-            hint = " (it looks transposed: pass time-major (num_clips, dim))" if v.shape[0] == dv else ""
-            raise InputError(f"video feature dim is {v.shape[1]}, the model expects {dv}{hint}")
-        if v.shape[0] == 0:
-            raise InputError("video has zero clips: nothing to ground")
+        check_video_shape(v.shape, self.model.vid_in_dim)
         _check_finite(v, "video features")
         return v
 
@@ -112,20 +106,12 @@ class Grounder:
             queries = [queries]
         if not isinstance(queries, (list, tuple)) or len(queries) == 0:
             raise InputError("queries: expected a non-empty list of (num_tokens, dim) arrays")
-        dt = self.model.text_in_dim
         out = []
         for i, q in enumerate(queries):
             q = _as_float_array(q, f"query {i}")
-            if q.ndim != 2 or q.shape[1] != dt:
-                raise InputError(f"query {i}: expected shape (num_tokens, {dt}), got {tuple(q.shape)}")
-            if q.shape[0] == 0:
-                raise InputError(f"query {i} has zero tokens")
-            if self.batchify and q.shape[0] > self.max_text_len:
-                if self.text_overflow == "error":
-                    raise InputError(
-                        f"query {i} has {q.shape[0]} tokens, more than eval.max_text_len={self.max_text_len}; "
-                        "pass text_overflow='truncate' to keep the first tokens")
-                q = q[: self.max_text_len]
+            keep = query_tokens_to_keep(i, q.shape, self.model.text_in_dim, self.max_text_len,
+                                        self.batchify, self.text_overflow)
+            q = q[:keep]
             _check_finite(q, f"query {i}")
             out.append(q)
         return out

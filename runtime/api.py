@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hieramamba.errors import InputError
+from hieramamba.features import TEXT_OVERFLOW, check_video_shape, query_tokens_to_keep
 from hieramamba.postprocess import ground_query
 
 from .scheduler import ChunkScheduler
@@ -54,7 +55,7 @@ class GroundingRuntime:
 
     def __init__(self, backend, plan: dict, chunk: int = 2048, max_batch: int = 16,
                  text_overflow: str = "error", progress: bool = False):
-        if text_overflow not in ("error", "truncate"):
+        if text_overflow not in TEXT_OVERFLOW:
             raise InputError(f"text_overflow must be 'error' or 'truncate', got {text_overflow!r}")
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be a positive int, got {max_batch!r}")
@@ -98,14 +99,7 @@ class GroundingRuntime:
     # -- validation ------------------------------------------------------------------------
     def _video(self, video) -> np.ndarray:
         v = _as_array(video, "video features")
-        dv = self.plan["vid_in_dim"]
-        if v.ndim != 2:
-            raise InputError(f"video features must be 2-D (num_clips, {dv}), got shape {tuple(v.shape)}")
-        if v.shape[1] != dv:
-            hint = " (it looks transposed: pass time-major (num_clips, dim))" if v.shape[0] == dv else ""
-            raise InputError(f"video feature dim is {v.shape[1]}, the model expects {dv}{hint}")
-        if v.shape[0] == 0:
-            raise InputError("video has zero clips: nothing to ground")
+        check_video_shape(v.shape, self.plan["vid_in_dim"])
         _check_finite(v, "video features")
         return v
 
@@ -115,20 +109,11 @@ class GroundingRuntime:
             queries = [queries]
         if not isinstance(queries, (list, tuple)) or len(queries) == 0:
             raise InputError("queries: expected a non-empty list of (num_tokens, dim) arrays")
-        dt, limit = self.plan["text_in_dim"], self.plan["max_text_len"]
         out = []
         for i, q in enumerate(queries):
             q = _as_array(q, f"query {i}")
-            if q.ndim != 2 or q.shape[1] != dt:
-                raise InputError(f"query {i}: expected shape (num_tokens, {dt}), got {tuple(q.shape)}")
-            if q.shape[0] == 0:
-                raise InputError(f"query {i} has zero tokens")
-            if self.plan["batchify"] and q.shape[0] > limit:
-                if self.text_overflow == "error":
-                    raise InputError(
-                        f"query {i} has {q.shape[0]} tokens, more than eval.max_text_len={limit}; "
-                        "pass text_overflow='truncate' to keep the first tokens")
-                q = q[:limit]
+            q = q[:query_tokens_to_keep(i, q.shape, self.plan["text_in_dim"], self.plan["max_text_len"],
+                                        self.plan["batchify"], self.text_overflow)]
             _check_finite(q, f"query {i}")
             out.append(q)
         return out
