@@ -75,11 +75,8 @@ class FrontStage(nn.Module):
         self.model = model
 
     def forward(self, vid, mask, text, text_mask, pe_start, pe_total):
-        m = self.model
-        if m.early_fusion:
-            vid, mask = m.vid_proj(vid, mask)
-            vid, mask = m.fusion(vid, mask, text, text_mask)
-        return m.vid_net.embed(vid, mask, pe_window=(pe_start, pe_total))[0]
+        vid, mask = self.model.fuse_early(vid, mask, text, text_mask)
+        return self.model.vid_net.embed(vid, mask, pe_window=(pe_start, pe_total))[0]
 
 
 class PreStage(nn.Module):

@@ -86,12 +86,18 @@ class HieraMamba(nn.Module):
                 masks.append(m[:, 0])
         return logits, offsets, masks
 
-    def _video_pipeline(self, vid, vid_mask, text, text_mask, text_size):
+    def fuse_early(self, vid, vid_mask, text, text_mask, text_size=None):
+        """Early-fusion models: ``vid_proj`` then the fusion module, one video copy per query.
+        Late-fusion models (TACoS): the video unchanged."""
         if self.early_fusion:
             with nvtx_range("vid_proj"):
                 vid, vid_mask = self.vid_proj(vid, vid_mask)
             with nvtx_range("fusion_early"):
                 vid, vid_mask = self.fusion(vid, vid_mask, text, text_mask, text_size)
+        return vid, vid_mask
+
+    def _video_pipeline(self, vid, vid_mask, text, text_mask, text_size):
+        vid, vid_mask = self.fuse_early(vid, vid_mask, text, text_mask, text_size)
         fpn, fpn_masks, anchors, anchor_masks = self.vid_net(vid, vid_mask)
         logits, offsets, masks = self.heads(fpn, fpn_masks, text, text_mask, text_size)
         return ModelOutput(tuple(logits), tuple(offsets), tuple(masks), tuple(fpn), tuple(fpn_masks),

@@ -71,11 +71,8 @@ class TorchBackend:
 
     @torch.no_grad()
     def front(self, vid, mask, text, text_mask, pe_start, pe_total):
-        m = self.model
-        if m.early_fusion:
-            vid, mask = m.vid_proj(vid, mask)
-            vid, mask = m.fusion(vid, mask, text, text_mask)
-        return m.vid_net.embed(vid, mask, pe_window=(pe_start, pe_total))[0]
+        vid, mask = self.model.fuse_early(vid, mask, text, text_mask)
+        return self.model.vid_net.embed(vid, mask, pe_window=(pe_start, pe_total))[0]
 
     @torch.no_grad()
     def amp_pre(self, level, tokens, mask, n_valid, slot_offset):
