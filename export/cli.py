@@ -1,4 +1,4 @@
-"""``hieramamba export``, ``check-onnx`` and ``build-engine`` (registered by hieramamba/cli.py).
+"""``hieramamba export``, ``export-bundle``, ``check-onnx`` and ``build-engine`` (registered by hieramamba/cli.py).
 
 Importing this module imports neither torch nor onnx; each command imports what it needs."""
 
@@ -55,6 +55,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_export_bundle(args) -> int:
+    from .stages import export_bundle
+
+    model, opt, _ = _load(args)
+    t0 = time.perf_counter()
+    out = export_bundle(model, opt, args.out, dtype=args.dtype, opset=args.opset,
+                        log=lambda line: print(line, flush=True))
+    size = sum(f.stat().st_size for f in Path(out).iterdir()) / 2 ** 20
+    print(f"wrote bundle {out} ({args.dtype}, {size:.1f} MiB) in {time.perf_counter() - t0:.1f} s; "
+          f"run it with: hieramamba ground --bundle {out} --video V.npy --query Q.npy --fps FPS")
+    return 0
+
+
 def cmd_check_onnx(args) -> int:
     import torch
 
@@ -106,7 +119,7 @@ def _model_source_args(p):
 
 
 def register(sub) -> None:
-    """Add the three subcommands to the ``hieramamba`` argparse subparsers."""
+    """Add the four subcommands to the ``hieramamba`` argparse subparsers."""
     p = sub.add_parser("export", help="export a model to ONNX (HydraScan custom node + local function)")
     _model_source_args(p)
     p.add_argument("--out", required=True, help="output .onnx path (a manifest .onnx.json is written beside it)")
@@ -115,6 +128,13 @@ def register(sub) -> None:
     p.add_argument("--both", action="store_true", help="write the custom-node and the portable graph")
     p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("export-bundle", help="export the chunked runtime's stage graphs (a bundle folder)")
+    _model_source_args(p)
+    p.add_argument("--out", required=True, help="bundle folder to create (must not exist)")
+    p.add_argument("--dtype", default="float16", choices=["float32", "float16"])
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=cmd_export_bundle)
 
     p = sub.add_parser("check-onnx", help="ONNX Runtime (CPU) vs eager PyTorch, max abs/rel error per output")
     p.add_argument("onnx", help="exported .onnx (its manifest must be beside it)")

@@ -68,6 +68,8 @@ def build_manifest(model_proto, onnx_path, *, kind: str, dtype: str, opset: int,
                    mask_semantics: str, config: Optional[dict], scan_signature=None,
                    portable: bool = False, pad_multiple: Optional[int] = None,
                    extra: Optional[dict] = None) -> dict:
+    from hieramamba.ops.hydra_scan import TRACED_CHUNK_SIZE
+
     from . import scan_node
 
     inputs, outputs = io_spec(model_proto)
@@ -90,6 +92,8 @@ def build_manifest(model_proto, onnx_path, *, kind: str, dtype: str, opset: int,
             "function_version": scan_node.FUNCTION_VERSION,
             "custom_nodes": 0 if portable else len(scan_node.scan_nodes(model_proto)),
             "chunk_size": None if sig is None else sig.chunk_size,
+            # the function body's own chunk (hieramamba.ops.hydra_scan.TRACED_CHUNK_SIZE)
+            "body_chunk_size": None if sig is None else min(sig.chunk_size, TRACED_CHUNK_SIZE),
             "has_initial_states": None if sig is None else sig.has_states,
             "sizes": None if sig is None else {"H": sig.H, "P": sig.P, "G": sig.G, "N": sig.N},
         },

@@ -25,6 +25,7 @@ Writing is atomic: the bundle is built in a temporary sibling folder and renamed
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -135,13 +136,21 @@ class WholeStage(nn.Module):
 
 
 class HeadsStage(nn.Module):
+    """Late fusion + heads of one level. Holds the level's scale itself (and the level only
+    through it), so the heads graphs of all levels share a structure and differ in one weight."""
+
     def __init__(self, model, level):
         super().__init__()
-        self.model, self.level = model, level
+        self.fusion, self.cls_head = model.fusion, model.cls_head
+        self.level_scale = model.reg_head.scales[level]
+        # The regression tower without the other levels' scales (a shallow copy sharing the
+        # conv/norm submodules): the graph then names the scale "level_scale.scale" at every level.
+        self.reg_tower = copy.copy(model.reg_head)
+        self.reg_tower._modules = {k: v for k, v in model.reg_head._modules.items() if k != "scales"}
 
     def forward(self, tokens, mask, text, text_mask):
-        x, xm = self.model.fusion(tokens, mask, text, text_mask)
-        return self.model.cls_head(x, xm), self.model.reg_head(x, xm, self.level)
+        x, xm = self.fusion(tokens, mask, text, text_mask)
+        return self.cls_head(x, xm), self.reg_tower.with_scale(x, xm, self.level_scale)
 
 
 def _stage_specs(model, dtype):
@@ -208,9 +217,113 @@ def _stage_specs(model, dtype):
     return specs
 
 
-def export_bundle(model, opt, out_dir, dtype="float32", opset: int = 18, stages=None, log=None) -> Path:
-    """Export every stage of ``model`` to ``out_dir`` (must not exist) with a manifest."""
+def structure_key(module: nn.Module) -> str:
+    """Everything a stage graph depends on besides weight values: module types, their plain
+    Python attributes (sizes, windows, flags), parameter/buffer names, shapes and dtypes. Two
+    stage modules with equal keys trace to the same graph, so one export serves both with the
+    weights swapped (``export_bundle``); each reused graph is still checked numerically."""
+    parts = []  # remove_duplicate=False: a module reachable twice lists all its paths
+    for name, m in module.named_modules(remove_duplicate=False):
+        attrs = sorted((k, repr(v)) for k, v in vars(m).items()
+                       if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, list, type(None))))
+        parts.append(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{attrs}")
+    for name, t in list(module.named_parameters(remove_duplicate=False)) + list(
+            module.named_buffers(remove_duplicate=False)):
+        parts.append(f"{name}|{tuple(t.shape)}|{t.dtype}")
+    return "\n".join(parts)
+
+
+def _named_tensors(module: nn.Module) -> dict:
+    """Parameters and buffers (non-persistent ones too) by the names the exporter gives them."""
+    out = dict(module.named_parameters())
+    out.update(module.named_buffers())
+    return out
+
+
+def _swap_weights(proto, module: nn.Module, stage: str):
+    """A copy of ``proto`` (exported unoptimized, so its initializers are exactly the module's
+    parameters/buffers by name) carrying ``module``'s tensors."""
+    import onnx
+    from onnx import numpy_helper
+
+    state = _named_tensors(module)
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for init in out.graph.initializer:
+        t = state.get(init.name)
+        if t is None:
+            raise ExportError(f"stage {stage}: graph constant {init.name!r} is not a parameter or "
+                              "buffer of the stage module; cannot reuse the graph")
+        arr = t.detach().cpu().numpy()
+        if tuple(arr.shape) != tuple(init.dims) or numpy_helper.to_array(init).dtype != arr.dtype:
+            raise ExportError(f"stage {stage}: {init.name} is {arr.dtype}{list(arr.shape)}, the "
+                              f"reused graph holds {list(init.dims)}")
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    return out
+
+
+def _optimize(proto):
+    """Constant folding + dead-node removal (as the whole-model export), after the weights are in."""
+    from onnxscript import ir
+
+    from .onnx_export import _light_optimize
+
+    model = ir.serde.deserialize_model(proto)
+    _light_optimize(model)
+    return ir.serde.serialize_model(model)
+
+
+STAGE_CHECK_TOL = {"float32": 1e-4, "float16": 3e-2}
+
+
+def _verify_stage(proto, module, args, input_names, dtype: str, stage: str) -> float | None:
+    """Run the stage graph in ONNX Runtime on the export example and compare with the module;
+    a gross-error guard (wrong weights, wrong reuse), not the accuracy test. Returns the worst
+    relative error, or None when ONNX Runtime is not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import numpy as np
+
+    with torch.no_grad():
+        want = module(*args)
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {n: a.detach().cpu().numpy() for n, a in zip(input_names, args)}
+    wanted = {i.name for i in sess.get_inputs()}
+    got = sess.run(None, {k: v for k, v in feeds.items() if k in wanted})
+    worst = 0.0
+    for name, g, w in zip(sess.get_outputs(), got, want):
+        w = w.detach().cpu().numpy()
+        if w.dtype == bool:
+            if not np.array_equal(g, w):
+                raise ExportError(f"stage {stage}: output {name.name} differs from the module")
+            continue
+        w = w.astype(np.float64)
+        err = float(np.abs(g.astype(np.float64) - w).max() / max(np.abs(w).max(), 1e-6))
+        worst = max(worst, err)
+    if worst > STAGE_CHECK_TOL[dtype]:
+        raise ExportError(f"stage {stage}: ONNX Runtime differs from the module by {worst:.2e} "
+                          f"(relative, tolerance {STAGE_CHECK_TOL[dtype]:g}); the export is wrong")
+    return worst
+
+
+def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=None, log=None) -> Path:
+    """Export every stage of ``model`` to ``out_dir`` (must not exist) with a manifest.
+
+    ``dtype``: ``"float16"`` (default: the runtime's default precision; fp32 islands as in the
+    whole-model export) or ``"float32"``. ``model`` is not modified. Stages whose module has
+    the structure of an already exported one (``structure_key``: the per-level stages of
+    equal-sized levels) reuse its graph with their own weights instead of being traced again,
+    which cuts the export time several-fold; every stage, reused or not, is run once in ONNX
+    Runtime against its module (``STAGE_CHECK_TOL``). ``log``: a callable taking one line."""
     from hieramamba.runtime.plan import plan_from_model
+
+    from .onnx_export import fp32_islands
 
     tdtype = {"float32": torch.float32, "float16": torch.float16}.get(dtype)
     if tdtype is None:
@@ -218,34 +331,94 @@ def export_bundle(model, opt, out_dir, dtype="float32", opset: int = 18, stages=
     out = Path(out_dir)
     if out.exists():
         raise ExportError(f"bundle folder {out} already exists; remove it or choose another")
-    model = model.eval().to(tdtype)
+    if next(model.parameters()).dtype != tdtype:
+        model = copy.deepcopy(model).to(tdtype)
+    model = model.eval()
+    log = log or (lambda line: None)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     manifest = {"format": BUNDLE_FORMAT, "scan_op_version": SCAN_OP_VERSION, "dtype": dtype,
                 "opset": opset, "mask_semantics": model.mask_semantics,
                 "plan": plan_from_model(model, opt), "stages": {}}
+    traced = {}  # structure key -> (stage name, unoptimized proto)
+    islands = fp32_islands if dtype == "float16" else contextlib.nullcontext
+    t_all = time.perf_counter()
     try:
         for name, module, args, dyn, ins, outs in _stage_specs(model, tdtype):
             if stages is not None and name not in stages:
                 continue
             t0 = time.perf_counter()
-            with portable_scan(), torch.no_grad(), warnings.catch_warnings(), \
-                    contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                try:
-                    prog = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
-                                             dynamic_shapes=dyn, input_names=ins, output_names=outs,
-                                             verbose=False)
-                except Exception as exc:
-                    raise ExportError(f"stage {name}: torch.onnx export failed: {type(exc).__name__}: "
-                                      f"{str(exc)[:1500]}") from exc
+            key = structure_key(module)
+            with portable_scan(), islands(), torch.no_grad():
+                if key in traced:
+                    source, proto = traced[key]
+                    proto = _swap_weights(proto, module, name)
+                    how = f"graph of {source}"
+                else:
+                    proto = _trace_stage(module, args, dyn, ins, outs, opset, name)
+                    traced[key] = (name, proto)
+                    how = "traced"
+                proto = _optimize(proto)
+                err = _verify_stage(proto, module, args, ins, dtype, name)
             fname = f"{name}.onnx"
-            prog.save(str(tmp / fname))
+            import onnx
+
+            onnx.save_model(proto, str(tmp / fname))
             manifest["stages"][name] = {"file": fname, "inputs": ins, "outputs": outs}
-            if log:
-                log(f"exported {name} in {time.perf_counter() - t0:.1f} s")
+            check = "not verified (no onnxruntime)" if err is None else f"max rel err vs module {err:.1e}"
+            log(f"{name}: {how}, {check}, {time.perf_counter() - t0:.1f} s")
+        manifest["export_seconds"] = round(time.perf_counter() - t_all, 1)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return out
+
+
+def _trace_stage(module, args, dyn, ins, outs, opset, name):
+    """Unoptimized export: initializers stay the module's parameters by name (for reuse)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            prog = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
+                                     dynamic_shapes=dyn, input_names=ins, output_names=outs,
+                                     verbose=False, optimize=False)
+        except Exception as exc:
+            raise ExportError(f"stage {name}: torch.onnx export failed: {type(exc).__name__}: "
+                              f"{str(exc)[:1500]}") from exc
+    return prog.model_proto
+
+
+def cache_dir() -> Path:
+    """Where derived artifacts (bundles of the embedded default) are cached:
+    ``$HIERAMAMBA_CACHE`` or ``~/.cache/hieramamba``."""
+    return Path(os.environ.get("HIERAMAMBA_CACHE") or Path.home() / ".cache" / "hieramamba")
+
+
+def default_bundle(dtype: str = "float16", log=None) -> Path:
+    """The runtime bundle of the embedded default (``hieramamba.checkpoint.load_default``),
+    exported on first use into ``cache_dir()/bundles`` and reused afterwards. The folder name
+    holds a hash of the weights file, the package version and the bundle format, so a new
+    default or a new exporter never reuses a stale bundle."""
+    import hashlib
+
+    import hieramamba
+    from hieramamba.checkpoint import default_experiment_dir, load_default
+
+    folder = default_experiment_dir()
+    h = hashlib.sha256()
+    for part in (folder / "models" / "last.pth", folder / "opt.yaml"):
+        h.update(part.read_bytes())
+    h.update(f"{hieramamba.__version__}|{BUNDLE_FORMAT}|{SCAN_OP_VERSION}".encode())
+    out = cache_dir() / "bundles" / f"{folder.name}-{dtype}-{h.hexdigest()[:16]}"
+    if not (out / "manifest.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model, opt = load_default()
+        (log or (lambda line: None))(f"exporting the default's {dtype} bundle to {out} (once)")
+        try:
+            export_bundle(model, opt, out, dtype=dtype, log=log)
+        except ExportError:
+            if (out / "manifest.json").is_file():  # a concurrent process finished first
+                return out
+            raise
     return out

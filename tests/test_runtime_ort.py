@@ -19,10 +19,11 @@ from hieramamba.runtime import GroundingRuntime
 REPO = Path(__file__).resolve().parents[1]
 
 
-def one_level_model():
-    """Tiny widths, one windowed AMP level: every chunked stage kind, quick to export."""
+def small_model():
+    """Tiny widths, two windowed AMP levels: every chunked stage kind, and a second level whose
+    stage graphs the exporter reuses with its own weights (export_bundle); quick to export."""
     raw = read_yaml(packaged_config_path("tiny"))
-    raw["model"]["vid_net"]["arch"] = [2, 0, 1]
+    raw["model"]["vid_net"]["arch"] = [2, 0, 2]
     raw["model"]["vid_net"].update(embd_dim=32, mamba_headdim=16, mamba_dstate=8, max_seq_len=64)
     raw["model"]["text_net"].update(embd_dim=32)
     opt = parse_config(raw)
@@ -36,14 +37,57 @@ def one_level_model():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def export_log():
+    return []
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, export_log):
     pytest.importorskip("onnxruntime")
     from hieramamba.export.stages import export_bundle
 
-    model, opt = one_level_model()
+    model, opt = small_model()
     out = tmp_path_factory.mktemp("rt") / "bundle"
-    export_bundle(model, opt, out)
+    export_bundle(model, opt, out, dtype="float32", log=export_log.append)
     return out, model, opt
+
+
+@pytest.fixture(scope="module")
+def bundle16(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from hieramamba.export.stages import export_bundle
+
+    model, opt = small_model()
+    out = tmp_path_factory.mktemp("rt16") / "bundle"
+    export_bundle(model, opt, out)  # float16 is the default
+    return out, model, opt
+
+
+def test_bundle_reuses_graphs_of_equal_levels_and_keeps_the_model(bundle, export_log):
+    path, model, _ = bundle
+    assert next(model.parameters()).dtype == torch.float32
+    lines = {line.split(":")[0]: line for line in export_log}
+    for kind in ("pre", "scan", "post", "local", "heads"):
+        assert "traced" in lines[f"{kind}0"], lines[f"{kind}0"]
+        assert f"graph of {kind}0" in lines[f"{kind}1"], lines[f"{kind}1"]
+    man = json.loads((path / "manifest.json").read_text())
+    assert man["dtype"] == "float32" and set(man["stages"]) >= {"text", "front", "scan1", "heads1"}
+
+
+def test_reused_graph_with_wrong_weights_is_caught():
+    """The per-stage check is what makes graph reuse safe: level 1's heads run with level 0's
+    graph *and weights* must be rejected."""
+    from hieramamba.export.stages import HeadsStage, _stage_specs, _trace_stage, _verify_stage
+
+    model, _ = small_model()
+    with torch.no_grad():
+        model.reg_head.scales[1].scale.fill_(2.5)
+    spec = {s[0]: s for s in _stage_specs(model, torch.float32)}
+    name, module, args, dyn, ins, outs = spec["heads0"]
+    proto = _trace_stage(module, args, dyn, ins, outs, 18, name)
+    assert _verify_stage(proto, module, args, ins, "float32", "heads0") < 1e-4
+    with pytest.raises(ExportError, match="heads1: ONNX Runtime differs"):
+        _verify_stage(proto, HeadsStage(model, 1), args, ins, "float32", "heads1")
 
 
 @pytest.mark.slow
@@ -64,6 +108,29 @@ def test_ort_bundle_equals_eager_grounder(bundle):
     for s, r in zip(segs, ref):
         np.testing.assert_allclose([[x.start_sec, x.end_sec, x.score] for x in s],
                                    [[x.start_sec, x.end_sec, x.score] for x in r], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fp16_bundle_matches_fp32_eager(bundle16):
+    """DESIGN §4 fp16: head outputs within 1e-2 (relative to each output's largest value) of the
+    fp32 eager model, and the same top-1 segment."""
+    from hieramamba.metrics import segment_iou
+
+    path, model, opt = bundle16
+    assert json.loads((path / "manifest.json").read_text())["dtype"] == "float16"
+    rng = np.random.default_rng(3)
+    video = rng.standard_normal((170, model.vid_in_dim)).astype(np.float32)
+    queries = [rng.standard_normal((n, model.text_in_dim)).astype(np.float32) for n in (4, 11)]
+    rt = GroundingRuntime.load(path, chunk=24)
+    eager = Grounder(model, opt)
+    for (gl, go, gm), (wl, wo, wm) in zip(rt.level_outputs(video, queries), eager.level_outputs(video, queries)):
+        for level in range(len(wl)):
+            for a, b in ((gl[level], wl[level]), (go[level], wo[level])):
+                assert np.abs(a - b).max() / np.abs(b).max() <= 1e-2
+            np.testing.assert_array_equal(gm[level], wm[level])
+    for got, want in zip(rt.ground(video, queries, fps=30.0), eager.ground(video, queries, fps=30.0)):
+        top_got, top_want = [got[0].start_sec, got[0].end_sec], [want[0].start_sec, want[0].end_sec]
+        assert segment_iou(np.array(top_got), np.array(top_want)) >= 0.99, (top_got, top_want)
 
 
 @pytest.mark.slow
@@ -126,7 +193,7 @@ def test_tensorrt_backend_is_absent_safe(tmp_path):
 def test_failed_export_leaves_nothing_on_disk(tmp_path):
     from hieramamba.export.stages import export_bundle
 
-    model, opt = one_level_model()
+    model, opt = small_model()
     with pytest.raises(ExportError, match="dtype"):
         export_bundle(model, opt, tmp_path / "b", dtype="int8")
     (tmp_path / "exists").mkdir()

@@ -45,4 +45,9 @@ class RegHead(_ConvTower):
         self.scales = nn.ModuleList(Scale() for _ in range(num_fpn_levels))
 
     def forward(self, x, mask, level: int):
-        return F.relu(self.scales[level](self._tower(x, mask))).transpose(1, 2)
+        return self.with_scale(x, mask, self.scales[level])
+
+    def with_scale(self, x, mask, scale: Scale):
+        """The head with a given level's ``Scale`` (lets an exported per-level graph hold the
+        scale as its own parameter, export/stages.py)."""
+        return F.relu(scale(self._tower(x, mask))).transpose(1, 2)

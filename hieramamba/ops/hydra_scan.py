@@ -40,8 +40,12 @@ form with stable segment sums, between-chunk state passing). It runs on any devi
 under ``torch.export`` with dynamic batch and length (no ``.item()``, no data-dependent Python
 values, no in-place writes on inputs). The backward direction uses reverse-time segment sums
 (transposed decay matrices), no flipped copies. ``chunk_size`` only affects rounding: eagerly the
-chunk is ``min(chunk_size, L)``; when traced with a symbolic L it is ``chunk_size`` and one spare
-all-zero chunk is added (keeps the chunk count ≥ 2, see the code).
+chunk is ``min(chunk_size, L)``; when traced with a symbolic L it is ``min(chunk_size,
+TRACED_CHUNK_SIZE)`` and one spare all-zero chunk is added (keeps the chunk count ≥ 2, see the
+code). The traced cap exists because a traced graph cannot shrink its chunk for short sequences:
+with 256 every level of an exported model, even one of 3 steps, paid 256×256 intra-chunk
+products; 64 made the ONNX Runtime body 2.4× faster at L=3456 and 9× at L=27 (Ego4D sizes,
+1 thread, see docs/export.md).
 
 ``hydra_scan`` validates its inputs, makes them contiguous and calls the custom op
 ``torch.ops.hieramamba.hydra_scan`` (schema: 9 tensors, 2 optional tensors, ``int chunk_size``).
@@ -144,6 +148,9 @@ def _ssd_direction(X: Tensor, a: Tensor, Bm: Tensor, Cm: Tensor, S0: Tensor, rev
     return y_diag + y_off, S_out
 
 
+TRACED_CHUNK_SIZE = 64  # chunk of the reference when traced with a symbolic length (ONNX bodies)
+
+
 def hydra_scan_reference(
     x: Tensor,
     dt_f: Tensor,
@@ -179,6 +186,7 @@ def hydra_scan_reference(
     if isinstance(L, torch.SymInt):
         # Tracing (torch.export): one floor division with nc ≥ 2 always (one spare zero chunk),
         # so there is no 0/1 specialisation of nc; one exported program serves every L.
+        Q = min(Q, TRACED_CHUNK_SIZE)
         nc = (L + 2 * Q - 1) // Q
     else:
         # Eager: L is known, so use the fewest chunks and no chunk longer than L. Only rounding
