@@ -61,7 +61,7 @@ def main():
             ref = model.forward_levels(vid, vmask, text, tmask)
         t_eager = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = ChunkScheduler(plan, TorchBackend(model, attn_rows=256), args.chunk).run(
+        out = ChunkScheduler(plan, TorchBackend(model), args.chunk, attn_rows=256).run(
             vid[0].numpy(), valid, text.numpy(), tmask.numpy(), official_batch=args.queries)
         t_chunk = time.perf_counter() - t0
         worst = 0.0

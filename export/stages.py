@@ -11,8 +11,10 @@ scan op version, every stage's file and I/O names) and one ONNX file per stage:
 ``scan{l}``     scan inputs + state_f0, state_b0, c_f_prev, c_b_next → y (with the boundary
                 terms of the one-step shift), state_f, state_b
 ``post{l}``     seq, seq_mask, y, x, z → fused1
-``local{l}``    fused1 window, seq_mask → anchors, tokens of the window
-``whole{l}``    (global-attention levels) tokens, mask, n_valid → anchors, tokens
+``local{l}``    (windowed levels) fused1 window, seq_mask → anchors, tokens of the window
+``gattn_in{l}`` (global-attention levels) fused1, seq_mask of the level → per-head q, k, v
+``gattn_rows{l}`` q rows block, k, v, seq_mask → attention output of those rows
+``gattn_out{l}`` fused1, seq_mask, attention output → anchors, tokens
 ``heads{l}``    tokens window, mask, text_enc, text_enc_mask → logits, offsets
 ==============  ==========================================================================
 
@@ -125,14 +127,32 @@ class LocalStage(nn.Module):
         return self.block.split(self.block.mix_local(fused1, seq_mask), nb, 2 * nb)
 
 
-class WholeStage(nn.Module):
+class GlobalAttnInStage(nn.Module):
     def __init__(self, block):
         super().__init__()
         self.block = block
 
-    def forward(self, tokens, mask, n_valid):
-        anchors, out_tokens, _, _ = self.block(tokens, mask, n_valid)
-        return anchors, out_tokens
+    def forward(self, fused1, seq_mask):
+        return self.block.global_attention_inputs(fused1, seq_mask)
+
+
+class GlobalAttnRowsStage(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, q, k, v, seq_mask):
+        return self.block.global_attention_rows(q, k, v, seq_mask)
+
+
+class GlobalAttnOutStage(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, fused1, seq_mask, attn):
+        nb = fused1.shape[1] // 3
+        return self.block.split(self.block.mix_local_from_attention(fused1, seq_mask, attn), nb, 2 * nb)
 
 
 class HeadsStage(nn.Module):
@@ -185,30 +205,43 @@ def _stage_specs(model, dtype):
         e, h, p, n, g = hyd.d_inner, hyd.nheads, hyd.headdim, hyd.d_state, hyd.ngroups
         # Plain (not even-only) token length: the last level of a padded video can be odd.
         tokd = {0: TB, 2: Dim("tok", min=2)} if TB is not None else {2: Dim("tok", min=2)}
+        S = Dim("slots", min=1) * 3
+        # Every level's Hydra part runs in chunks; only the local encoder differs.
+        specs.append((f"pre{lvl}", PreStage(blk), (f(bb, d, t), bm(bb, 1, t), i64(27), i64(0)),
+                      (tokd, tokd, None, None),
+                      ["tokens", "mask", "n_valid", "slot_offset"],
+                      ["seq", "seq_mask", "z", "x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b"]))
+        L = 3 * t // 2
+        scan_args = (f(bb, L, h, p), f(bb, L, h), f(bb, L, h), f(bb, L, g, n), f(bb, L, g, n),
+                     f(bb, L, g, n), f(bb, L, g, n), torch.randn(bb, h, p, n), torch.randn(bb, h, p, n),
+                     f(bb, g, n), f(bb, g, n))
+        SL = Dim("slen", min=2)
+        bt = {0: B, 1: SL}
+        specs.append((f"scan{lvl}", ScanStage(hyd), scan_args,
+                      (bt, bt, bt, bt, bt, bt, bt, {0: B}, {0: B}, {0: B}, {0: B}),
+                      ["x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b", "state_f0", "state_b0",
+                       "c_f_prev", "c_b_next"], ["y", "state_f", "state_b"]))
+        specs.append((f"post{lvl}", PostStage(blk),
+                      (f(bb, L, d), bm(bb, L, 1), f(bb, L, h, p), f(bb, L, h, p), f(bb, L, e)),
+                      (bt, bt, bt, bt, bt), ["seq", "seq_mask", "y", "x", "z"], ["fused1"]))
         if blk.local_encoder.attn.attn.window_size > 0:
-            S = Dim("slots", min=1) * 3
-            specs.append((f"pre{lvl}", PreStage(blk), (f(bb, d, t), bm(bb, 1, t), i64(27), i64(0)),
-                          (tokd, tokd, None, None),
-                          ["tokens", "mask", "n_valid", "slot_offset"],
-                          ["seq", "seq_mask", "z", "x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b"]))
-            L = 3 * t // 2
-            scan_args = (f(bb, L, h, p), f(bb, L, h), f(bb, L, h), f(bb, L, g, n), f(bb, L, g, n),
-                         f(bb, L, g, n), f(bb, L, g, n), torch.randn(bb, h, p, n), torch.randn(bb, h, p, n),
-                         f(bb, g, n), f(bb, g, n))
-            SL = Dim("slen", min=2)
-            bt = {0: B, 1: SL}
-            specs.append((f"scan{lvl}", ScanStage(hyd), scan_args,
-                          (bt, bt, bt, bt, bt, bt, bt, {0: B}, {0: B}, {0: B}, {0: B}),
-                          ["x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b", "state_f0", "state_b0",
-                           "c_f_prev", "c_b_next"], ["y", "state_f", "state_b"]))
-            specs.append((f"post{lvl}", PostStage(blk),
-                          (f(bb, L, d), bm(bb, L, 1), f(bb, L, h, p), f(bb, L, h, p), f(bb, L, e)),
-                          (bt, bt, bt, bt, bt), ["seq", "seq_mask", "y", "x", "z"], ["fused1"]))
             specs.append((f"local{lvl}", LocalStage(blk), (f(bb, L, d), bm(bb, L, 1)),
                           ({0: B, 1: S}, {0: B, 1: S}), ["fused1", "seq_mask"], ["anchors", "tokens"]))
         else:
-            specs.append((f"whole{lvl}", WholeStage(blk), (f(bb, d, t), bm(bb, 1, t), i64(27)),
-                          (tokd, tokd, None), ["tokens", "mask", "n_valid"], ["anchors", "tokens_out"]))
+            mha = blk.local_encoder.attn.attn
+            nh, hdim = mha.n_heads, mha.embd_dim // mha.n_heads
+            R = Dim("rows", min=2)
+            qkv_dyn = {0: B, 2: S}
+            specs.append((f"gattn_in{lvl}", GlobalAttnInStage(blk), (f(bb, L, d), bm(bb, L, 1)),
+                          ({0: B, 1: S}, {0: B, 1: S}), ["fused1", "seq_mask"], ["q", "k", "v"]))
+            specs.append((f"gattn_rows{lvl}", GlobalAttnRowsStage(blk),
+                          (f(bb, nh, 5, hdim), f(bb, nh, L, hdim), f(bb, nh, L, hdim), bm(bb, L, 1)),
+                          ({0: B, 2: R}, qkv_dyn, qkv_dyn, {0: B, 1: S}),
+                          ["q", "k", "v", "seq_mask"], ["attn"]))
+            specs.append((f"gattn_out{lvl}", GlobalAttnOutStage(blk),
+                          (f(bb, L, d), bm(bb, L, 1), f(bb, nh, L, hdim)),
+                          ({0: B, 1: S}, {0: B, 1: S}, qkv_dyn), ["fused1", "seq_mask", "attn"],
+                          ["anchors", "tokens"]))
         HT = Dim("htime", min=2)
         hd = {0: TB, 2: HT} if TB is not None else {2: HT}
         specs.append((f"heads{lvl}", HeadsStage(model, lvl), (f(bb, d, t), bm(bb, 1, t), text_enc, text_enc_mask),

@@ -50,25 +50,25 @@ def _check_finite(x: np.ndarray, what: str) -> None:
 
 class GroundingRuntime:
     """Chunked grounding on a backend. ``chunk``: level tokens per chunk; ``max_batch``: most
-    queries run through the backbone together; ``text_overflow``: ``"error"`` or ``"truncate"``
-    for queries longer than ``eval.max_text_len``; ``progress``: a tqdm bar over levels."""
+    queries run through the backbone together; ``attn_rows``: query rows per block of the
+    global-attention levels (memory ∝ rows × level length, exact); ``text_overflow``:
+    ``"error"`` or ``"truncate"`` for queries longer than ``eval.max_text_len``; ``progress``: a
+    tqdm bar over levels."""
 
     def __init__(self, backend, plan: dict, chunk: int = 2048, max_batch: int = 16,
-                 text_overflow: str = "error", progress: bool = False):
+                 text_overflow: str = "error", progress: bool = False, attn_rows: int = 512):
         if text_overflow not in TEXT_OVERFLOW:
             raise InputError(f"text_overflow must be 'error' or 'truncate', got {text_overflow!r}")
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be a positive int, got {max_batch!r}")
-        ChunkScheduler(plan, backend, chunk)  # validates chunk
+        ChunkScheduler(plan, backend, chunk, attn_rows=attn_rows)  # validates chunk, attn_rows
         self.backend, self.plan = backend, plan
-        self.chunk, self.max_batch = chunk, max_batch
+        self.chunk, self.max_batch, self.attn_rows = chunk, max_batch, attn_rows
         self.text_overflow, self.progress = text_overflow, progress
 
     @classmethod
-    def from_model(cls, model, opt: dict, device="cpu", dtype="float32", attn_rows: int = 256,
-                   **kwargs) -> "GroundingRuntime":
-        """Torch backend over a loaded ``HieraMamba`` (eager; imports torch). ``attn_rows``: query
-        rows per block in the global attention of the whole-run levels (memory bound, exact)."""
+    def from_model(cls, model, opt: dict, device="cpu", dtype="float32", **kwargs) -> "GroundingRuntime":
+        """Torch backend over a loaded ``HieraMamba`` (eager; imports torch)."""
         import torch
 
         from .plan import plan_from_model
@@ -76,7 +76,7 @@ class GroundingRuntime:
 
         tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
             dtype, dtype)
-        backend = TorchBackend(model, device, tdtype, attn_rows=attn_rows)
+        backend = TorchBackend(model, device, tdtype)
         return cls(backend, plan_from_model(model, opt), **kwargs)
 
     @classmethod
@@ -145,7 +145,7 @@ class GroundingRuntime:
                     for i, q in enumerate(batch):
                         text[i, :, : q.shape[0]] = q.T
                         tmask[i, 0, : q.shape[0]] = True
-                    sched = ChunkScheduler(self.plan, self.backend, self.chunk,
+                    sched = ChunkScheduler(self.plan, self.backend, self.chunk, attn_rows=self.attn_rows,
                                            progress=(lambda _l: bar.update(1)) if bar else None)
                     logits, offsets, masks = sched.run(vid, length, text, tmask, official_batch=len(group))
                     for i in range(len(batch)):

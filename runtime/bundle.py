@@ -11,7 +11,7 @@ import numpy as np
 
 from hieramamba.errors import BackendUnavailableError, CheckpointError
 
-BUNDLE_FORMAT = "hieramamba-runtime-bundle/1"
+BUNDLE_FORMAT = "hieramamba-runtime-bundle/2"  # 2: global levels in gattn_* stages
 SCAN_OP_VERSION = "1"
 
 
@@ -134,9 +134,17 @@ class OrtBackend:
                          seq_mask=np.ascontiguousarray(seq_mask))
         return a, t
 
-    def amp_whole(self, level, x, mask, n_valid):
-        a, t = self._run(f"whole{level}", tokens=np.ascontiguousarray(x), mask=mask,
-                         n_valid=np.asarray(n_valid, np.int64))
+    def gattn_in(self, level, fused1, seq_mask):
+        return tuple(self._run(f"gattn_in{level}", fused1=np.ascontiguousarray(fused1),
+                               seq_mask=np.ascontiguousarray(seq_mask)))
+
+    def gattn_rows(self, level, q_rows, k, v, seq_mask):
+        return self._run(f"gattn_rows{level}", q=np.ascontiguousarray(q_rows), k=k, v=v,
+                         seq_mask=np.ascontiguousarray(seq_mask))[0]
+
+    def gattn_out(self, level, fused1, seq_mask, attn):
+        a, t = self._run(f"gattn_out{level}", fused1=np.ascontiguousarray(fused1),
+                         seq_mask=np.ascontiguousarray(seq_mask), attn=np.ascontiguousarray(attn))
         return a, t
 
     def heads(self, level, tokens, mask, text, text_mask):

@@ -22,7 +22,10 @@ backend) on windows. Exactness comes from three devices:
 Lagged consumers (``HaloStream``): the local encoder needs Hydra outputs of the next chunk, and
 the heads need level tokens of the next chunk, so both run one chunk behind the scan.
 
-Levels whose local encoder is global attention run whole (they are short: level ≥ 5).
+Levels whose local encoder is global attention (level ≥ 5, 32× shorter than level 0) run their
+Hydra part in chunks like the others, keep the level's ``fused1`` whole (O(T_l) like the level's
+anchors), and run the attention in blocks of ``attn_rows`` query rows over all keys
+(``gattn_in`` → ``gattn_rows`` per block → ``gattn_out``): O(rows × T_l) instead of O(T_l²).
 Memory: per chunk O(batch × chunk) activations; the anchors that feed the next level and the
 head outputs are kept whole (a level's input/output, DESIGN §4 "per-level outputs excepted").
 """
@@ -131,14 +134,19 @@ class ChunkScheduler:
     ``plan``: the static model description (see ``hieramamba.runtime.plan``); ``backend``: an
     object with the stage methods (see ``TorchBackend``) and the array helpers ``cat``,
     ``copy`` (a compact copy of a view), ``zeros_state``, ``zeros_row``, ``to_numpy``, ``from_numpy``. ``chunk`` is in level tokens
-    (rounded down to an even number, at least 2)."""
+    (rounded down to an even number, at least 2); ``attn_rows``: query rows per block of the
+    global attention levels."""
 
-    def __init__(self, plan: dict, backend, chunk: int = 2048, progress=None):
+    def __init__(self, plan: dict, backend, chunk: int = 2048, progress=None, attn_rows: int = 512):
+        from hieramamba.errors import InputError
+
         if not isinstance(chunk, (int, np.integer)) or chunk < 2:
-            from hieramamba.errors import InputError
             raise InputError(f"chunk must be an int ≥ 2 (level tokens), got {chunk!r}")
+        if not isinstance(attn_rows, (int, np.integer)) or attn_rows < 1:
+            raise InputError(f"attn_rows must be a positive int, got {attn_rows!r}")
         self.plan, self.backend = plan, backend
         self.chunk = int(chunk) // 2 * 2
+        self.attn_rows = int(attn_rows)
         self.progress = progress
 
     # -- one query group ------------------------------------------------------------------
@@ -162,7 +170,7 @@ class ChunkScheduler:
             if plan["windowed"][level]:
                 anchors = self._windowed_level(level, g, source, n_valid, bb, heads)
             else:
-                anchors = self._whole_level(level, g, source, n_valid, bb, heads)
+                anchors = self._global_level(level, g, source, n_valid, bb, heads)
             lo, of = heads.result()
             logits.append(lo)
             offsets.append(of)
@@ -188,7 +196,9 @@ class ChunkScheduler:
         return {"seq": pre["seq"][:, c0:c1], "seq_mask": pre["seq_mask"][:, c0:c1],
                 "z": pre["z"][:, c0:c1], "scan": tuple(t[:, c0:c1] for t in pre["scan"])}
 
-    def _windowed_level(self, level, g, source, n_valid, bb, heads):
+    def _hydra_pass(self, level, g, source, n_valid, bb, consume):
+        """Interleave, Hydra (scan states carried both ways) and gate 1 of a level, chunk by
+        chunk: ``consume(fused1, seq_mask)`` gets the slots of each chunk left to right."""
         be = self.backend
         chunks = self._chunks(g)
         zero_state, zero_row = be.zeros_state(level, bb), be.zeros_row(level, bb)
@@ -203,7 +213,17 @@ class ChunkScheduler:
             _, _, state_b = be.scan(level, pre["scan"], zero_state, state_b, zero_row, zero_row)
             # Copies, not views: a view would keep the whole window's conv output alive per chunk.
             c_b_next = be.copy(pre["scan"][6][:, 0])
-        # Pass 2, left → right, with the local encoder one chunk behind.
+        # Pass 2, left → right.
+        state_f, c_f_prev = zero_state, zero_row
+        for k, (p0, p1) in enumerate(chunks):
+            pre = self._pre(level, g, source, n_valid, bb, p0, p1)
+            y, state_f_new, _ = be.scan(level, pre["scan"], state_f, right[k][0], c_f_prev, right[k][1])
+            state_f, c_f_prev = state_f_new, be.copy(pre["scan"][4][:, -1])
+            consume(be.amp_post(level, pre, y), pre["seq_mask"])
+
+    def _windowed_level(self, level, g, source, n_valid, bb, heads):
+        """The local encoder (5-wide window) runs one chunk behind the Hydra pass."""
+        be = self.backend
         anchors = []
 
         def local(window, lo, c0, c1):
@@ -217,22 +237,26 @@ class ChunkScheduler:
             heads.push(tok)
 
         stream = HaloStream(3 * g.pairs, SLOT_HALO, local, axes=(1, 1), cat=be.cat, align=3)
-        state_f, c_f_prev = zero_state, zero_row
-        for k, (p0, p1) in enumerate(chunks):
-            pre = self._pre(level, g, source, n_valid, bb, p0, p1)
-            y, state_f_new, _ = be.scan(level, pre["scan"], state_f, right[k][0], c_f_prev, right[k][1])
-            state_f, c_f_prev = state_f_new, be.copy(pre["scan"][4][:, -1])
-            fused1 = be.amp_post(level, pre, y)
-            stream.push((fused1, pre["seq_mask"]))
+        self._hydra_pass(level, g, source, n_valid, bb, lambda f, m: stream.push((f, m)))
         stream.finish()
         heads.finish()
         return be.cat(anchors, 2)
 
-    def _whole_level(self, level, g, source, n_valid, bb, heads):
-        x = source.get(0, g.length)
-        mask = self.backend.from_numpy(token_mask(bb, 0, g.length, g.valid))
-        anchors, tokens = self.backend.amp_whole(level, x, mask, n_valid)
-        heads.push(tokens)
+    def _global_level(self, level, g, source, n_valid, bb, heads):
+        """Global attention needs every slot: collect the level's ``fused1``, then attend in
+        blocks of query rows."""
+        be = self.backend
+        parts = []
+        self._hydra_pass(level, g, source, n_valid, bb, lambda f, m: parts.append((be.copy(f), be.copy(m))))
+        fused1 = be.cat([f for f, _ in parts], 1)
+        seq_mask = be.cat([m for _, m in parts], 1)
+        del parts
+        q, k, v = be.gattn_in(level, fused1, seq_mask)
+        slots, r = q.shape[2], self.attn_rows
+        attn = be.cat([be.gattn_rows(level, q[:, :, i:i + r], k, v, seq_mask) for i in range(0, slots, r)], 2)
+        del q, k, v
+        anchors, tokens = be.gattn_out(level, fused1, seq_mask, attn)
+        heads.push(tokens[..., : g.length])
         heads.finish()
         return anchors
 

@@ -3,8 +3,6 @@ math is written here), run eagerly. Imported only when asked for (``backend="tor
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 try:
@@ -34,12 +32,10 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model, device="cpu", dtype=torch.float32, attn_rows: int = 2048):
+    def __init__(self, model, device="cpu", dtype=torch.float32):
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
         self.blocks = self.model.vid_net.branch
-        self.attn_rows = int(attn_rows)
-        self._whole_lock = threading.Lock()
 
     # -- array helpers ---------------------------------------------------------------------
     def from_numpy(self, a):
@@ -102,18 +98,18 @@ class TorchBackend:
         return blk.split(blk.mix_local(fused1, seq_mask), nb, 2 * nb)
 
     @torch.no_grad()
-    def amp_whole(self, level, x, mask, n_valid):
-        # Global attention of a long level in blocks of query rows (exact, memory ∝ rows × T);
-        # the switch is set only for this call, under a lock, and the model is left as it was.
+    def gattn_in(self, level, fused1, seq_mask):
+        return self.blocks[level].global_attention_inputs(fused1, seq_mask)
+
+    @torch.no_grad()
+    def gattn_rows(self, level, q_rows, k, v, seq_mask):
+        return self.blocks[level].global_attention_rows(q_rows, k, v, seq_mask)
+
+    @torch.no_grad()
+    def gattn_out(self, level, fused1, seq_mask, attn):
         blk = self.blocks[level]
-        mha = blk.local_encoder.attn.attn
-        with self._whole_lock:
-            saved, mha.max_query_rows = mha.max_query_rows, self.attn_rows
-            try:
-                anchors, tokens, _, _ = blk(x, mask, n_valid)
-            finally:
-                mha.max_query_rows = saved
-        return anchors, tokens
+        nb = fused1.shape[1] // 3
+        return blk.split(blk.mix_local_from_attention(fused1, seq_mask, attn), nb, 2 * nb)
 
     @torch.no_grad()
     def heads(self, level, tokens, mask, text, text_mask):

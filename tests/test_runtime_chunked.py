@@ -62,9 +62,9 @@ def compare(model, opt, valid, nq, chunks, seed, dtype=torch.float32):
         ref = model.forward_levels(vid.to(dtype), vmask, text.to(dtype), tmask)
     worst = 0.0
     for chunk in chunks:
-        # Global-attention levels in blocks of `chunk` query rows too.
-        backend = TorchBackend(model, dtype=dtype, attn_rows=chunk)
-        logits, offsets, masks = ChunkScheduler(plan, backend, chunk).run(
+        # Global-attention levels in blocks of `chunk` query rows too (odd: uneven last block).
+        backend = TorchBackend(model, dtype=dtype)
+        logits, offsets, masks = ChunkScheduler(plan, backend, chunk, attn_rows=chunk + 1).run(
             vid[0].numpy(), valid, text.numpy(), tmask.numpy(), official_batch=nq)
         assert len(logits) == plan["num_levels"]
         for lvl in range(plan["num_levels"]):
@@ -181,15 +181,19 @@ def test_bad_inputs_raise_input_error():
         GroundingRuntime.from_model(model, opt, chunk=1)
 
 
-def test_row_blocked_global_attention_is_exact():
-    from hieramamba.modules.primitives import MaskedMHA
-
-    torch.manual_seed(0)
-    mha = MaskedMHA(16, n_heads=2).double().eval()
-    x = torch.randn(2, 16, 37, dtype=torch.float64)
-    mask = (torch.arange(37) < 30)[None, None].expand(2, 1, 37)
+def test_global_attention_steps_equal_mix_local():
+    """The three steps the runtime uses for a global-attention level (inputs, attention in row
+    blocks, the rest) reproduce the block's own mix_local, float64."""
+    model, _ = shrunk("ego4d")
+    blk = model.vid_net.branch[5].double()
+    assert blk.local_encoder.attn.attn.window_size == 0
+    g = torch.Generator().manual_seed(0)
+    fused1 = torch.randn(2, 39, 32, generator=g, dtype=torch.float64)
+    seq_mask = (torch.arange(39) < 31)[None, :, None].expand(2, 39, 1)
     with torch.no_grad():
-        whole = mha(x, kv_mask=mask)
-        mha.max_query_rows = 8
-        blocked = mha(x, kv_mask=mask)
-    np.testing.assert_allclose(blocked.numpy(), whole.numpy(), rtol=0, atol=1e-12)
+        want = blk.mix_local(fused1, seq_mask)
+        q, k, v = blk.global_attention_inputs(fused1, seq_mask)
+        attn = torch.cat([blk.global_attention_rows(q[:, :, i:i + 8], k, v, seq_mask)
+                          for i in range(0, 39, 8)], dim=2)
+        got = blk.mix_local_from_attention(fused1, seq_mask, attn)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-12)

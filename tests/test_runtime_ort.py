@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def small_model():
-    """Tiny widths, two windowed AMP levels: every chunked stage kind, and a second level whose
-    stage graphs the exporter reuses with its own weights (export_bundle); quick to export."""
+    """Tiny widths, six levels (0–4 windowed, 5 global attention): every stage kind, and levels
+    whose stage graphs the exporter reuses with their own weights (export_bundle)."""
     raw = read_yaml(packaged_config_path("tiny"))
-    raw["model"]["vid_net"]["arch"] = [2, 0, 2]
+    raw["model"]["vid_net"]["arch"] = [2, 0, 6]
     raw["model"]["vid_net"].update(embd_dim=32, mamba_headdim=16, mamba_dstate=8, max_seq_len=64)
     raw["model"]["text_net"].update(embd_dim=32)
     opt = parse_config(raw)
@@ -69,9 +69,14 @@ def test_bundle_reuses_graphs_of_equal_levels_and_keeps_the_model(bundle, export
     lines = {line.split(":")[0]: line for line in export_log}
     for kind in ("pre", "scan", "post", "local", "heads"):
         assert "traced" in lines[f"{kind}0"], lines[f"{kind}0"]
-        assert f"graph of {kind}0" in lines[f"{kind}1"], lines[f"{kind}1"]
+        for level in range(1, 5):
+            assert f"graph of {kind}0" in lines[f"{kind}{level}"], lines[f"{kind}{level}"]
+    # Level 5 (global attention) has other modules: its own graphs, except the shared heads.
+    for stage in ("pre5", "gattn_in5", "gattn_rows5", "gattn_out5"):
+        assert "traced" in lines[stage], lines[stage]
+    assert "graph of heads0" in lines["heads5"]
     man = json.loads((path / "manifest.json").read_text())
-    assert man["dtype"] == "float32" and set(man["stages"]) >= {"text", "front", "scan1", "heads1"}
+    assert man["dtype"] == "float32" and set(man["stages"]) >= {"text", "front", "scan1", "heads5", "gattn_rows5"}
 
 
 def test_reused_graph_with_wrong_weights_is_caught():
@@ -97,12 +102,14 @@ def test_ort_bundle_equals_eager_grounder(bundle):
     video = rng.standard_normal((150, model.vid_in_dim)).astype(np.float32)  # > max_seq_len: resampled PE
     queries = [rng.standard_normal((n, model.text_in_dim)).astype(np.float32) for n in (3, 16, 6)]
     want = Grounder(model, opt).level_outputs(video, queries)
-    rt = GroundingRuntime.load(path, chunk=24, max_batch=2)
+    # attn_rows=4: level 5's global attention (3 pairs = 9 slots here) in uneven row blocks.
+    rt = GroundingRuntime.load(path, chunk=24, max_batch=2, attn_rows=4)
     got = rt.level_outputs(video, queries)
     for (gl, go, gm), (wl, wo, wm) in zip(got, want):
-        for a, b in ((gl[0], wl[0]), (go[0], wo[0])):
-            assert np.abs(a - b).max() / np.abs(b).max() <= 1e-4
-        np.testing.assert_array_equal(gm[0], wm[0])
+        for level in range(len(wl)):
+            for a, b in ((gl[level], wl[level]), (go[level], wo[level])):
+                assert np.abs(a - b).max() / np.abs(b).max() <= 1e-4
+            np.testing.assert_array_equal(gm[level], wm[level])
     segs = rt.ground(video, queries, fps=30.0)
     ref = Grounder(model, opt).ground(video, queries, fps=30.0)
     for s, r in zip(segs, ref):
@@ -121,7 +128,7 @@ def test_fp16_bundle_matches_fp32_eager(bundle16):
     rng = np.random.default_rng(3)
     video = rng.standard_normal((170, model.vid_in_dim)).astype(np.float32)
     queries = [rng.standard_normal((n, model.text_in_dim)).astype(np.float32) for n in (4, 11)]
-    rt = GroundingRuntime.load(path, chunk=24)
+    rt = GroundingRuntime.load(path, chunk=24, attn_rows=5)
     eager = Grounder(model, opt)
     for (gl, go, gm), (wl, wo, wm) in zip(rt.level_outputs(video, queries), eager.level_outputs(video, queries)):
         for level in range(len(wl)):

@@ -97,10 +97,40 @@ class AnchorMambaPooling(nn.Module):
 
     def mix_local(self, fused1, seq_mask):
         """Local encoder, gate 2 and FFN → block output ``(B, T', D)`` (not masked)."""
-        m = seq_mask.to(fused1.dtype)
         with nvtx_range("local_attn"):
             local = self.local_encoder(self.norm_local(fused1).transpose(1, 2), seq_mask.transpose(1, 2))[0]
-            local = (self.drop_path_local(local.transpose(1, 2)) + fused1) * m
+            local = self._local_residual(fused1, seq_mask, local)
+        return self._gate2_ffn(fused1, local)
+
+    # mix_local of a global-attention level in three steps, so that the chunked runtime can
+    # run the attention in blocks of query rows (memory ∝ rows × T' instead of T'²):
+    # global_attention_inputs → global_attention_rows (per block) → mix_local_from_attention.
+    def _local_encoder_input(self, fused1, seq_mask):
+        mask = seq_mask.transpose(1, 2)
+        x = self.norm_local(fused1).transpose(1, 2)
+        return x * mask.to(x.dtype), mask
+
+    def global_attention_inputs(self, fused1, seq_mask):
+        """Per-head, scaled ``q, k, v (B, h, T', d)`` of the local encoder's attention."""
+        enc = self.local_encoder
+        x, mask = self._local_encoder_input(fused1, seq_mask)
+        return enc.attn.attn.heads_in(*enc.attn.qkv(enc.ln_attn(x), mask), mask)[:3]
+
+    def global_attention_rows(self, q_rows, k, v, seq_mask):
+        """Attention output ``(B, h, r, d)`` of the query rows ``q_rows`` over all keys."""
+        return self.local_encoder.attn.attn.attend(q_rows, k, v, seq_mask.transpose(1, 2))
+
+    def mix_local_from_attention(self, fused1, seq_mask, attn):
+        """``mix_local`` given the whole attention output ``(B, h, T', d)``."""
+        enc = self.local_encoder
+        x, mask = self._local_encoder_input(fused1, seq_mask)
+        local = enc.finish(x, enc.attn.attn.heads_out(attn), mask)
+        return self._gate2_ffn(fused1, self._local_residual(fused1, seq_mask, local))
+
+    def _local_residual(self, fused1, seq_mask, local):
+        return (self.drop_path_local(local.transpose(1, 2)) + fused1) * seq_mask.to(fused1.dtype)
+
+    def _gate2_ffn(self, fused1, local):
         with nvtx_range("gate2"):
             g2 = self.gate2(torch.cat((fused1, local), dim=-1))
             fused2 = g2 * local + (1 - g2) * fused1

@@ -197,9 +197,6 @@ class MaskedMHA(nn.Module):
         self.value = nn.Conv1d(kv_dim, embd_dim, 1)
         self.proj = nn.Conv1d(embd_dim, out_dim, 1)
         self.attn_drop = nn.Dropout(attn_pdrop)
-        # Eager-only memory bound for long global attention (chunked runtime, DESIGN §4): when
-        # > 0, query rows are processed in blocks of this many; softmax is per row, so exact.
-        self.max_query_rows = 0
         self.proj_drop = nn.Dropout(proj_pdrop)
 
     def _heads(self, x):
@@ -207,6 +204,17 @@ class MaskedMHA(nn.Module):
         return x.reshape(b, self.n_heads, self.embd_dim // self.n_heads, t).transpose(2, 3)
 
     def forward(self, q, k=None, v=None, kv_mask=None, kv_size=None):
+        qh, kh, vh, kv_mask = self.heads_in(q, k, v, kv_mask, kv_size)
+        if self.window_size > 0:
+            out = self._banded(qh, kh, vh, kv_mask[:, 0])
+        else:
+            out = self.attend(qh, kh, vh, kv_mask)
+        return self.heads_out(out)
+
+    # The forward in steps, so that the chunked runtime can run a long global attention in
+    # blocks of query rows (DESIGN §4): heads_in → attend (per row block) → heads_out.
+    def heads_in(self, q, k=None, v=None, kv_mask=None, kv_size=None):
+        """Projections → per-head, scaled ``q, k, v (B, h, T, d)`` and the key mask ``(B, 1, T)``."""
         k = q if k is None else k
         v = k if v is None else v
         q, k, v = self.query(q), self.key(k), self.value(v)
@@ -214,20 +222,17 @@ class MaskedMHA(nn.Module):
         q = expand_batch(q, k.shape[0], kv_size)
         if kv_mask is None:
             kv_mask = torch.ones_like(k[:, :1], dtype=torch.bool)
-        qh, kh, vh = self._heads(q) * self.scale, self._heads(k) * self.scale, self._heads(v)
-        if self.window_size > 0:
-            out = self._banded(qh, kh, vh, kv_mask[:, 0])
-        elif self.max_query_rows > 0 and qh.shape[2] > self.max_query_rows:
-            r = self.max_query_rows
-            out = torch.cat([self._global(qh[:, :, i:i + r], kh, vh, kv_mask)
-                             for i in range(0, qh.shape[2], r)], dim=2)
-        else:
-            out = self._global(qh, kh, vh, kv_mask)
+        return self._heads(q) * self.scale, self._heads(k) * self.scale, self._heads(v), kv_mask
+
+    def heads_out(self, out):
+        """``(B, h, T, d)`` → merged heads, output projection ``(B, C, T)``."""
         b, h, t, d = out.shape
         out = out.transpose(2, 3).reshape(b, h * d, t)
         return self.proj_drop(self.proj(out))
 
-    def _global(self, q, k, v, kv_mask):
+    def attend(self, q, k, v, kv_mask):
+        """Global attention of query rows ``q (B, h, r, d)`` over all keys; rows are
+        independent (softmax per row), so any split of the rows gives the same result."""
         attn = q @ k.transpose(2, 3)
         attn = attn.masked_fill(~kv_mask[:, :, None, :], float("-inf"))
         attn = self.attn_drop(F.softmax(attn, dim=-1))
@@ -272,13 +277,17 @@ class ConvAttention(nn.Module):
                               attn_pdrop=attn_pdrop, proj_pdrop=proj_pdrop)
 
     def forward(self, x, mask):
+        return self.attn(*self.qkv(x, mask), mask)
+
+    def qkv(self, x, mask):
+        """The attention's q, k, v inputs (depthwise conv + LayerNorm each when ``use_conv``)."""
         if self.use_conv:
             q = self.q_norm(self.q_conv(x, mask)[0])
             k = self.k_norm(self.k_conv(x, mask)[0])
             v = self.v_norm(self.v_conv(x, mask)[0])
         else:
             q = k = v = x
-        return self.attn(q, k, v, mask)
+        return q, k, v
 
 
 class TransformerEncoder(nn.Module):
@@ -296,9 +305,11 @@ class TransformerEncoder(nn.Module):
         self.drop_path_ffn = LayerScale((1, embd_dim, 1), path_pdrop)
 
     def forward(self, x, mask):
+        x = x * mask.to(x.dtype)
+        return self.finish(x, self.attn(self.ln_attn(x), mask), mask), mask
+
+    def finish(self, x, h, mask):
+        """After the attention: masked input ``x``, attention output ``h`` → layer output."""
         m = mask.to(x.dtype)
-        x = x * m
-        h = self.attn(self.ln_attn(x), mask)
         x = x * m + self.drop_path_attn(h)
-        x = x + self.drop_path_ffn(self.ffn(self.ln_ffn(x)) * m)
-        return x, mask
+        return x + self.drop_path_ffn(self.ffn(self.ln_ffn(x)) * m)
