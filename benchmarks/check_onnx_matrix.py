@@ -76,8 +76,16 @@ def main(argv=None) -> int:
         eager = GroundingGraph(model).eval()
         for dtype in args.dtypes:
             t0 = time.perf_counter()
-            path, man = export_to_file(model, opt, work / f"{name.replace(':', '_')}.{dtype}.onnx",
-                                       dtype=dtype)
+            try:
+                path, man = export_to_file(model, opt, work / f"{name.replace(':', '_')}.{dtype}.onnx",
+                                           dtype=dtype)
+            except Exception as exc:  # reported as a failing case; the other configs still run
+                failures += 1
+                print(f"== {name} {dtype}: EXPORT FAILED: {str(exc)[:300]}", flush=True)
+                if out:
+                    out.write(json.dumps({"config": name, "dtype": dtype, "ok": False,
+                                          "export_error": str(exc)[:2000]}) + "\n")
+                continue
             export_s = time.perf_counter() - t0
             size_mib = path.stat().st_size / 2 ** 20
             print(f"== {name} {dtype}: export {export_s:.1f} s, {size_mib:.1f} MiB", flush=True)

@@ -313,7 +313,7 @@ def example_inputs(model, T: int = 300, nq: int = 2, text_len: int = 24, dtype=t
 
 
 def export_model(model, *, opset: int = DEFAULT_OPSET, portable: bool = False, dtype="float32",
-                 text_len: Optional[int] = None, example_T: int = 300, example_nq: int = 2,
+                 text_len: Optional[int] = None, example_T: Optional[int] = None, example_nq: int = 2,
                  max_T: int = 2 ** 20, check: bool = True) -> ExportResult:
     """Export the whole grounding network (``GroundingGraph``) with dynamic time, query and
     text axes. ``model`` is a HieraMamba in eval mode (fp32; it is copied to half for fp16).
@@ -330,6 +330,10 @@ def export_model(model, *, opset: int = DEFAULT_OPSET, portable: bool = False, d
     m = m.eval()
     graph = GroundingGraph(m).eval()
     text_len = text_len or 24
+    if example_T is None:
+        # Several padding blocks and not a multiple of them: with one block (e.g. 300 < 512 for
+        # MAD) torch.export specialises the block count to 1 and bakes T ≤ 512 into the graph.
+        example_T = 3 * graph.pad_multiple - 17
     args = example_inputs(m, example_T, example_nq, text_len, dtype=tdt)
     T = torch.export.Dim("T", min=1, max=max_T)
     Q = torch.export.Dim("Nq", min=1, max=4096)

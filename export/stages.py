@@ -19,8 +19,9 @@ scan op version, every stage's file and I/O names) and one ONNX file per stage:
 ==============  ==========================================================================
 
 Every stage is a thin wrapper that calls the model's own modules (the same calls as
-``hieramamba.runtime.torch_backend``); the scan is exported through the portable reference
-(``hydra_scan_reference``, standard ONNX ops, DESIGN §3 ``--portable``). Crops happen on the host.
+``hieramamba.runtime.torch_backend``). The ``scan{l}`` stages hold the ``HydraScan`` node with its
+model-local function (DESIGN §3): ONNX Runtime runs the function body, TensorRT maps the node to
+the plugin. Crops happen on the host.
 Writing is atomic: the bundle is built in a temporary sibling folder and renamed at the end.
 """
 
@@ -41,26 +42,8 @@ import torch
 import torch.nn as nn
 
 from hieramamba.errors import ExportError
-from hieramamba.ops.hydra_scan import hydra_scan_reference
 
 from hieramamba.runtime.bundle import BUNDLE_FORMAT, SCAN_OP_VERSION
-
-
-@contextlib.contextmanager
-def portable_scan():
-    """Route the model's ``hydra_scan`` calls to the pure-PyTorch reference while exporting."""
-    import hieramamba.modules.hydra as hydra_mod
-
-    saved = hydra_mod.hydra_scan
-
-    def ref(*args, chunk_size=256):
-        return hydra_scan_reference(*args, chunk_size=chunk_size)
-
-    hydra_mod.hydra_scan = ref
-    try:
-        yield
-    finally:
-        hydra_mod.hydra_scan = saved
 
 
 class TextStage(nn.Module):
@@ -99,11 +82,12 @@ class ScanStage(nn.Module):
         self.hydra = hydra
 
     def forward(self, x, dt_f, dt_b, b_f, c_f, b_b, c_b, state_f0, state_b0, c_f_prev, c_b_next):
+        import hieramamba.ops as ops  # looked up at call time: the export patches it
         from hieramamba.runtime.torch_backend import add_boundary_terms
 
         h = self.hydra
-        y, sf, sb = hydra_scan_reference(x, dt_f, dt_b, h.scan_A(), h.dt_bias, b_f, c_f, b_b, c_b,
-                                         state_f0, state_b0, chunk_size=h.chunk_size)
+        y, sf, sb = ops.hydra_scan(x, dt_f, dt_b, h.scan_A(), h.dt_bias, b_f, c_f, b_b, c_b,
+                                   state_f0, state_b0, chunk_size=h.chunk_size)
         return add_boundary_terms(y, state_f0, c_f_prev, state_b0, c_b_next), sf, sb
 
 
@@ -356,6 +340,7 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
     Runtime against its module (``STAGE_CHECK_TOL``). ``log``: a callable taking one line."""
     from hieramamba.runtime.plan import plan_from_model
 
+    from . import scan_node
     from .onnx_export import fp32_islands
 
     tdtype = {"float32": torch.float32, "float16": torch.float16}.get(dtype)
@@ -381,7 +366,7 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
                 continue
             t0 = time.perf_counter()
             key = structure_key(module)
-            with portable_scan(), islands(), torch.no_grad():
+            with islands(), torch.no_grad():
                 if key in traced:
                     source, proto = traced[key]
                     proto = _swap_weights(proto, module, name)
@@ -396,7 +381,8 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
             import onnx
 
             onnx.save_model(proto, str(tmp / fname))
-            manifest["stages"][name] = {"file": fname, "inputs": ins, "outputs": outs}
+            manifest["stages"][name] = {"file": fname, "inputs": ins, "outputs": outs,
+                                        "hydra_scan_nodes": len(scan_node.scan_nodes(proto))}
             check = "not verified (no onnxruntime)" if err is None else f"max rel err vs module {err:.1e}"
             log(f"{name}: {how}, {check}, {time.perf_counter() - t0:.1f} s")
         manifest["export_seconds"] = round(time.perf_counter() - t_all, 1)
@@ -409,8 +395,12 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
 
 
 def _trace_stage(module, args, dyn, ins, outs, opset, name):
-    """Unoptimized export: initializers stay the module's parameters by name (for reuse)."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    """Unoptimized export: initializers stay the module's parameters by name (for reuse);
+    scans become HydraScan nodes plus the local function."""
+    from . import scan_node
+
+    with scan_node.custom_scan_nodes() as rec, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             prog = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
@@ -419,7 +409,11 @@ def _trace_stage(module, args, dyn, ins, outs, opset, name):
         except Exception as exc:
             raise ExportError(f"stage {name}: torch.onnx export failed: {type(exc).__name__}: "
                               f"{str(exc)[:1500]}") from exc
-    return prog.model_proto
+    proto = prog.model_proto
+    sig = scan_node.common_signature(rec.signatures)
+    if sig is not None:
+        scan_node.attach_function(proto, scan_node.build_function(sig, opset))
+    return proto
 
 
 def cache_dir() -> Path:

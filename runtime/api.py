@@ -51,12 +51,13 @@ def _check_finite(x: np.ndarray, what: str) -> None:
 class GroundingRuntime:
     """Chunked grounding on a backend. ``chunk``: level tokens per chunk; ``max_batch``: most
     queries run through the backbone together; ``attn_rows``: query rows per block of the
-    global-attention levels (memory ∝ rows × level length, exact); ``text_overflow``:
+    global-attention levels (default: a fixed score-matrix size per block, see
+    ``runtime/scheduler.py``; any value is exact); ``text_overflow``:
     ``"error"`` or ``"truncate"`` for queries longer than ``eval.max_text_len``; ``progress``: a
     tqdm bar over levels."""
 
     def __init__(self, backend, plan: dict, chunk: int = 2048, max_batch: int = 16,
-                 text_overflow: str = "error", progress: bool = False, attn_rows: int = 512):
+                 text_overflow: str = "error", progress: bool = False, attn_rows=None):
         if text_overflow not in TEXT_OVERFLOW:
             raise InputError(f"text_overflow must be 'error' or 'truncate', got {text_overflow!r}")
         if not isinstance(max_batch, int) or max_batch < 1:

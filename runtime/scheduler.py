@@ -24,8 +24,9 @@ the heads need level tokens of the next chunk, so both run one chunk behind the 
 
 Levels whose local encoder is global attention (level ≥ 5, 32× shorter than level 0) run their
 Hydra part in chunks like the others, keep the level's ``fused1`` whole (O(T_l) like the level's
-anchors), and run the attention in blocks of ``attn_rows`` query rows over all keys
-(``gattn_in`` → ``gattn_rows`` per block → ``gattn_out``): O(rows × T_l) instead of O(T_l²).
+anchors), and run the attention in blocks of query rows over all keys (``gattn_in`` →
+``gattn_rows`` per block → ``gattn_out``): by default ``ATTN_SCORES_PER_BLOCK // T_l`` rows, so
+the score matrix of a block has a fixed size whatever the video length (not O(T_l²)).
 Memory: per chunk O(batch × chunk) activations; the anchors that feed the next level and the
 head outputs are kept whole (a level's input/output, DESIGN §4 "per-level outputs excepted").
 """
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 FRONT_HALO = 4   # level-0 steps (8 input features at stride 2)
+ATTN_SCORES_PER_BLOCK = 2 ** 20  # query rows × keys per block of a global attention (per batch row, head)
 HEAD_HALO = 6    # level tokens
 SLOT_HALO = 3    # interleaved slots = one anchor pair
 
@@ -135,18 +137,18 @@ class ChunkScheduler:
     object with the stage methods (see ``TorchBackend``) and the array helpers ``cat``,
     ``copy`` (a compact copy of a view), ``zeros_state``, ``zeros_row``, ``to_numpy``, ``from_numpy``. ``chunk`` is in level tokens
     (rounded down to an even number, at least 2); ``attn_rows``: query rows per block of the
-    global attention levels."""
+    global attention levels (default None: ``ATTN_SCORES_PER_BLOCK`` scores per block)."""
 
-    def __init__(self, plan: dict, backend, chunk: int = 2048, progress=None, attn_rows: int = 512):
+    def __init__(self, plan: dict, backend, chunk: int = 2048, progress=None, attn_rows=None):
         from hieramamba.errors import InputError
 
         if not isinstance(chunk, (int, np.integer)) or chunk < 2:
             raise InputError(f"chunk must be an int ≥ 2 (level tokens), got {chunk!r}")
-        if not isinstance(attn_rows, (int, np.integer)) or attn_rows < 1:
-            raise InputError(f"attn_rows must be a positive int, got {attn_rows!r}")
+        if attn_rows is not None and (not isinstance(attn_rows, (int, np.integer)) or attn_rows < 1):
+            raise InputError(f"attn_rows must be a positive int or None, got {attn_rows!r}")
         self.plan, self.backend = plan, backend
         self.chunk = int(chunk) // 2 * 2
-        self.attn_rows = int(attn_rows)
+        self.attn_rows = None if attn_rows is None else int(attn_rows)
         self.progress = progress
 
     # -- one query group ------------------------------------------------------------------
@@ -252,7 +254,8 @@ class ChunkScheduler:
         seq_mask = be.cat([m for _, m in parts], 1)
         del parts
         q, k, v = be.gattn_in(level, fused1, seq_mask)
-        slots, r = q.shape[2], self.attn_rows
+        slots = q.shape[2]
+        r = self.attn_rows or max(1, ATTN_SCORES_PER_BLOCK // slots)
         attn = be.cat([be.gattn_rows(level, q[:, :, i:i + r], k, v, seq_mask) for i in range(0, slots, r)], 2)
         del q, k, v
         anchors, tokens = be.gattn_out(level, fused1, seq_mask, attn)
