@@ -17,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from hieramamba.checkpoint import load_experiment  # noqa: E402
-from hieramamba.config import load_config  # noqa: E402
+from hieramamba.config import load_config, packaged_config_path, parse_config, read_yaml  # noqa: E402
 from hieramamba.errors import BackendUnavailableError, ExportError  # noqa: E402
 from hieramamba.export import scan_node  # noqa: E402
 from hieramamba.export.api import export_to_file  # noqa: E402
@@ -35,8 +35,12 @@ def _save(proto, path):
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
+    """The tiny config at video stride 2 (as MAD): padding multiple S = 2^5·2 = 64, the export
+    example 3·S − 17 = 175 clips (export_model's default)."""
     torch.manual_seed(0)
-    opt = load_config("tiny")
+    raw = read_yaml(packaged_config_path("tiny"))
+    raw["model"]["vid_net"]["stride"] = 2
+    opt = parse_config(raw)
     model = build_model(opt).eval()
     d = tmp_path_factory.mktemp("tiny")
     path, man = export_to_file(model, opt, d / "tiny.onnx")
@@ -67,15 +71,15 @@ def test_custom_node_attributes_and_function(tiny_export):
 
 
 def test_no_shape_baked_from_export_length(tiny_export):
-    """The graph was exported at T=300, 2 queries, 16 tokens: every input axis but the channel
+    """The graph was exported at T=175, 2 queries, 24 tokens: every input axis but the channel
     dims is symbolic and no Reshape/Expand constant contains the export-time sizes."""
     _, _, path, man = tiny_export
     proto = onnx.load(str(path))
     shapes = {i["name"]: i["shape"] for i in man["inputs"]}
     assert isinstance(shapes["video"][2], str) and isinstance(shapes["text"][0], str)
     assert isinstance(shapes["text"][2], str)
-    padded = 320  # 300 padded to the tiny multiple 32
-    suspicious = {300, padded, 3 * padded // 2, padded // 2}
+    padded = 192  # 175 padded to the multiple 64; level 0 has padded/2 tokens (stride 2)
+    suspicious = {175, padded, padded // 2, 3 * padded // 4, padded // 4}
     consts = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
     for n in proto.graph.node:
         if n.op_type == "Constant":
@@ -90,7 +94,7 @@ def test_no_shape_baked_from_export_length(tiny_export):
                     assert not (set(v.ravel().tolist()) & suspicious), (n.op_type, n.name, v)
 
 
-@pytest.mark.parametrize("T,nq", [(1, 1), (127, 3), (1100, 2)])  # 1100 > max_seq_len=512
+@pytest.mark.parametrize("T,nq", [(1, 1), (127, 3), (1100, 2)])  # 1100 > stride·max_seq_len = 256
 def test_ort_matches_eager_custom_and_portable(tiny_export, tmp_path, T, nq):
     model, _, path, _ = tiny_export
     sess = ort_session(path)
@@ -163,7 +167,8 @@ def test_manifest_validation_errors(tiny_export, tmp_path):
     _, _, path, man = tiny_export
     m = load_manifest(path, expect={"dtype": "float32", "hydra_scan.plugin_version": "1"})
     assert m["opset"] == 18 and m["versions"]["torch"] == torch.__version__
-    assert m["padding"]["multiple"] == 32 and m["mask_semantics"] == "official"
+    assert m["padding"]["multiple"] == 64 and m["mask_semantics"] == "official"
+    assert m["hydra_scan"]["chunk_size"] == 256 and m["hydra_scan"]["body_chunk_size"] == 64
     with pytest.raises(ExportError, match="dtype is 'float32', expected 'float16'"):
         load_manifest(path, expect={"dtype": "float16"})
     # A manifest that belongs to another file.
