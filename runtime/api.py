@@ -21,7 +21,7 @@ from hieramamba.errors import InputError
 from hieramamba.features import TEXT_OVERFLOW, check_video_shape, query_tokens_to_keep
 from hieramamba.postprocess import ground_query
 
-from .scheduler import ChunkScheduler
+from .scheduler import ChunkScheduler, PaddedClips
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,12 @@ def _as_array(x, what: str) -> np.ndarray:
     return x
 
 
-def _check_finite(x: np.ndarray, what: str) -> None:
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row = int(np.argwhere(bad)[0, 0])
-        raise InputError(f"{what} contains NaN/Inf (first at row {row}); clean or drop those features")
+def _check_finite(x: np.ndarray, what: str, rows: int = 4096) -> None:
+    for r0 in range(0, x.shape[0], rows):  # in blocks: no mask of the whole video
+        bad = ~np.isfinite(x[r0:r0 + rows])
+        if bad.any():
+            row = r0 + int(np.argwhere(bad)[0, 0])
+            raise InputError(f"{what} contains NaN/Inf (first at row {row}); clean or drop those features")
 
 
 class GroundingRuntime:
@@ -125,9 +126,7 @@ class GroundingRuntime:
         v, qs = self._video(video), self._queries(queries)
         pm = self.plan["pad_multiple"]
         length = v.shape[0]
-        padded = -(-length // pm) * pm
-        vid = np.zeros((v.shape[1], padded), dtype=np.float32)
-        vid[:, :length] = v.T
+        vid = PaddedClips(v, -(-length // pm) * pm)  # windows are padded as they are read
         groups = [qs] if self.plan["batchify"] else [[q] for q in qs]
         bar = None
         if self.progress:

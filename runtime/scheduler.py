@@ -152,9 +152,10 @@ class ChunkScheduler:
         self.progress = progress
 
     # -- one query group ------------------------------------------------------------------
-    def run(self, video: np.ndarray, valid_len: int, text: np.ndarray, text_mask: np.ndarray,
+    def run(self, video, valid_len: int, text: np.ndarray, text_mask: np.ndarray,
             official_batch: int):
-        """``video (Dv, L_pad)`` float, ``valid_len`` real features, ``text (B, Dt, Tt)``, mask
+        """``video (Dv, L_pad)`` float (a NumPy array or a ``PaddedClips``), ``valid_len`` real
+        features, ``text (B, Dt, Tt)``, mask
         ``(B, 1, Tt)`` bool; ``official_batch``: the number of queries the official evaluator
         would run together (the batch-summed mask count, REFERENCE §13.1).
         Returns per level numpy logits ``(B, T_l)``, offsets ``(B, T_l, 2)``, masks ``(B, T_l)``."""
@@ -264,6 +265,24 @@ class ChunkScheduler:
         return anchors
 
 
+class PaddedClips:
+    """Clip-major features ``(T, Dv)`` seen as the zero-padded channel-major ``(Dv, padded)``
+    array that ``ChunkScheduler.run`` reads, one window at a time: no padded copy of the whole
+    video is made (only ``[:, i0:i1]`` slicing is supported)."""
+
+    def __init__(self, clips: np.ndarray, padded: int):
+        self.clips = clips
+        self.shape = (clips.shape[1], padded)
+
+    def __getitem__(self, index):
+        _, cols = index
+        i0, i1, _ = cols.indices(self.shape[1])
+        out = np.zeros((self.shape[0], i1 - i0), np.float32)
+        n = max(0, min(i1, self.clips.shape[0]) - i0)
+        out[:, :n] = self.clips[i0:i0 + n].T
+        return out
+
+
 class _FrontSource:
     """Level-0 input on demand: early fusion + embedding + PE of a window, from the video."""
 
@@ -276,7 +295,7 @@ class _FrontSource:
         be, vs = self.s.backend, self.vs
         w0, w1 = max(0, t0 - FRONT_HALO), min(self.g0.length, t1 + FRONT_HALO)
         i0, i1 = vs * w0, min(self.video.shape[-1], vs * w1)
-        vid = be.from_numpy(np.ascontiguousarray(self.video[None, :, i0:i1]))
+        vid = be.from_numpy(np.ascontiguousarray(self.video[:, i0:i1])[None])
         mask = be.from_numpy(token_mask(1, i0, i1, self.valid_len))
         x = be.front(vid, mask, self.t, self.tm, w0, self.g0.length)
         return x[..., t0 - w0: t1 - w0]
