@@ -287,6 +287,74 @@ register(PathSpec("runtime_chunked", "hieramamba.runtime chunk scheduler, torch 
                   _runtime_unavailable, _runtime_runner))
 
 
+def _bundle_dir(ctx, dtype: str) -> Path:
+    return ctx.workdir / f"bundle_{dtype}"
+
+
+def _bundle_unavailable_for(dtype: str):
+    def check(ctx):
+        reason = _runtime_unavailable(ctx) or _ort_unavailable(ctx)
+        if reason is None and not ctx.allow_export and not (_bundle_dir(ctx, dtype) / "manifest.json").is_file():
+            reason = f"no {_bundle_dir(ctx, dtype).name} in {ctx.workdir} and exporting was switched off (--no-export)"
+        return reason
+
+    return check
+
+
+def _bundle_prepare(dtype: str):
+    def prepare(ctx):
+        import time
+
+        out = _bundle_dir(ctx, dtype)
+        if (out / "manifest.json").is_file():
+            return
+        from hieramamba.export.stages import export_bundle
+
+        t0 = time.perf_counter()
+        model = copy.deepcopy(ctx.model).cpu() if _cuda(ctx) else ctx.model
+        export_bundle(model.float().eval(), ctx.opt, out, dtype=dtype)
+        (ctx.workdir / f"bundle_{dtype}.seconds").write_text(f"{time.perf_counter() - t0:.3f}")
+
+    return prepare
+
+
+def _bundle_runner(dtype: str):
+    """The exported stage bundle on ONNX Runtime through the chunk scheduler (default chunk),
+    group by group with the official batch count of each group."""
+    def build(ctx):
+        import onnxruntime as ort
+
+        from hieramamba.runtime.bundle import OrtBackend
+
+        providers = ["CPUExecutionProvider"]
+        if _cuda(ctx) and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        backend = OrtBackend(_bundle_dir(ctx, dtype), providers=providers, intra_op_threads=ctx.threads)
+        scheduler = importlib.import_module("hieramamba.runtime.scheduler")
+
+        def run(inputs):
+            vid, vmask, groups = inputs
+            v = np.ascontiguousarray(vid[0].cpu().numpy())
+            valid = int(vmask.sum())
+            results = []
+            for text, tmask in groups:
+                sched = scheduler.ChunkScheduler(backend.plan, backend)
+                logits, offsets, _ = sched.run(v, valid, text.cpu().numpy(), tmask.cpu().numpy(),
+                                               official_batch=text.shape[0])
+                results.append(([np.asarray(x) for x in logits], [np.asarray(x) for x in offsets]))
+            return results
+
+        return run
+
+    return build
+
+
+for _dtype in ("float16", "float32"):
+    register(PathSpec(f"runtime_ort_{_dtype.replace('float', 'fp')}",
+                      f"hieramamba.runtime chunk scheduler on an exported {_dtype} bundle, ONNX Runtime",
+                      _bundle_unavailable_for(_dtype), _bundle_runner(_dtype), _bundle_prepare(_dtype)))
+
+
 def _trt_unavailable(ctx) -> Optional[str]:
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (extra [tensorrt])"
