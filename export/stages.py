@@ -338,6 +338,8 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
     equal-sized levels) reuse its graph with their own weights instead of being traced again,
     which cuts the export time several-fold; every stage, reused or not, is run once in ONNX
     Runtime against its module (``STAGE_CHECK_TOL``). ``log``: a callable taking one line."""
+    import onnx
+
     from hieramamba.runtime.plan import plan_from_model
 
     from . import scan_node
@@ -378,8 +380,6 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
                 proto = _optimize(proto)
                 err = _verify_stage(proto, module, args, ins, dtype, name)
             fname = f"{name}.onnx"
-            import onnx
-
             onnx.save_model(proto, str(tmp / fname))
             manifest["stages"][name] = {"file": fname, "inputs": ins, "outputs": outs,
                                         "hydra_scan_nodes": len(scan_node.scan_nodes(proto))}

@@ -131,11 +131,14 @@ def cmd_demo(args) -> int:
     from .metrics import segment_iou
     from .runtime import GroundingRuntime
 
-    def timed(grounder):  # second call timed: the first one pays one-off loading costs
-        grounder.ground(video, queries, fps=fps, duration=entry["duration"])
-        t0 = time.perf_counter()
+    def timed(grounder, runs=3):  # after a warm-up call (one-off loading costs): best of `runs`
         out = grounder.ground(video, queries, fps=fps, duration=entry["duration"])
-        return out, time.perf_counter() - t0
+        best = float("inf")
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            grounder.ground(video, queries, fps=fps, duration=entry["duration"])
+            best = min(best, time.perf_counter() - t0)
+        return out, best
 
     eager, elapsed_eager = timed(Grounder(model, opt))
     # The deployable path: the model exported to a stage bundle (cached after the first run),
@@ -162,7 +165,7 @@ def cmd_demo(args) -> int:
     agree = [bool(segment_iou(np.array([r[0].start_sec, r[0].end_sec]),
                               np.array([e[0].start_sec, e[0].end_sec])) >= 0.99)
              for r, e in zip(results, eager) if r and e]
-    print(f"eager PyTorch fp32 (whole video): {elapsed_eager:.3f} s")
+    print(f"eager PyTorch fp32 (whole video): {elapsed_eager:.3f} s (best of 3)")
     print(f"chunked runtime ({path}): {elapsed:.3f} s "
           f"({elapsed_eager / elapsed:.2f}x eager); top-1 segment same as eager for "
           f"{sum(agree)}/{len(agree)} queries")
