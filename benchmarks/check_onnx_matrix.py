@@ -10,6 +10,7 @@ its time is that first, cold run.
 
     python benchmarks/check_onnx_matrix.py                       # everything (slow: hours on 2 cores)
     python benchmarks/check_onnx_matrix.py --configs ego4d --dtypes float32 --lengths 1 2304
+    python benchmarks/check_onnx_matrix.py --summarize results.jsonl [more.jsonl]   # Markdown table
 """
 
 from __future__ import annotations
@@ -47,7 +48,36 @@ def _models(names, golden_root):
         yield name, model, opt
 
 
+def summarize(paths) -> str:
+    """One Markdown row per (config, dtype, graph): cases, worst error, ORT/eager time ratios."""
+    rows = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line)
+            key = (r["config"], r["dtype"], r.get("graph", "-"))
+            rows.setdefault(key, []).append(r)
+    out = ["| config | dtype | graph | cases ok | worst max rel (logits/offsets) | export s | ONNX MiB "
+           "| ORT/eager time, T=2304 q=1 | T=5000 q=8 |", "|---|---|---|---|---|---|---|---|---|"]
+    for (cfg, dtype, graph), rs in sorted(rows.items()):
+        if "export_error" in rs[0]:
+            out.append(f"| {cfg} | {dtype} | – | export failed | | | | | |")
+            continue
+
+        def ratio(T, q):
+            m = [r for r in rs if r["T"] == T and r["queries"] == q]
+            return f"{m[0]['ort_ms'] / m[0]['eager_ms']:.2f}" if m else "–"
+
+        ok = sum(r["ok"] for r in rs)
+        worst = max(r["max_rel_logits_offsets"] for r in rs)
+        out.append(f"| {cfg} | {dtype} | {graph} | {ok}/{len(rs)} | {worst:.1e} | {rs[0]['export_s']:.0f} | "
+                   f"{rs[0]['onnx_mib']:.0f} | {ratio(2304, 1)} | {ratio(5000, 8)} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--summarize":
+        print(summarize(sys.argv[2:]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+",
                     default=["golden:ego4d", "golden:tacos", "ego4d", "tacos", "mad", "madv2"])
