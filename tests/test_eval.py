@@ -136,7 +136,7 @@ def test_make_synthetic_train_eval_commands(tmp_path, capsys):
     assert vid in capsys.readouterr().err
 
 
-def test_embedded_default_is_trained_and_demo_prints_true_moments(tmp_path, capsys):
+def test_embedded_default_is_trained_and_demo_prints_true_moments(tmp_path, capsys, monkeypatch):
     """The packaged default loads strictly and grounds held-out synthetic videos of its own world
     well above chance (random weights score ~0 here); the demo prints queries and true moments."""
     import hieramamba
@@ -155,7 +155,11 @@ def test_embedded_default_is_trained_and_demo_prints_true_moments(tmp_path, caps
     res = evaluate_model(model, opt, data_paths=syn.paths(), split="test", max_videos=12)
     assert r_at(res, 5, 0.5) >= 0.7 and r_at(res, 1, 0.3) >= 0.5, res["summary"]
 
+    # The README's main command: export to an fp16 bundle (a fresh cache), chunked ORT run.
+    monkeypatch.setenv("HIERAMAMBA_CACHE", str(tmp_path / "cache"))
     assert main(["demo", "--minutes", "1", "--queries", "2"]) == 0
+    assert len(list((tmp_path / "cache" / "bundles").iterdir())) == 1
     out = capsys.readouterr().out
     assert out.count("true moment") == 2 and "#1" in out and "embedded default" in out
-    assert "top-1 segments identical to eager" in out  # chunked runtime agrees with eager
+    assert "exported float16 bundle on ONNX Runtime" in out
+    assert "top-1 segment same as eager for 2/2 queries" in out  # fp16 chunked runtime agrees with eager
