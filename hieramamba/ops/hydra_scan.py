@@ -44,8 +44,7 @@ chunk is ``min(chunk_size, L)``; when traced with a symbolic L it is ``min(chunk
 TRACED_CHUNK_SIZE)`` and one spare all-zero chunk is added (keeps the chunk count ≥ 2, see the
 code). The traced cap exists because a traced graph cannot shrink its chunk for short sequences:
 with 256 every level of an exported model, even one of 3 steps, paid 256×256 intra-chunk
-products; 64 made the ONNX Runtime body 2.4× faster at L=3456 and 9× at L=27 (Ego4D sizes,
-1 thread, see docs/export.md).
+products (64 was 9× faster at L=27 and no slower at long L in ONNX Runtime; docs/export.md).
 
 ``hydra_scan`` validates its inputs, makes them contiguous and calls the custom op
 ``torch.ops.hieramamba.hydra_scan`` (schema: 9 tensors, 2 optional tensors, ``int chunk_size``).
