@@ -261,11 +261,9 @@ def _runtime_unavailable(ctx) -> Optional[str]:
     return None
 
 
-def _runtime_runner(ctx: BenchContext):
-    """``GroundingRuntime.from_model`` (torch backend, default chunk) driven group by group
-    through its ``ChunkScheduler``, with the official batch count of each group."""
-    mod = _runtime_module()
-    rt = mod.GroundingRuntime.from_model(ctx.model, ctx.opt, device=ctx.device)
+def _scheduler_runner(plan, backend):
+    """A runner driving ``ChunkScheduler`` (default chunk) over ``backend`` group by group,
+    with the official batch count of each group."""
     scheduler = importlib.import_module("hieramamba.runtime.scheduler")
 
     def run(inputs):
@@ -274,13 +272,19 @@ def _runtime_runner(ctx: BenchContext):
         valid = int(vmask.sum())
         results = []
         for text, tmask in groups:
-            sched = scheduler.ChunkScheduler(rt.plan, rt.backend, rt.chunk)
+            sched = scheduler.ChunkScheduler(plan, backend)
             logits, offsets, _ = sched.run(v, valid, text.cpu().numpy(), tmask.cpu().numpy(),
                                            official_batch=text.shape[0])
             results.append(([np.asarray(x) for x in logits], [np.asarray(x) for x in offsets]))
         return results
 
     return run
+
+
+def _runtime_runner(ctx: BenchContext):
+    """``GroundingRuntime.from_model`` (torch backend) through the chunk scheduler."""
+    rt = _runtime_module().GroundingRuntime.from_model(ctx.model, ctx.opt, device=ctx.device)
+    return _scheduler_runner(rt.plan, rt.backend)
 
 
 register(PathSpec("runtime_chunked", "hieramamba.runtime chunk scheduler, torch backend (GroundingRuntime.from_model)",
@@ -330,21 +334,7 @@ def _bundle_runner(dtype: str):
         if _cuda(ctx) and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         backend = OrtBackend(_bundle_dir(ctx, dtype), providers=providers, intra_op_threads=ctx.threads)
-        scheduler = importlib.import_module("hieramamba.runtime.scheduler")
-
-        def run(inputs):
-            vid, vmask, groups = inputs
-            v = np.ascontiguousarray(vid[0].cpu().numpy())
-            valid = int(vmask.sum())
-            results = []
-            for text, tmask in groups:
-                sched = scheduler.ChunkScheduler(backend.plan, backend)
-                logits, offsets, _ = sched.run(v, valid, text.cpu().numpy(), tmask.cpu().numpy(),
-                                               official_batch=text.shape[0])
-                results.append(([np.asarray(x) for x in logits], [np.asarray(x) for x in offsets]))
-            return results
-
-        return run
+        return _scheduler_runner(backend.plan, backend)
 
     return build
 
