@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from hieramamba.config import packaged_config_path, parse_config, read_yaml
-from hieramamba.model import build_model
+from hieramamba.model import build_model, widen_layer_scales
 from hieramamba.runtime.plan import plan_from_model
 from hieramamba.runtime.scheduler import ChunkScheduler
 from hieramamba.runtime.torch_backend import TorchBackend
@@ -28,10 +28,7 @@ def shrunk_model(name, width):
     opt = parse_config(raw)
     torch.manual_seed(0)
     model = build_model(opt).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith(".scale") and "scales." not in n:
-                p.uniform_(0.3, 1.0)
+    widen_layer_scales(model)  # LayerScales at 1e-4 would hide most of each block
     return model, opt
 
 

@@ -127,3 +127,16 @@ class HieraMamba(nn.Module):
 def build_model(opt: dict, mask_semantics: str = "official") -> HieraMamba:
     """Build the network from a full config (``load_config``) or its ``model`` section."""
     return HieraMamba(opt["model"] if "model" in opt else opt, mask_semantics=mask_semantics)
+
+
+@torch.no_grad()
+def widen_layer_scales(model: HieraMamba, low: float = 0.3, high: float = 1.0) -> HieraMamba:
+    """For random-weight comparisons (tests, benchmarks): draw every LayerScale from
+    ``U(low, high)``. At their 1e-4 init they hide most of each block, so a comparison of two
+    implementations on a fresh model would check little more than the residual path. The heads'
+    per-level ``scales`` are left alone. Uses the global torch RNG; returns the model."""
+    for name, p in model.named_parameters():
+        if name.endswith(".scale") and "scales." not in name:
+            p.uniform_(low, high)
+    return model
+

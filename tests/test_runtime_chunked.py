@@ -10,7 +10,7 @@ import torch
 from hieramamba.config import packaged_config_path, parse_config, read_yaml
 from hieramamba.errors import InputError
 from hieramamba.inference import Grounder
-from hieramamba.model import build_model
+from hieramamba.model import build_model, widen_layer_scales
 from hieramamba.runtime import GroundingRuntime, HaloStream
 from hieramamba.runtime.plan import plan_from_model
 from hieramamba.runtime.scheduler import ChunkScheduler
@@ -28,10 +28,7 @@ def shrunk(name, mask_semantics="official", seed=0):
     opt = parse_config(raw)
     torch.manual_seed(seed)
     model = build_model(opt, mask_semantics=mask_semantics).eval()
-    with torch.no_grad():  # LayerScales at their 1e-4 init would hide most of each block
-        for n, p in model.named_parameters():
-            if n.endswith(".scale") and "scales." not in n:
-                p.uniform_(0.3, 1.0)
+    widen_layer_scales(model)  # LayerScales at 1e-4 would hide most of each block
     return model, opt
 
 

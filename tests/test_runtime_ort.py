@@ -13,7 +13,7 @@ import torch
 from hieramamba.config import packaged_config_path, parse_config, read_yaml
 from hieramamba.errors import BackendUnavailableError, CheckpointError, ExportError
 from hieramamba.inference import Grounder
-from hieramamba.model import build_model
+from hieramamba.model import build_model, widen_layer_scales
 from hieramamba.runtime import GroundingRuntime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,10 +29,7 @@ def small_model():
     opt = parse_config(raw)
     torch.manual_seed(0)
     model = build_model(opt).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith(".scale") and "scales." not in n:
-                p.uniform_(0.3, 1.0)
+    widen_layer_scales(model)  # LayerScales at 1e-4 would hide most of each block
     return model, opt
 
 
