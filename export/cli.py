@@ -110,6 +110,23 @@ def cmd_build_engine(args) -> int:
     return 0
 
 
+def cmd_build_engines(args) -> int:
+    from hieramamba.runtime.bundle import read_manifest
+    from hieramamba.runtime.trt import EngineLimits
+
+    from .trt_build import build_bundle_engines
+
+    plan = read_manifest(args.bundle)["plan"]
+    limits = EngineLimits(chunk=args.chunk, max_batch=args.max_batch,
+                          max_text_len=args.max_text_len or plan["max_text_len"],
+                          max_clips=args.max_clips, attn_rows=args.attn_rows)
+    out = build_bundle_engines(args.bundle, limits, args.out, plugin_library=args.plugin,
+                               workspace_gib=args.workspace_gib, progress=not args.no_progress)
+    print(f"wrote TensorRT engines for {limits.describe()} to {out}; run them with: hieramamba ground "
+          f"--bundle {args.bundle} --backend tensorrt" + (f" --engines {out}" if args.out else ""))
+    return 0
+
+
 def _model_source_args(p):
     p.add_argument("--experiment", help="experiment folder (opt.yaml + models/<ckpt>.pth)")
     p.add_argument("--ckpt", default="last")
@@ -119,7 +136,7 @@ def _model_source_args(p):
 
 
 def register(sub) -> None:
-    """Add the four subcommands to the ``hieramamba`` argparse subparsers."""
+    """Add the export subcommands to the ``hieramamba`` argparse subparsers."""
     p = sub.add_parser("export", help="export a model to ONNX (HydraScan custom node + local function)")
     _model_source_args(p)
     p.add_argument("--out", required=True, help="output .onnx path (a manifest .onnx.json is written beside it)")
@@ -156,6 +173,19 @@ def register(sub) -> None:
     p.add_argument("--timing-cache", help="timing cache file (read if present, then updated)")
     p.add_argument("--workspace-gib", type=float, default=8.0)
     p.set_defaults(func=cmd_build_engine)
+
+    p = sub.add_parser("build-engines", help="build one TensorRT engine per stage of a runtime bundle")
+    p.add_argument("bundle", help="runtime bundle folder (hieramamba export-bundle)")
+    p.add_argument("--out", help="engines folder (default <bundle>/trt; replaced atomically)")
+    p.add_argument("--chunk", type=int, default=2048, help="largest runtime chunk (level tokens)")
+    p.add_argument("--max-batch", type=int, default=16, help="most queries per backbone batch")
+    p.add_argument("--max-text-len", type=int, help="most query tokens (default eval.max_text_len)")
+    p.add_argument("--max-clips", type=int, default=65536, help="longest video (features)")
+    p.add_argument("--attn-rows", type=int, help="global-attention rows per block (default: the runtime's)")
+    p.add_argument("--plugin", help="HydraScan plugin library (default build/libhieramamba_trt_plugin.so)")
+    p.add_argument("--workspace-gib", type=float, default=8.0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_build_engines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,11 +26,11 @@ from torch import Tensor
 
 from hieramamba.errors import ExportError
 from hieramamba.ops.hydra_scan import _compute_dtype, hydra_scan_reference
+from hieramamba.runtime.bundle import SCAN_OP_DOMAIN as DOMAIN
+from hieramamba.runtime.bundle import SCAN_OP_TYPE as OP_TYPE
+from hieramamba.runtime.bundle import SCAN_OP_VERSION as PLUGIN_VERSION
 
-DOMAIN = "hieramamba"
-OP_TYPE = "HydraScan"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "hieramamba"
+PLUGIN_NAMESPACE = DOMAIN
 FUNCTION_VERSION = 1  # opset version of the "hieramamba" domain
 
 INPUT_NAMES = ("x", "dt_f", "dt_b", "A", "dt_bias", "B_f", "C_f", "B_b", "C_b", "state_f0",

@@ -16,14 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from hieramamba.errors import BackendUnavailableError, ExportError
+from hieramamba.errors import ExportError
+from hieramamba.runtime.trt import (PLUGIN_ENV, PLUGIN_LIBRARY_NAME, MIN_TRT_MAJOR,  # noqa: F401
+                                    find_plugin_library, gpu_info, import_tensorrt, load_scan_plugin)
 
 from . import scan_node
 from .manifest import file_sha256, load_manifest
-
-PLUGIN_LIBRARY_NAME = "libhieramamba_trt_plugin.so"
-PLUGIN_ENV = "HIERAMAMBA_TRT_PLUGIN"
-MIN_TRT_MAJOR = 10
 
 
 @dataclass(frozen=True)
@@ -97,51 +95,6 @@ def input_dims_from_manifest(manifest: dict) -> tuple[int, int]:
     return vd, td
 
 
-def find_plugin_library(path: Optional[str] = None) -> Path:
-    """The TensorRT plugin library: ``path``, else ``$HIERAMAMBA_TRT_PLUGIN``, else
-    ``build/libhieramamba_trt_plugin.so`` under the repository (CMake output)."""
-    candidates = []
-    if path:
-        candidates = [Path(path)]
-    elif os.environ.get(PLUGIN_ENV):
-        candidates = [Path(os.environ[PLUGIN_ENV])]
-    else:
-        repo = Path(__file__).resolve().parents[1]
-        candidates = [repo / "build" / PLUGIN_LIBRARY_NAME, Path.cwd() / "build" / PLUGIN_LIBRARY_NAME]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise BackendUnavailableError(
-        f"HydraScan TensorRT plugin library not found (looked at {', '.join(map(str, candidates))}); "
-        "build it with `cmake -S . -B build -DTensorRT_ROOT=<tensorrt> && cmake --build build` "
-        f"(needs CUDA and TensorRT >= {MIN_TRT_MAJOR}) or pass --plugin / set {PLUGIN_ENV}")
-
-
-def import_tensorrt():
-    try:
-        import tensorrt as trt  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "TensorRT is not installed (python package `tensorrt`); install "
-            f"'hieramamba[tensorrt]' (TensorRT >= {MIN_TRT_MAJOR}) on a machine with an NVIDIA GPU") from exc
-    major = int(str(trt.__version__).split(".")[0])
-    if major < MIN_TRT_MAJOR:
-        raise BackendUnavailableError(f"TensorRT {trt.__version__} found; the HydraScan plugin "
-                                      f"(IPluginV3) needs TensorRT >= {MIN_TRT_MAJOR}")
-    return trt
-
-
-def gpu_name() -> Optional[str]:
-    import subprocess
-
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def engine_manifest(onnx_manifest: dict, onnx_path, engine_path, profile: ProfileSpec, *,
                     trt_version: str, plugin_library: Optional[str], gpu: Optional[str],
                     timing_cache: Optional[str]) -> dict:
@@ -179,18 +132,37 @@ def build_engine(onnx_path, engine_path, profile: ProfileSpec, *, plugin_library
     if workspace_gib <= 0:
         raise ExportError(f"--workspace-gib must be positive, got {workspace_gib}")
     trt = import_tensorrt()
-    needs_plugin = man["hydra_scan"]["custom_nodes"] > 0
-    lib = find_plugin_library(plugin_library) if needs_plugin else None
-
+    lib = load_scan_plugin(trt, plugin_library) if man["hydra_scan"]["custom_nodes"] > 0 else None
     logger = trt.Logger(trt.Logger.WARNING)
-    registry = trt.get_plugin_registry()
-    if lib is not None:
-        handle = registry.load_library(str(lib))
-        if handle is None:
-            raise BackendUnavailableError(f"TensorRT could not load the plugin library {lib}")
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    cache = _timing_cache(builder, timing_cache)
+    serialized = serialize_network(trt, builder, logger, onnx_path, lambda inp: shapes.get(inp.name),
+                                   workspace_gib, cache)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    engine_path.write_bytes(bytes(serialized))
+    if cache is not None:
+        Path(timing_cache).write_bytes(bytes(cache.serialize()))
+    em = engine_manifest(man, onnx_path, engine_path, profile, trt_version=trt.__version__,
+                         plugin_library=str(lib) if lib else None, gpu=gpu_info()["name"],
+                         timing_cache=str(timing_cache) if timing_cache else None)
+    Path(str(engine_path) + ".json").write_text(json.dumps(em, indent=2, default=str))
+    return em
+
+
+def _timing_cache(builder, path):
+    """One timing cache for the builds of a session (read from ``path`` when it exists)."""
+    if not path:
+        return None
+    blob = Path(path).read_bytes() if Path(path).is_file() else b""
+    return builder.create_builder_config().create_timing_cache(blob)
+
+
+def serialize_network(trt, builder, logger, onnx_path, profile_for, workspace_gib, cache=None):
+    """Parse ``onnx_path`` into a strongly typed network and build it with one optimization
+    profile: ``profile_for(network input)`` gives ``(min, opt, max)`` shapes, or for a shape
+    tensor input its value ranges (``None``: the input is static). Returns the serialized
+    engine; raises ExportError naming the file when TensorRT cannot parse or build it."""
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -198,23 +170,126 @@ def build_engine(onnx_path, engine_path, profile: ProfileSpec, *, plugin_library
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     opt_profile = builder.create_optimization_profile()
-    for name, (mn, op, mx) in shapes.items():
-        opt_profile.set_shape(name, mn, op, mx)
+    for i in range(network.num_inputs):
+        inp = network.get_input(i)
+        ranges = profile_for(inp)
+        if ranges is None:
+            if any(d < 0 for d in inp.shape):
+                raise ExportError(f"{onnx_path}: no profile for dynamic input {inp.name} {tuple(inp.shape)}")
+            continue
+        if inp.is_shape_tensor:
+            opt_profile.set_shape_input(inp.name, *ranges)
+        else:
+            opt_profile.set_shape(inp.name, *ranges)
     config.add_optimization_profile(opt_profile)
-    cache = None
-    if timing_cache:
-        blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
-        cache = config.create_timing_cache(blob)
+    if cache is not None:
         config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
-    if cache is not None:
-        Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
-    em = engine_manifest(man, onnx_path, engine_path, profile, trt_version=trt.__version__,
-                         plugin_library=str(lib) if lib else None, gpu=gpu_name(),
-                         timing_cache=str(timing_cache) if timing_cache else None)
-    Path(str(engine_path) + ".json").write_text(json.dumps(em, indent=2, default=str))
-    return em
+    return serialized
+
+
+def onnx_input_dims(path) -> tuple[dict, dict]:
+    """``({input: [dim, ...]}, {output: [dim, ...]})`` of an ONNX graph, dims as ints or
+    symbol strings."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    return {v.name: dims(v) for v in g.input}, {v.name: dims(v) for v in g.output}
+
+
+def bundle_profiles(bundle_dir, limits) -> dict:
+    """Per stage of a bundle: ``{"shapes": {input: (min, opt, max)}, "values": {input: (min,
+    opt, max)}}`` at ``limits`` (``runtime.trt.dim_ranges``; the encoded text range comes
+    from the text stage's own output dims)."""
+    from hieramamba.runtime.bundle import read_manifest
+    from hieramamba.runtime.trt import dim_ranges, eval_dim, index_ranges, profile_shapes
+
+    bundle_dir = Path(bundle_dir)
+    man = read_manifest(bundle_dir)
+    plan = man["plan"]
+    if plan["batchify"] and limits.max_text_len < plan["max_text_len"]:
+        raise ExportError(f"max_text_len {limits.max_text_len} < {plan['max_text_len']}, the length "
+                          "every query is padded to (eval.max_text_len)")
+    _, text_out = onnx_input_dims(bundle_dir / man["stages"]["text"]["file"])
+    text = dim_ranges("text", plan, limits)["text"]
+    text1 = tuple(eval_dim(text_out["text_enc"][2], {"text": v}) for v in text)
+    out = {}
+    for name, st in man["stages"].items():
+        ins, _ = onnx_input_dims(bundle_dir / st["file"])
+        ranges = dim_ranges(name, plan, limits, text1=text1)
+        out[name] = {"shapes": profile_shapes(name, ins, ranges),
+                     # shape-tensor values are lists (one value per element; these are scalars)
+                     "values": {k: tuple([x] for x in v) for k, v in index_ranges(name, plan, limits).items()
+                                if k in ins}}
+    return out
+
+
+def build_bundle_engines(bundle_dir, limits, out_dir=None, *, plugin_library=None,
+                         workspace_gib: float = 8.0, progress: bool = True, log=None) -> Path:
+    """One TensorRT engine per stage of a runtime bundle, for ``limits``
+    (``runtime.trt.EngineLimits``), into ``out_dir`` (default ``<bundle>/trt``; replaced
+    atomically: a failed build leaves the previous engines, or nothing). A timing cache is
+    shared by the stages and kept as ``timing.cache``. Returns the folder."""
+    import shutil
+    import tempfile
+    import time
+
+    from hieramamba.runtime.bundle import read_manifest
+    from hieramamba.runtime.trt import ENGINES_MANIFEST, engines_manifest
+
+    bundle_dir = Path(bundle_dir)
+    man = read_manifest(bundle_dir)
+    limits = limits.validate()
+    profiles = bundle_profiles(bundle_dir, limits)
+    if workspace_gib <= 0:
+        raise ExportError(f"workspace must be positive, got {workspace_gib} GiB")
+    trt = import_tensorrt()
+    needs_plugin = any(st.get("hydra_scan_nodes", 0) for st in man["stages"].values())
+    lib = load_scan_plugin(trt, plugin_library) if needs_plugin else None
+    out = Path(out_dir) if out_dir else bundle_dir / "trt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    log = log or (lambda line: None)
+    t0 = time.perf_counter()
+    try:
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        old_cache = out / "timing.cache"
+        cache = _timing_cache(builder, old_cache if old_cache.is_file() else tmp / "timing.cache")
+        stages = {}
+        names = list(man["stages"])
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(names, desc="engines", unit="stage")
+        for name in names:
+            prof = profiles[name]
+            t1 = time.perf_counter()
+            blob = serialize_network(
+                trt, builder, logger, bundle_dir / man["stages"][name]["file"],
+                lambda inp: prof["values"].get(inp.name) if inp.is_shape_tensor else prof["shapes"].get(inp.name),
+                workspace_gib, cache)
+            (tmp / f"{name}.engine").write_bytes(bytes(blob))
+            stages[name] = {"file": f"{name}.engine", "sha256": file_sha256(tmp / f"{name}.engine"),
+                            "profile": {k: [list(s) for s in v] for k, v in prof["shapes"].items()}}
+            log(f"{name}: {time.perf_counter() - t1:.1f} s")
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        (tmp / "timing.cache").write_bytes(bytes(cache.serialize()))
+        em = engines_manifest(bundle_dir, limits, stages, trt_version=trt.__version__,
+                              plugin_library=str(lib) if lib else None, gpu=gpu_info(),
+                              seconds=time.perf_counter() - t0)
+        (tmp / ENGINES_MANIFEST).write_text(json.dumps(em, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

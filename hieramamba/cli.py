@@ -58,12 +58,13 @@ def cmd_ground(args) -> int:
         raise InputError("ground: pass exactly one of --experiment (PyTorch) or --bundle (exported runtime)")
     video = _load_array(args.video)
     queries = [_load_array(q) for q in args.query]
-    chunked = dict(chunk=args.chunk, max_batch=args.max_batch, text_overflow=args.text_overflow,
-                   progress=args.progress or len(video) > 8192)
+    chunked = dict(text_overflow=args.text_overflow, progress=args.progress or len(video) > 8192)
+    chunked.update({k: v for k, v in (("chunk", args.chunk), ("max_batch", args.max_batch)) if v is not None})
     if args.bundle is not None:
-        from hieramamba.runtime import GroundingRuntime  # torch-free path
+        from hieramamba.runtime import GroundingRuntime  # torch-free path (but for tensorrt)
 
-        grounder = GroundingRuntime.load(args.bundle, backend=args.backend or "onnxruntime", **chunked)
+        trt = dict(engines=args.engines, plugin_library=args.plugin) if args.backend == "tensorrt" else {}
+        grounder = GroundingRuntime.load(args.bundle, backend=args.backend or "onnxruntime", **trt, **chunked)
     elif args.backend == "torch":
         from hieramamba.checkpoint import load_experiment
         from hieramamba.runtime import GroundingRuntime
@@ -185,8 +186,14 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", help="exported runtime bundle (hieramamba.export.stages) instead of --experiment")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
                    help="chunked runtime backend (default: eager PyTorch for --experiment, onnxruntime for --bundle)")
-    p.add_argument("--chunk", type=int, default=2048, help="chunked runtime: level tokens per chunk")
-    p.add_argument("--max-batch", type=int, default=16, help="chunked runtime: most queries per batch")
+    p.add_argument("--chunk", type=int, help="chunked runtime: level tokens per chunk (default 2048; "
+                   "tensorrt: the engines' chunk)")
+    p.add_argument("--max-batch", type=int, help="chunked runtime: most queries per batch (default 16, "
+                   "at most the engines' max batch)")
+    p.add_argument("--engines", help="--backend tensorrt: engines folder (default <bundle>/trt, "
+                   "from `hieramamba build-engines`)")
+    p.add_argument("--plugin", help="--backend tensorrt: HydraScan plugin library "
+                   "(default build/libhieramamba_trt_plugin.so or $HIERAMAMBA_TRT_PLUGIN)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="--backend torch precision")
     p.add_argument("--progress", action="store_true", help="progress bar (on by default for > 8192 clips)")
     p.add_argument("--ckpt", default="last")
@@ -221,7 +228,7 @@ def main(argv=None) -> int:
 
     from .export.cli import register as add_export_subcommands
 
-    add_export_subcommands(sub)  # export, export-bundle, check-onnx, build-engine (export/cli.py)
+    add_export_subcommands(sub)  # export, export-bundle, check-onnx, build-engine(s) (export/cli.py)
 
     args = ap.parse_args(argv)
     try:

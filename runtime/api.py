@@ -64,6 +64,8 @@ class GroundingRuntime:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be a positive int, got {max_batch!r}")
         ChunkScheduler(plan, backend, chunk, attn_rows=attn_rows)  # validates chunk, attn_rows
+        if hasattr(backend, "check_request"):  # backends built for limits (TensorRT engines)
+            backend.check_request(chunk=chunk, max_batch=max_batch)
         self.backend, self.plan = backend, plan
         self.chunk, self.max_batch, self.attn_rows = chunk, max_batch, attn_rows
         self.text_overflow, self.progress = text_overflow, progress
@@ -83,17 +85,25 @@ class GroundingRuntime:
 
     @classmethod
     def load(cls, bundle_dir, backend: str = "onnxruntime", providers=None, plugin_library=None,
-             **kwargs) -> "GroundingRuntime":
+             engines=None, device="cuda", **kwargs) -> "GroundingRuntime":
         """Open an export bundle (``hieramamba.export.stages.export_bundle``) on ``backend``:
-        ``"onnxruntime"`` or ``"tensorrt"``. The torch backend runs a model, not a bundle:
-        use ``from_model``."""
-        from .bundle import OrtBackend, tensorrt_backend
-
+        ``"onnxruntime"`` (``providers`` as ORT takes them) or ``"tensorrt"`` (the engines
+        ``hieramamba build-engines`` wrote, default ``<bundle>/trt``, on CUDA ``device``; chunk,
+        max_batch and attn_rows default to the engines' limits). The torch backend runs a model,
+        not a bundle: use ``from_model``."""
         if backend == "onnxruntime":
+            from .bundle import OrtBackend
+
             be = OrtBackend(bundle_dir, providers=providers)
             return cls(be, be.plan, **kwargs)
         if backend == "tensorrt":
-            be = tensorrt_backend(bundle_dir, plugin_library)
+            from .trt import TrtBackend, import_tensorrt
+
+            import_tensorrt()  # the reason first, before any file is looked at
+            be = TrtBackend(bundle_dir, engines_dir=engines, plugin_library=plugin_library, device=device)
+            kwargs.setdefault("chunk", be.limits.chunk)
+            kwargs.setdefault("max_batch", min(16, be.limits.max_batch))
+            kwargs.setdefault("attn_rows", be.limits.attn_rows)
             return cls(be, be.plan, **kwargs)
         raise InputError(f"backend must be 'onnxruntime' or 'tensorrt' for a bundle, got {backend!r} "
                          "(the torch backend: GroundingRuntime.from_model)")
@@ -126,6 +136,8 @@ class GroundingRuntime:
         v, qs = self._video(video), self._queries(queries)
         pm = self.plan["pad_multiple"]
         length = v.shape[0]
+        if hasattr(self.backend, "check_request"):
+            self.backend.check_request(num_clips=length)
         vid = PaddedClips(v, -(-length // pm) * pm)  # windows are padded as they are read
         groups = [qs] if self.plan["batchify"] else [[q] for q in qs]
         bar = None

@@ -1,5 +1,6 @@
-"""Export bundles (folder with ``manifest.json`` + one ONNX graph per stage) and the
-ONNX Runtime / TensorRT backends that run them. Torch-free."""
+"""Export bundles (folder with ``manifest.json`` + one ONNX graph per stage), the stage methods
+shared by the backends that run their graphs, and the ONNX Runtime backend. Torch-free (the
+TensorRT backend is ``runtime/trt.py``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import numpy as np
 from hieramamba.errors import BackendUnavailableError, CheckpointError
 
 BUNDLE_FORMAT = "hieramamba-runtime-bundle/2"  # 2: global levels in gattn_* stages
+# The HydraScan node / TensorRT plugin identity (DESIGN §3), one place for export and runtime.
+SCAN_OP_TYPE = "HydraScan"
+SCAN_OP_DOMAIN = "hieramamba"  # ONNX domain and plugin namespace
 SCAN_OP_VERSION = "1"
 
 
@@ -41,7 +45,74 @@ def read_manifest(bundle_dir) -> dict:
     return man
 
 
-class OrtBackend:
+class StageGraphBackend:
+    """The stage methods of the scheduler (see ``TorchBackend``) over a bundle's stage graphs,
+    one place for every backend that runs graphs: a subclass provides ``_run(stage, **feeds)``
+    (returns the stage's outputs in order; feeds it does not declare are dropped), ``_dense``
+    (a contiguous array of its kind) and the array helpers."""
+
+    def __init__(self, bundle_dir):
+        self.dir = Path(bundle_dir)
+        self.manifest = read_manifest(bundle_dir)
+        self.plan = self.manifest["plan"]
+
+    def _run(self, stage, **feeds):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _dense(self, a):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def _index(v):
+        return np.asarray(v, np.int64)
+
+    def text(self, text, text_mask):
+        return tuple(self._run("text", text=self.from_numpy(text), text_mask=self.from_numpy(text_mask)))
+
+    def front(self, vid, mask, text, text_mask, pe_start, pe_total):
+        return self._run("front", video=vid, video_mask=mask, text_enc=text, text_enc_mask=text_mask,
+                         pe_start=self._index(pe_start), pe_total=self._index(pe_total))[0]
+
+    def amp_pre(self, level, tokens, mask, n_valid, slot_offset):
+        out = self._run(f"pre{level}", tokens=self._dense(tokens), mask=mask, n_valid=self._index(n_valid),
+                        slot_offset=self._index(slot_offset))
+        return {"seq": out[0], "seq_mask": out[1], "z": out[2], "scan": tuple(out[3:10])}
+
+    def scan(self, level, scan, state_f0, state_b0, c_f_prev, c_b_next):
+        names = ("x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b")
+        feeds = {n: self._dense(t) for n, t in zip(names, scan)}
+        y, sf, sb = self._run(f"scan{level}", **feeds, state_f0=state_f0, state_b0=state_b0,
+                              c_f_prev=self._dense(c_f_prev), c_b_next=self._dense(c_b_next))
+        return y, sf, sb
+
+    def amp_post(self, level, pre, y):
+        d = self._dense
+        return self._run(f"post{level}", seq=d(pre["seq"]), seq_mask=d(pre["seq_mask"]), y=y,
+                         x=d(pre["scan"][0]), z=d(pre["z"]))[0]
+
+    def amp_local(self, level, fused1, seq_mask):
+        a, t = self._run(f"local{level}", fused1=self._dense(fused1), seq_mask=self._dense(seq_mask))
+        return a, t
+
+    def gattn_in(self, level, fused1, seq_mask):
+        return tuple(self._run(f"gattn_in{level}", fused1=self._dense(fused1), seq_mask=self._dense(seq_mask)))
+
+    def gattn_rows(self, level, q_rows, k, v, seq_mask):
+        return self._run(f"gattn_rows{level}", q=self._dense(q_rows), k=k, v=v,
+                         seq_mask=self._dense(seq_mask))[0]
+
+    def gattn_out(self, level, fused1, seq_mask, attn):
+        a, t = self._run(f"gattn_out{level}", fused1=self._dense(fused1), seq_mask=self._dense(seq_mask),
+                         attn=self._dense(attn))
+        return a, t
+
+    def heads(self, level, tokens, mask, text, text_mask):
+        lg, of = self._run(f"heads{level}", tokens=self._dense(tokens), mask=mask,
+                           text_enc=text, text_enc_mask=text_mask)
+        return lg, of
+
+
+class OrtBackend(StageGraphBackend):
     """Runs the stage graphs of a bundle with ONNX Runtime (``providers`` as ORT takes them;
     default CPU). Sessions are created on first use, under a lock; ``InferenceSession.run`` is
     thread-safe, so one backend serves concurrent calls."""
@@ -55,10 +126,8 @@ class OrtBackend:
         except ImportError as exc:
             raise BackendUnavailableError("the onnxruntime backend needs the onnxruntime package "
                                           "(pip install 'hieramamba[runtime]')") from exc
+        super().__init__(bundle_dir)
         self.ort = ort
-        self.dir = Path(bundle_dir)
-        self.manifest = read_manifest(bundle_dir)
-        self.plan = self.manifest["plan"]
         self.dtype = np.float16 if self.manifest["dtype"] == "float16" else np.float32
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = intra_op_threads
@@ -87,6 +156,8 @@ class OrtBackend:
         sess, wanted = self._session(name)
         return sess.run(None, {k: v for k, v in feeds.items() if k in wanted})
 
+    _dense = staticmethod(np.ascontiguousarray)
+
     # -- array helpers ---------------------------------------------------------------------
     def from_numpy(self, a):
         a = np.asarray(a)
@@ -101,6 +172,9 @@ class OrtBackend:
     def copy(self, a):
         return np.array(a, copy=True, order="C")
 
+    def empty_like(self, a, shape):
+        return np.empty(shape, a.dtype)
+
     def zeros_state(self, level, batch):
         s = self.plan["scan"][level]
         return np.zeros((batch, s["H"], s["P"], s["N"]), np.float32)
@@ -108,67 +182,3 @@ class OrtBackend:
     def zeros_row(self, level, batch):
         s = self.plan["scan"][level]
         return np.zeros((batch, s["G"], s["N"]), self.dtype)
-
-    # -- stages ----------------------------------------------------------------------------
-    def text(self, text, text_mask):
-        return tuple(self._run("text", text=self.from_numpy(text), text_mask=self.from_numpy(text_mask)))
-
-    def front(self, vid, mask, text, text_mask, pe_start, pe_total):
-        return self._run("front", video=vid, video_mask=mask, text_enc=text, text_enc_mask=text_mask,
-                         pe_start=np.asarray(pe_start, np.int64), pe_total=np.asarray(pe_total, np.int64))[0]
-
-    def amp_pre(self, level, tokens, mask, n_valid, slot_offset):
-        out = self._run(f"pre{level}", tokens=tokens, mask=mask, n_valid=np.asarray(n_valid, np.int64),
-                        slot_offset=np.asarray(slot_offset, np.int64))
-        return {"seq": out[0], "seq_mask": out[1], "z": out[2], "scan": tuple(out[3:10])}
-
-    def scan(self, level, scan, state_f0, state_b0, c_f_prev, c_b_next):
-        names = ("x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b")
-        feeds = {n: np.ascontiguousarray(t) for n, t in zip(names, scan)}
-        y, sf, sb = self._run(f"scan{level}", **feeds, state_f0=state_f0, state_b0=state_b0,
-                              c_f_prev=np.ascontiguousarray(c_f_prev), c_b_next=np.ascontiguousarray(c_b_next))
-        return y, sf, sb
-
-    def amp_post(self, level, pre, y):
-        return self._run(f"post{level}", seq=np.ascontiguousarray(pre["seq"]),
-                         seq_mask=np.ascontiguousarray(pre["seq_mask"]), y=y,
-                         x=np.ascontiguousarray(pre["scan"][0]), z=np.ascontiguousarray(pre["z"]))[0]
-
-    def amp_local(self, level, fused1, seq_mask):
-        a, t = self._run(f"local{level}", fused1=np.ascontiguousarray(fused1),
-                         seq_mask=np.ascontiguousarray(seq_mask))
-        return a, t
-
-    def gattn_in(self, level, fused1, seq_mask):
-        return tuple(self._run(f"gattn_in{level}", fused1=np.ascontiguousarray(fused1),
-                               seq_mask=np.ascontiguousarray(seq_mask)))
-
-    def gattn_rows(self, level, q_rows, k, v, seq_mask):
-        return self._run(f"gattn_rows{level}", q=np.ascontiguousarray(q_rows), k=k, v=v,
-                         seq_mask=np.ascontiguousarray(seq_mask))[0]
-
-    def gattn_out(self, level, fused1, seq_mask, attn):
-        a, t = self._run(f"gattn_out{level}", fused1=np.ascontiguousarray(fused1),
-                         seq_mask=np.ascontiguousarray(seq_mask), attn=np.ascontiguousarray(attn))
-        return a, t
-
-    def heads(self, level, tokens, mask, text, text_mask):
-        lg, of = self._run(f"heads{level}", tokens=np.ascontiguousarray(tokens), mask=mask,
-                           text_enc=text, text_enc_mask=text_mask)
-        return lg, of
-
-
-def tensorrt_backend(bundle_dir, plugin_library=None):
-    """TensorRT engines per stage. Absent-safe: raises BackendUnavailableError with the reason
-    when TensorRT or the HydraScan plugin library is not available."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "the tensorrt backend needs TensorRT's Python package (pip install 'hieramamba[tensorrt]') "
-            "and a GPU; use backend='onnxruntime' here") from exc
-    if plugin_library is not None and not Path(plugin_library).is_file():
-        raise BackendUnavailableError(f"HydraScan TensorRT plugin library not found: {plugin_library} "
-                                      "(build plugins/ with CMake where TensorRT is installed)")
-    raise BackendUnavailableError("per-stage TensorRT engines are not built by this version yet "
-                                  "(see docs/runtime.md); use backend='onnxruntime'")

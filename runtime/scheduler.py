@@ -38,7 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 FRONT_HALO = 4   # level-0 steps (8 input features at stride 2)
-ATTN_SCORES_PER_BLOCK = 2 ** 20  # query rows × keys per block of a global attention (per batch row, head)
+# Query rows × keys per block of a global attention (per batch row, head). 2^18: its fp32
+# temporaries (~5 score-sized copies) stay ~5 MB per batch row and head; 2^20 was 41 MB of the
+# 10 h peak RSS of the tiny fp16 bundle (1 query). Any value is exact.
+ATTN_SCORES_PER_BLOCK = 2 ** 18
 HEAD_HALO = 6    # level tokens
 SLOT_HALO = 3    # interleaved slots = one anchor pair
 
@@ -135,7 +138,8 @@ class ChunkScheduler:
 
     ``plan``: the static model description (see ``hieramamba.runtime.plan``); ``backend``: an
     object with the stage methods (see ``TorchBackend``) and the array helpers ``cat``,
-    ``copy`` (a compact copy of a view), ``zeros_state``, ``zeros_row``, ``to_numpy``, ``from_numpy``. ``chunk`` is in level tokens
+    ``copy`` (a compact copy of a view), ``empty_like(a, shape)`` (uninitialized, a's dtype and device),
+    ``zeros_state``, ``zeros_row``, ``to_numpy``, ``from_numpy``. ``chunk`` is in level tokens
     (rounded down to an even number, at least 2); ``attn_rows``: query rows per block of the
     global attention levels (default None: ``ATTN_SCORES_PER_BLOCK`` scores per block)."""
 
@@ -227,12 +231,15 @@ class ChunkScheduler:
     def _windowed_level(self, level, g, source, n_valid, bb, heads):
         """The local encoder (5-wide window) runs one chunk behind the Hydra pass."""
         be = self.backend
-        anchors = []
+        anchors = []  # [the level's anchors], allocated once from the first chunk's
 
         def local(window, lo, c0, c1):
             a, tok = be.amp_local(level, window[0], window[1])
             a, tok = a[..., c0 // 3: c1 // 3], tok[..., 2 * c0 // 3: 2 * c1 // 3]
-            anchors.append(be.copy(a))
+            if not anchors:
+                anchors.append(be.empty_like(a, tuple(a.shape[:-1]) + (g.pairs,)))
+            p0 = (lo + c0) // 3
+            anchors[0][..., p0: p0 + a.shape[-1]] = a
             t0 = 2 * (lo + c0) // 3
             t1 = 2 * (lo + c1) // 3
             if t1 > g.length:
@@ -243,7 +250,7 @@ class ChunkScheduler:
         self._hydra_pass(level, g, source, n_valid, bb, lambda f, m: stream.push((f, m)))
         stream.finish()
         heads.finish()
-        return be.cat(anchors, 2)
+        return anchors[0]
 
     def _global_level(self, level, g, source, n_valid, bb, heads):
         """Global attention needs every slot: collect the level's ``fused1``, then attend in
@@ -257,7 +264,9 @@ class ChunkScheduler:
         q, k, v = be.gattn_in(level, fused1, seq_mask)
         slots = q.shape[2]
         r = self.attn_rows or max(1, ATTN_SCORES_PER_BLOCK // slots)
-        attn = be.cat([be.gattn_rows(level, q[:, :, i:i + r], k, v, seq_mask) for i in range(0, slots, r)], 2)
+        attn = be.empty_like(q, tuple(q.shape))  # filled block by block
+        for i in range(0, slots, r):
+            attn[:, :, i:i + r] = be.gattn_rows(level, q[:, :, i:i + r], k, v, seq_mask)
         del q, k, v
         anchors, tokens = be.gattn_out(level, fused1, seq_mask, attn)
         heads.push(tokens[..., : g.length])
@@ -310,19 +319,24 @@ class _ArraySource:
 
 
 class _HeadCollector:
-    """Late fusion + heads over a level's tokens as they arrive (halo ``HEAD_HALO``)."""
+    """Late fusion + heads over a level's tokens as they arrive (halo ``HEAD_HALO``), written
+    into the level's output arrays (allocated once: no per-chunk pieces left on the heap)."""
 
     def __init__(self, sched, level, g, t, tm, bb):
         self.be, self.level, self.g, self.t, self.tm, self.bb = sched.backend, level, g, t, tm, bb
-        self.logits, self.offsets = [], []
+        self.logits = self.offsets = None
         self.stream = HaloStream(g.length, HEAD_HALO, self._emit, axes=(2,), cat=self.be.cat)
 
     def _emit(self, window, lo, c0, c1):
         n = window[0].shape[-1]
         mask = self.be.from_numpy(token_mask(self.bb, lo, lo + n, self.g.valid))
         lg, of = self.be.heads(self.level, window[0], mask, self.t, self.tm)
-        self.logits.append(self.be.to_numpy(lg)[:, c0:c1].copy())
-        self.offsets.append(self.be.to_numpy(of)[:, c0:c1].copy())
+        lg, of = self.be.to_numpy(lg), self.be.to_numpy(of)
+        if self.logits is None:
+            self.logits = np.empty((lg.shape[0], self.g.length), lg.dtype)
+            self.offsets = np.empty((of.shape[0], self.g.length) + of.shape[2:], of.dtype)
+        self.logits[:, lo + c0: lo + c1] = lg[:, c0:c1]
+        self.offsets[:, lo + c0: lo + c1] = of[:, c0:c1]
 
     def push(self, tokens):
         self.stream.push((tokens,))
@@ -331,4 +345,4 @@ class _HeadCollector:
         self.stream.finish()
 
     def result(self):
-        return np.concatenate(self.logits, axis=1), np.concatenate(self.offsets, axis=1)
+        return self.logits, self.offsets

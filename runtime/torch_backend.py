@@ -52,6 +52,9 @@ class TorchBackend:
     def copy(self, t):
         return t.clone(memory_format=torch.contiguous_format)
 
+    def empty_like(self, t, shape):
+        return t.new_empty(shape)
+
     def zeros_state(self, level, batch):
         h = self.blocks[level].global_encoder
         return torch.zeros(batch, h.nheads, h.headdim, h.d_state, device=self.device)

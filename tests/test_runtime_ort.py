@@ -10,54 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from hieramamba.config import packaged_config_path, parse_config, read_yaml
-from hieramamba.errors import BackendUnavailableError, CheckpointError, ExportError
+from hieramamba.errors import CheckpointError, ExportError
 from hieramamba.inference import Grounder
-from hieramamba.model import build_model, widen_layer_scales
 from hieramamba.runtime import GroundingRuntime
 
+from conftest import small_model
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def small_model():
-    """Tiny widths, six levels (0–4 windowed, 5 global attention): every stage kind, and levels
-    whose stage graphs the exporter reuses with their own weights (export_bundle)."""
-    raw = read_yaml(packaged_config_path("tiny"))
-    raw["model"]["vid_net"]["arch"] = [2, 0, 6]
-    raw["model"]["vid_net"].update(embd_dim=32, mamba_headdim=16, mamba_dstate=8, max_seq_len=64)
-    raw["model"]["text_net"].update(embd_dim=32)
-    opt = parse_config(raw)
-    torch.manual_seed(0)
-    model = build_model(opt).eval()
-    widen_layer_scales(model)  # LayerScales at 1e-4 would hide most of each block
-    return model, opt
-
-
-@pytest.fixture(scope="module")
-def export_log():
-    return []
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, export_log):
-    pytest.importorskip("onnxruntime")
-    from hieramamba.export.stages import export_bundle
-
-    model, opt = small_model()
-    out = tmp_path_factory.mktemp("rt") / "bundle"
-    export_bundle(model, opt, out, dtype="float32", log=export_log.append)
-    return out, model, opt
-
-
-@pytest.fixture(scope="module")
-def bundle16(tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from hieramamba.export.stages import export_bundle
-
-    model, opt = small_model()
-    out = tmp_path_factory.mktemp("rt16") / "bundle"
-    export_bundle(model, opt, out)  # float16 is the default
-    return out, model, opt
 
 
 def test_bundle_reuses_graphs_of_equal_levels_and_keeps_the_model(bundle, export_log):
@@ -181,17 +140,6 @@ def test_bundle_version_mismatch_and_missing_files(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(CheckpointError, match="missing"):
         read_manifest(tmp_path)
-
-
-def test_tensorrt_backend_is_absent_safe(tmp_path):
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        with pytest.raises(BackendUnavailableError, match="TensorRT"):
-            GroundingRuntime.load(tmp_path, backend="tensorrt")
-    else:  # pragma: no cover - a machine with TensorRT
-        with pytest.raises(BackendUnavailableError, match="plugin library not found"):
-            GroundingRuntime.load(tmp_path, backend="tensorrt", plugin_library=tmp_path / "missing.so")
 
 
 def test_failed_export_leaves_nothing_on_disk(tmp_path):

@@ -1,0 +1,211 @@
+"""TensorRT per-stage engines: profiles, building, the backend's bindings and its checks.
+
+TensorRT cannot be installed here, so these tests run our TensorRT code against a stand-in
+``tensorrt`` module (tests/fake_tensorrt.py): the TensorRT 10 API calls we make, the checks
+TensorRT makes (plugin registered, strongly typed network, a profile for every dynamic input,
+shapes inside the profile, every address bound) and the stage graphs run in ONNX Runtime from
+the raw buffer addresses we bind. The chunked runtime on it must give exactly the ONNX Runtime
+backend's numbers for videos up to the engines' limits: a profile too small for a window the
+scheduler makes, or a wrong shape, dtype or address, fails here.
+"""
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from hieramamba.errors import BackendUnavailableError, CheckpointError, InputError
+from hieramamba.runtime import GroundingRuntime
+from hieramamba.runtime.trt import (ATTN_SCORES_PER_BLOCK, EngineLimits, TrtBackend, dim_ranges,
+                                    eval_dim, largest_attn_block)
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+LIMITS = EngineLimits(chunk=16, max_batch=3, max_text_len=16, max_clips=600)
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    import fake_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
+    monkeypatch.delenv("HIERAMAMBA_TRT_PLUGIN", raising=False)
+    fake_tensorrt._registry.creators.clear()
+    return fake_tensorrt
+
+
+@pytest.fixture
+def plugin(tmp_path):
+    lib = tmp_path / "libhieramamba_trt_plugin.so"
+    lib.write_text("HydraScan 1 hieramamba\n")  # the stand-in's plugin library: creators it provides
+    return lib
+
+
+@pytest.fixture
+def engines(bundle, fake_trt, plugin, tmp_path, monkeypatch):
+    from hieramamba.export import trt_build
+
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: {"name": "NVIDIA H200", "compute_capability": "9.0"})
+    out = trt_build.build_bundle_engines(bundle[0], LIMITS, tmp_path / "engines", plugin_library=plugin,
+                                         progress=False)
+    return bundle[0], out, plugin
+
+
+class HostTrtBackend(TrtBackend):
+    """The backend on host memory: the stand-in runs on the CPU."""
+    capability = "9.0"
+
+    def __init__(self, bundle_dir, engines_dir=None, plugin_library=None):
+        super().__init__(bundle_dir, engines_dir, plugin_library, device="cpu")
+
+    def _check_device(self):
+        pass
+
+    def _device_capability(self):
+        return self.capability
+
+    def _stream_handle(self):
+        return 0
+
+
+def test_dim_expressions_and_attention_blocks():
+    assert eval_dim("3*(((tok + 1)//2))", {"tok": 7}) == 12
+    assert eval_dim("text + 1", {"text": 16}) == 17 and eval_dim(5, {}) == 5
+    with pytest.raises(ValueError, match="unsupported"):
+        eval_dim("__import__('os')", {})
+    for slots_max in (1, 7, 1023, 1024, 1500, 5000):
+        brute = max(min(s, max(1, ATTN_SCORES_PER_BLOCK // s)) for s in range(1, slots_max + 1))
+        assert largest_attn_block(slots_max, None) == brute
+    assert largest_attn_block(50, 8) == 8 and largest_attn_block(5, 8) == 5
+
+
+def test_dim_ranges_follow_chunk_and_level_lengths():
+    plan = {"pad_multiple": 32, "vid_stride": 1, "num_levels": 6, "windowed": [True] * 5 + [False]}
+    lim = EngineLimits(chunk=16, max_batch=4, max_text_len=16, max_clips=600)  # 608 padded
+    r0, r5 = dim_ranges("pre0", plan, lim), dim_ranges("heads5", plan, lim)
+    assert r0["batch"] == (1, 4, 4) and r0["tok"] == (1, 20, 20) and r0["slen"] == (3, 24, 24)
+    assert dim_ranges("pre5", plan, lim)["tok"] == (1, 19, 19)      # level 5 has 19 tokens
+    assert r5["htime"] == (1, 19, 19)                                # global level: whole level
+    assert dim_ranges("gattn_rows5", plan, lim)["rows"] == (1, 30, 30)
+    with pytest.raises(InputError, match="even"):
+        dim_ranges("pre0", plan, EngineLimits(chunk=15, max_batch=1, max_text_len=1, max_clips=1))
+
+
+def test_engines_give_the_onnxruntime_numbers(engines):
+    from hieramamba.runtime.bundle import OrtBackend
+
+    bundle_dir, eng_dir, _ = engines
+    man = json.loads((eng_dir / "engines.json").read_text())
+    assert man["limits"]["chunk"] == 16 and man["tensorrt_version"] == "10.99.0"
+    assert man["gpu"]["compute_capability"] == "9.0" and set(man["stages"]) >= {"scan0", "gattn_rows5"}
+    trt_be, ort_be = HostTrtBackend(bundle_dir, eng_dir), OrtBackend(bundle_dir)
+    rng = np.random.default_rng(0)
+    plan = ort_be.plan
+    # At the limits (600 clips, chunk 16, 3 queries), a tiny video, and smaller chunk/batches.
+    for clips, chunk, nq, max_batch in ((600, 16, 3, 3), (1, 16, 1, 3), (137, 6, 3, 2)):
+        video = rng.standard_normal((clips, plan["vid_in_dim"])).astype(np.float32)
+        queries = [rng.standard_normal((int(rng.integers(2, 16)), plan["text_in_dim"])).astype(np.float32)
+                   for _ in range(nq)]
+        got = GroundingRuntime(trt_be, plan, chunk=chunk, max_batch=max_batch).level_outputs(video, queries)
+        want = GroundingRuntime(ort_be, plan, chunk=chunk, max_batch=max_batch).level_outputs(video, queries)
+        for g, w in zip(got, want):
+            for part_g, part_w in zip(g, w):
+                for a, b in zip(part_g, part_w):
+                    np.testing.assert_array_equal(a, b)
+
+
+def test_engines_refuse_what_they_were_not_built_for(engines):
+    bundle_dir, eng_dir, _ = engines
+    be = HostTrtBackend(bundle_dir, eng_dir)
+    plan = be.plan
+    with pytest.raises(InputError, match="chunk 32 exceeds the engines' chunk 16"):
+        GroundingRuntime(be, plan, chunk=32, max_batch=3)
+    with pytest.raises(InputError, match="max_batch 4"):
+        GroundingRuntime(be, plan, chunk=16, max_batch=4)
+    rt = GroundingRuntime(be, plan, chunk=16, max_batch=3)
+    video = np.zeros((601, plan["vid_in_dim"]), np.float32)
+    with pytest.raises(InputError, match="601 clips, the engines take at most 600"):
+        rt.level_outputs(video, [np.zeros((3, plan["text_in_dim"]), np.float32)])
+    # A window past the profile (here called directly) is named, not run.
+    tokens = be.from_numpy(np.zeros((1, 32, 100), np.float32))
+    mask = be.from_numpy(np.ones((1, 1, 100), bool))
+    text, tmask = be.text(np.zeros((1, plan["text_in_dim"], 16), np.float32), np.ones((1, 1, 16), bool))
+    with pytest.raises(InputError, match="stage heads0: input tokens has shape .*outside the engines' profile"):
+        be.heads(0, tokens, mask, text, tmask)
+
+
+def test_engine_and_bundle_mismatches_are_refused(engines, tmp_path):
+    bundle_dir, eng_dir, _ = engines
+    man_path = eng_dir / "engines.json"
+    man = json.loads(man_path.read_text())
+
+    HostTrtBackend.capability = "8.0"
+    try:
+        with pytest.raises(CheckpointError, match="compute capability 9.0 .*this GPU is 8.0"):
+            HostTrtBackend(bundle_dir, eng_dir)
+    finally:
+        HostTrtBackend.capability = "9.0"
+
+    man_path.write_text(json.dumps(dict(man, tensorrt_version="10.3.0")))
+    with pytest.raises(CheckpointError, match="built with TensorRT 10.3.0, this is TensorRT 10.99.0"):
+        HostTrtBackend(bundle_dir, eng_dir)
+    man_path.write_text(json.dumps(man))
+
+    other = tmp_path / "other_bundle"
+    shutil.copytree(bundle_dir, other, ignore=shutil.ignore_patterns("trt"))
+    (other / "manifest.json").write_text((other / "manifest.json").read_text() + "\n")
+    with pytest.raises(CheckpointError, match="another bundle"):
+        HostTrtBackend(other, eng_dir)
+    with pytest.raises(CheckpointError, match="hieramamba build-engines"):
+        HostTrtBackend(other)  # no <bundle>/trt
+
+    be = HostTrtBackend(bundle_dir, eng_dir)
+    (eng_dir / "text.engine").write_bytes(b"\0" * 64)
+    with pytest.raises(CheckpointError, match="text.engine: engine file is corrupt"):
+        be.text(np.zeros((1, be.plan["text_in_dim"], 16), np.float32), np.ones((1, 1, 16), bool))
+
+
+def test_plugin_library_is_required_and_checked(bundle, fake_trt, tmp_path):
+    from hieramamba.export.trt_build import build_bundle_engines
+
+    with pytest.raises(BackendUnavailableError, match="plugin library not found"):
+        build_bundle_engines(bundle[0], LIMITS, tmp_path / "e", plugin_library=tmp_path / "nope.so",
+                             progress=False)
+    wrong = tmp_path / "libold.so"
+    wrong.write_text("HydraScan 2 hieramamba\n")
+    with pytest.raises(BackendUnavailableError, match="does not provide plugin HydraScan version 1"):
+        build_bundle_engines(bundle[0], LIMITS, tmp_path / "e", plugin_library=wrong, progress=False)
+    assert not (tmp_path / "e").exists() and not list(tmp_path.glob(".e.*"))
+
+
+def test_cli_builds_engines_and_ground_needs_a_gpu(engines, tmp_path, capsys):
+    from hieramamba.cli import main
+
+    bundle_dir, _, plugin = engines
+    out = tmp_path / "cli_engines"
+    assert main(["build-engines", str(bundle_dir), "--out", str(out), "--chunk", "16", "--max-batch", "3",
+                 "--max-clips", "600", "--plugin", str(plugin), "--no-progress"]) == 0
+    assert "chunk=16, max_batch=3, max_text_len=16, max_clips=600" in capsys.readouterr().out
+    assert json.loads((out / "engines.json").read_text())["limits"]["max_clips"] == 600
+    import torch
+
+    if torch.cuda.is_available():  # the stand-in reads buffers as host memory
+        return
+    np.save(tmp_path / "v.npy", np.zeros((50, 32), np.float32))
+    np.save(tmp_path / "q.npy", np.zeros((4, 32), np.float32))
+    rc = main(["ground", "--bundle", str(bundle_dir), "--backend", "tensorrt", "--engines", str(out),
+               "--plugin", str(plugin), "--video", str(tmp_path / "v.npy"), "--query", str(tmp_path / "q.npy"),
+               "--fps", "30"])
+    assert rc == 2 and "runs on a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_without_tensorrt_the_backend_says_so(tmp_path, capsys):
+    from hieramamba.cli import main
+
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        GroundingRuntime.load(tmp_path, backend="tensorrt")
+    assert main(["build-engines", str(tmp_path)]) == 2
+    assert "not a runtime bundle" in capsys.readouterr().err
