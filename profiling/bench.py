@@ -45,7 +45,7 @@ from . import paths as paths_mod
 SCHEMA = "hieramamba.bench/1"
 REFERENCE_PATH = "eager_fp32"
 DEFAULT_PATHS = ("eager_fp32", "eager_fp16", "eager_bf16", "eager_cuda_graphs", "ort_custom",
-                 "ort_portable", "runtime_chunked", "runtime_ort_fp16", "runtime_ort_fp32", "tensorrt")
+                 "ort_portable", "runtime_chunked", "runtime_ort_fp16", "runtime_ort_fp32", "runtime_trt_fp16")
 
 
 @dataclass
@@ -65,6 +65,7 @@ class BenchSettings:
     workdir: Optional[str] = None
     mask_semantics: str = "official"
     export: bool = True                # False: ONNX paths only use files already in workdir
+    engines_for: Optional[tuple] = None  # (clips, queries) TensorRT engines are built for (default: the maxima)
 
 
 def _percentile(xs, q):
@@ -224,7 +225,8 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
     else:
         own_tmp = tempfile.TemporaryDirectory(prefix="hieramamba-bench-")
         workdir = Path(own_tmp.name)
-    ctx = paths_mod.BenchContext(model, opt, settings.device, threads, workdir, settings.export)
+    ctx = paths_mod.BenchContext(model, opt, settings.device, threads, workdir, settings.export,
+                                 *_engines_for(settings))
     report = {"schema": SCHEMA, "settings": {**asdict(settings), "weights": weights},
               "environment": _environment(settings, threads), "method": __doc__.split("Method", 1)[1].strip(),
               "paths": {}, "results": []}
@@ -308,12 +310,16 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
     return report
 
 
+def _engines_for(settings: BenchSettings) -> tuple:
+    return tuple(settings.engines_for or (max(settings.clips), max(settings.queries)))
+
+
 # -- memory in a fresh process ----------------------------------------------------------------
 
 def measure_memory_subprocess(settings: BenchSettings, path: str, clips: int, queries: int,
                               workdir: Path, timeout: float = 1800) -> dict:
     child = {**asdict(settings), "paths": [path], "clips": [clips], "queries": [queries],
-             "workdir": str(workdir)}
+             "workdir": str(workdir), "engines_for": _engines_for(settings)}
     cmd = [sys.executable, "-m", "hieramamba.profiling.bench", "--_memory-child", json.dumps(child)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -330,7 +336,9 @@ def _memory_child(settings: BenchSettings) -> dict:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model, opt, _ = load_model(settings)
-    ctx = paths_mod.BenchContext(model, opt, settings.device, torch.get_num_threads(), Path(settings.workdir))
+    # The parent's limits, so that its engines are reused (the child runs one of its cases).
+    ctx = paths_mod.BenchContext(model, opt, settings.device, torch.get_num_threads(), Path(settings.workdir),
+                                 True, *_engines_for(settings))
     runner = paths_mod.REGISTRY[settings.paths[0]].build(ctx)
     inputs = make_inputs(model, opt, settings.clips[0], settings.queries[0], settings.tokens, settings.seed)
     cuda = settings.device.startswith("cuda")

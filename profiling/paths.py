@@ -32,6 +32,8 @@ class BenchContext:
     threads: int
     workdir: Path          # artifacts (ONNX files) live here, shared with memory subprocesses
     allow_export: bool = True  # False: ONNX paths use files already in workdir, never export
+    max_clips: int = 65536     # the longest video and largest query group of the run: what
+    max_queries: int = 64      # TensorRT engines are built for
 
 
 @dataclass
@@ -345,19 +347,48 @@ for _dtype in ("float16", "float32"):
                       _bundle_unavailable_for(_dtype), _bundle_runner(_dtype), _bundle_prepare(_dtype)))
 
 
+def _trt_engines_dir(ctx) -> Path:
+    return ctx.workdir / f"trt_fp16_clips{ctx.max_clips}_q{ctx.max_queries}"
+
+
+def _trt_limits(ctx):
+    from hieramamba.runtime.scheduler import ChunkScheduler
+    from hieramamba.runtime.trt import EngineLimits
+
+    chunk = ChunkScheduler.__init__.__defaults__[0]  # the runner's chunk: the scheduler default
+    return EngineLimits(chunk=chunk, max_batch=ctx.max_queries,
+                        max_text_len=ctx.opt["eval"]["max_text_len"], max_clips=ctx.max_clips)
+
+
 def _trt_unavailable(ctx) -> Optional[str]:
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (extra [tensorrt])"
     if not _cuda(ctx):
         return "TensorRT needs a CUDA device (none here)"
-    try:
-        mod = importlib.import_module("hieramamba.export")
-    except ImportError:
-        mod = None
-    if getattr(mod, "bench_trt_runner", None) is None:
-        return "hieramamba.export exposes no bench_trt_runner(ctx) yet (engine building, issue 4)"
-    return None
+    reason = _bundle_unavailable_for("float16")(ctx)
+    if reason is None and not ctx.allow_export and not (_trt_engines_dir(ctx) / "engines.json").is_file():
+        reason = f"no {_trt_engines_dir(ctx).name} in {ctx.workdir} and building was switched off (--no-export)"
+    return reason
 
 
-register(PathSpec("tensorrt", "TensorRT engine with the HydraScan plugin", _trt_unavailable,
-                  lambda ctx: importlib.import_module("hieramamba.export").bench_trt_runner(ctx)))
+def _trt_prepare(ctx):
+    """The fp16 bundle, then its per-stage engines for this run's longest video and largest
+    query group (``hieramamba build-engines``)."""
+    _bundle_prepare("float16")(ctx)
+    out = _trt_engines_dir(ctx)
+    if not (out / "engines.json").is_file():
+        from hieramamba.export.trt_build import build_bundle_engines
+
+        build_bundle_engines(_bundle_dir(ctx, "float16"), _trt_limits(ctx), out, progress=False)
+
+
+def _trt_runner(ctx):
+    """Per-stage TensorRT engines of the fp16 bundle through the chunk scheduler."""
+    from hieramamba.runtime.trt import TrtBackend
+
+    backend = TrtBackend(_bundle_dir(ctx, "float16"), _trt_engines_dir(ctx), device=ctx.device)
+    return _scheduler_runner(backend.plan, backend)
+
+
+register(PathSpec("runtime_trt_fp16", "hieramamba.runtime chunk scheduler on TensorRT engines per stage "
+                  "(fp16 bundle, HydraScan plugin)", _trt_unavailable, _trt_runner, _trt_prepare))
