@@ -40,7 +40,7 @@ def run_one(args) -> dict:
     if args.path == "ort":
         from hieramamba.runtime import GroundingRuntime
 
-        rt = GroundingRuntime.load(args.bundle, chunk=args.chunk)
+        rt = GroundingRuntime.load(args.bundle, chunk=args.chunk, threads=args.threads)
         plan = rt.plan
         dv, dt = plan["vid_in_dim"], plan["text_in_dim"]
         sec_per_clip = plan["clip_stride"] / 30.0

@@ -84,17 +84,18 @@ class GroundingRuntime:
         return cls(backend, plan_from_model(model, opt), **kwargs)
 
     @classmethod
-    def load(cls, bundle_dir, backend: str = "onnxruntime", providers=None, plugin_library=None,
-             engines=None, device="cuda", **kwargs) -> "GroundingRuntime":
+    def load(cls, bundle_dir, backend: str = "onnxruntime", providers=None, threads=None,
+             plugin_library=None, engines=None, device="cuda", **kwargs) -> "GroundingRuntime":
         """Open an export bundle (``hieramamba.export.stages.export_bundle``) on ``backend``:
-        ``"onnxruntime"`` (``providers`` as ORT takes them) or ``"tensorrt"`` (the engines
+        ``"onnxruntime"`` (``providers`` as ORT takes them, ``threads`` intra-op threads per
+        call, default ORT's: one per physical core) or ``"tensorrt"`` (the engines
         ``hieramamba build-engines`` wrote, default ``<bundle>/trt``, on CUDA ``device``; chunk,
         max_batch and attn_rows default to the engines' limits). The torch backend runs a model,
         not a bundle: use ``from_model``."""
         if backend == "onnxruntime":
             from .bundle import OrtBackend
 
-            be = OrtBackend(bundle_dir, providers=providers)
+            be = OrtBackend(bundle_dir, providers=providers, intra_op_threads=threads)
             return cls(be, be.plan, **kwargs)
         if backend == "tensorrt":
             from .trt import TrtBackend, import_tensorrt

@@ -120,7 +120,7 @@ class OrtBackend(StageGraphBackend):
     name = "onnxruntime"
 
     def __init__(self, bundle_dir, providers=None, intra_op_threads: int | None = None,
-                 cpu_mem_arena: bool = False):
+                 cpu_mem_arena: bool = False, spinning: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -134,6 +134,11 @@ class OrtBackend(StageGraphBackend):
         # Off by default: every stage/level has its own session, and each session's arena kept
         # its largest chunk's buffers (tiny default, 3 h video: 248 → 134 MB peak, same latency).
         self.cpu_mem_arena = cpu_mem_arena
+        # Off by default: each stage session owns an intra-op pool whose threads spin after its
+        # calls. With the cores shared with another busy process that cost 4× (tiny default, 1 h
+        # video, 2 threads: 0.97–1.22 s spinning, 0.27 s not); on an idle machine the two are
+        # within noise (0.24–0.26 vs 0.25–0.27 s; Ego4D 2304 clips: 0.79–0.92 vs 0.85–0.91 s).
+        self.spinning = spinning
         self._sessions, self._lock = {}, threading.Lock()
 
     def _session(self, name):
@@ -145,6 +150,7 @@ class OrtBackend(StageGraphBackend):
                     raise CheckpointError(f"{self.dir}: bundle has no stage {name!r}")
                 opts = self.ort.SessionOptions()
                 opts.enable_cpu_mem_arena = self.cpu_mem_arena
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
                 if self.threads:
                     opts.intra_op_num_threads = self.threads
                 sess = self.ort.InferenceSession(str(self.dir / st["file"]), opts, providers=self.providers)
