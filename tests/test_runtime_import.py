@@ -37,9 +37,12 @@ def test_runtime_imports_and_runs_host_code_without_torch():
         import hieramamba.runtime as rt
         from hieramamba.runtime import GroundingRuntime, HaloStream, level_geometry
         from hieramamba.runtime.bundle import OrtBackend, read_manifest
+        from hieramamba.runtime.trt import EngineLimits, dim_ranges  # engine planning: no torch either
         from hieramamba.postprocess import ground_query
         from hieramamba.errors import CheckpointError
         g = level_geometry(1024, 777, 2, 9)
+        plan = {"pad_multiple": 32, "vid_stride": 1, "num_levels": 6, "windowed": [True] * 6}
+        assert dim_ranges("pre0", plan, EngineLimits(16, 2, 8, 600))["tok"] == (1, 20, 20)
         assert [x.length for x in g][:3] == [512, 256, 128] and g[0].valid == 389
         try:
             read_manifest("/nonexistent-bundle")
