@@ -1,0 +1,193 @@
+"""HydraScan implementations vs sequence length, with achieved bandwidth vs a measured copy.
+
+Not a CI test. Paths (each skipped with its reason when it cannot run here):
+
+* ``reference``  ``hydra_scan_reference`` (pure PyTorch, chunked SSD) on the device;
+* ``native``     the C++ CPU kernel (``--device cpu``) or the CUDA kernel (``--device cuda``) of
+                 ``plugins/`` through ``hieramamba.ops.native`` (library built by CMake);
+* ``triton``     mamba-ssm's ``mamba_chunk_scan_combined`` run the way Hydra runs it: forward and
+                 time-flipped backward problems stacked on the batch axis, one scan with
+                 ``dt_softplus``, the backward half flipped back, both shifted one step and added
+                 (CUDA + mamba-ssm + triton only).
+
+Every path's ``y`` is compared with the reference (max relative error), so a fast wrong kernel
+shows. Bandwidth: the scan's minimal traffic is one read of ``x, dt_f, dt_b, B_f, C_f, B_b, C_b``
+and one write of ``y`` (states are negligible); "GB/s" is that over the time, "% copy" divides it
+by the bandwidth of a device-to-device copy of as many bytes measured in the same run.
+Issue 5's targets (GPU): ``native`` ≥ 70 % of copy, ≥ 2× ``triton``.
+
+    python benchmarks/bench_scan.py --device cuda --dtype float16 --lengths 1024,4096,16384,65536
+    python benchmarks/bench_scan.py --device cpu --lengths 1024,4096 --repeats 3    # smoke run here
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hieramamba.ops.hydra_scan import hydra_scan_reference
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def make_inputs(batch, length, heads, headdim, groups, dstate, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale)  # noqa: E731
+    t = {"x": r(batch, length, heads, headdim), "dt_f": r(batch, length, heads, scale=0.5) - 1.0,
+         "dt_b": r(batch, length, heads, scale=0.5) - 1.0, "A": -torch.rand(heads, generator=g) - 0.5,
+         "dt_bias": r(heads, scale=0.1),
+         **{k: r(batch, length, groups, dstate, scale=dstate ** -0.5) for k in ("B_f", "C_f", "B_b", "C_b")}}
+    out = {}
+    for k, v in t.items():
+        io = dtype if k in ("x", "B_f", "C_f", "B_b", "C_b") else torch.float32
+        out[k] = v.to(device=device, dtype=io).contiguous()
+    return out
+
+
+def minimal_bytes(t) -> int:
+    return sum(t[k].numel() * t[k].element_size() for k in ("x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b")) \
+        + t["x"].numel() * t["x"].element_size()  # y written
+
+
+def args_of(t):
+    return (t["x"], t["dt_f"], t["dt_b"], t["A"], t["dt_bias"], t["B_f"], t["C_f"], t["B_b"], t["C_b"])
+
+
+def run_reference(t, chunk):
+    return hydra_scan_reference(*args_of(t), None, None, chunk_size=chunk)[0]
+
+
+def native_runner(device):
+    from hieramamba.ops import native
+
+    if device == "cpu":
+        fn = native.native_hydra_scan_cpu
+    else:
+        lib = native.load_native_library(required=True)
+        if not lib.hm_has_cuda():
+            raise RuntimeError("the plugin library was built without the CUDA kernel")
+        fn = native.native_hydra_scan_cuda
+    native.load_native_library(required=True)
+    return lambda t, chunk: fn(*args_of(t), None, None, chunk_size=chunk)[0]
+
+
+def triton_runner(device):
+    if device == "cpu":
+        raise RuntimeError("mamba-ssm's Triton kernels need a CUDA device")
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    def run(t, chunk):
+        b = t["x"].shape[0]
+        stack = lambda f, bw: torch.cat([f, bw.flip(1)], 0)  # noqa: E731
+        y = mamba_chunk_scan_combined(stack(t["x"], t["x"]), stack(t["dt_f"], t["dt_b"]), t["A"],
+                                      stack(t["B_f"], t["B_b"]), stack(t["C_f"], t["C_b"]), chunk,
+                                      D=None, z=None, dt_bias=t["dt_bias"], dt_softplus=True)
+        y_f, y_b = y[:b], y[b:].flip(1)
+        return F.pad(y_f[:, :-1], (0, 0, 0, 0, 1, 0)) + F.pad(y_b[:, 1:], (0, 0, 0, 0, 0, 1))
+
+    return run
+
+
+def timed(fn, device, warmup, repeats) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            out.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def copy_bandwidth(nbytes, device, warmup, repeats) -> float:
+    """GB/s of a device-to-device copy of ``nbytes`` (read + write counted)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    t = statistics.median(timed(lambda: dst.copy_(src), device, warmup, repeats))
+    return 2 * nbytes / t / 1e9
+
+
+def rel_err(got, want) -> float:
+    want = want.double()
+    return float((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    ap.add_argument("--lengths", default="1024,4096,16384,65536")
+    ap.add_argument("--batch", type=int, default=1)
+    # Ego4D level-0 Hydra: 12 heads × 64, d_state 64, one group (MAD: 16 heads).
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--headdim", type=int, default=64)
+    ap.add_argument("--dstate", type=int, default=64)
+    ap.add_argument("--groups", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--paths", default="reference,native,triton")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--json", help="write the rows here")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device, dtype = a.device, DTYPES[a.dtype]
+    runners, rows = {}, []
+    for name in a.paths.split(","):
+        try:
+            runners[name] = {"reference": lambda d: run_reference, "native": native_runner,
+                             "triton": triton_runner}[name](device)
+        except Exception as exc:  # reported, never dropped
+            print(f"{name}: skipped ({type(exc).__name__}: {exc})")
+    env = f"torch {torch.__version__}, device {device}"
+    if device == "cuda":
+        env += f" ({torch.cuda.get_device_name()}, CUDA {torch.version.cuda})"
+    print(f"{env}; dtype {a.dtype}; B={a.batch} H={a.heads} P={a.headdim} N={a.dstate} G={a.groups} "
+          f"chunk={a.chunk}; median of {a.repeats} after {a.warmup} warm-up")
+    print(f"{'L':>6s} {'path':10s} {'ms':>9s} {'GB/s':>8s} {'% copy':>7s} {'× triton':>8s} {'rel err':>9s}")
+    for L in (int(x) for x in a.lengths.split(",")):
+        t = make_inputs(a.batch, L, a.heads, a.headdim, a.groups, a.dstate, dtype, device)
+        nbytes = minimal_bytes(t)
+        copy_gbs = copy_bandwidth(nbytes, device, a.warmup, a.repeats)
+        want = run_reference(t, a.chunk)
+        times = {}
+        for name, fn in runners.items():
+            try:
+                got = fn(t, a.chunk)
+                err = rel_err(got, want)
+                times[name] = statistics.median(timed(lambda: fn(t, a.chunk), device, a.warmup, a.repeats))
+            except Exception as exc:
+                print(f"{L:>6d} {name:10s} failed: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            gbs = nbytes / times[name] / 1e9
+            rows.append({"L": L, "path": name, "seconds": times[name], "gb_s": gbs, "copy_gb_s": copy_gbs,
+                         "rel_err_vs_reference": err})
+        for row in (r for r in rows if r["L"] == L):
+            vs = times.get("triton")
+            ratio = f"{vs / row['seconds']:8.2f}" if vs else f"{'–':>8s}"
+            print(f"{L:>6d} {row['path']:10s} {row['seconds'] * 1e3:9.3f} {row['gb_s']:8.1f} "
+                  f"{100 * row['gb_s'] / copy_gbs:6.1f}% {ratio} {row['rel_err_vs_reference']:9.2e}")
+        print(f"{L:>6d} {'copy':10s} {'':>9s} {copy_gbs:8.1f}   ({device} memory copy of {nbytes / 2**20:.1f} MiB)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"environment": env, "settings": vars(a), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
