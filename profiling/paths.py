@@ -105,6 +105,43 @@ register(PathSpec("eager_bf16", "PyTorch eager, bf16 weights and activations",
                   _half_unavailable("bfloat16"), lambda ctx: _eager_runner(ctx, "bfloat16")))
 
 
+# -- eager with the fused CUDA scan kernel -----------------------------------------------------
+
+def _fused_unavailable(ctx) -> Optional[str]:
+    if not _cuda(ctx):
+        return "the fused HydraScan kernel is CUDA only (eager on CPU already uses the C++ kernel)"
+    from hieramamba.ops import native
+
+    info = native.native_library_info()
+    if info is None:
+        return f"plugin library not built ({native.BUILD_COMMAND})"
+    if not info["has_cuda"]:
+        return "plugin library built without the CUDA kernel (nvcc was not found at build time)"
+    return None
+
+
+def _fused_runner(ctx: BenchContext):
+    """Eager fp16 with the CUDA kernel of plugins/ as the op's CUDA implementation, registered
+    only around this path's own calls (the other paths keep the reference scan on CUDA)."""
+    from hieramamba.ops import hydra_scan as op
+    from hieramamba.ops.native import native_hydra_scan_cuda
+
+    base = _eager_runner(ctx, "float16")
+
+    def run(inputs):
+        op.register_kernel("cuda", native_hydra_scan_cuda)
+        try:
+            return base(inputs)
+        finally:
+            op.unregister_kernel("cuda")
+
+    return run
+
+
+register(PathSpec("eager_fused", "PyTorch eager fp16 with the fused CUDA HydraScan kernel (plugins/)",
+                  _fused_unavailable, _fused_runner))
+
+
 # -- eager + CUDA graphs ----------------------------------------------------------------------
 
 def _cuda_graph_runner(ctx: BenchContext):

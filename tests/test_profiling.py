@@ -121,12 +121,12 @@ def test_mode_switch_is_validated_and_overhead_is_small():
 
 def test_bench_harness_tiny(tmp_path, tiny):
     settings = BenchSettings(config="tiny", clips=(32, 64), queries=(1, 2), warmup=1, repeats=2, threads=1,
-                             paths=("eager_fp32", "eager_bf16", "eager_cuda_graphs", "runtime_chunked",
-                                    "ort_portable"),
+                             paths=("eager_fp32", "eager_bf16", "eager_cuda_graphs", "eager_fused",
+                                    "runtime_chunked", "ort_portable"),
                              isolate_memory=False, workdir=str(tmp_path / "work"), export=False)
     report = run_bench(settings, log=lambda m: None)
     rows = {(r["path"], r["case"]["clips"], r["case"]["queries"]): r for r in report["results"]}
-    assert len(rows) == 5 * 4
+    assert len(rows) == 6 * 4
     assert rows[("ort_portable", 32, 1)]["status"] == "skipped"  # no file in workdir, export off
     ref = rows[("eager_fp32", 64, 2)]
     assert ref["status"] == "ok" and ref["vs_eager"]["max_abs_err_logits"] == 0
@@ -136,6 +136,7 @@ def test_bench_harness_tiny(tmp_path, tiny):
     assert bf16["status"] == "ok" and bf16["speedup_vs_eager"] > 0 and bf16["vs_eager"]["finite"]
     if not torch.cuda.is_available():
         assert rows[("eager_cuda_graphs", 32, 1)]["status"] == "skipped"
+        assert "CUDA only" in report["paths"]["eager_fused"]["reason"]
     rt = rows[("runtime_chunked", 64, 2)]
     assert rt["status"] == "ok" and rt["vs_eager"]["top1_equal"], rt  # the chunked runtime is exact
     files = write_outputs(report, tmp_path / "out")
