@@ -209,3 +209,20 @@ def test_without_tensorrt_the_backend_says_so(tmp_path, capsys):
         GroundingRuntime.load(tmp_path, backend="tensorrt")
     assert main(["build-engines", str(tmp_path)]) == 2
     assert "not a runtime bundle" in capsys.readouterr().err
+
+
+def test_concurrent_calls_get_their_own_contexts(engines):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle_dir, eng_dir, _ = engines
+    be = HostTrtBackend(bundle_dir, eng_dir)
+    rt = GroundingRuntime(be, be.plan, chunk=16, max_batch=2)
+    rng = np.random.default_rng(3)
+    jobs = [(rng.standard_normal((n, be.plan["vid_in_dim"])).astype(np.float32),
+             [rng.standard_normal((5, be.plan["text_in_dim"])).astype(np.float32)]) for n in (90, 200)]
+    alone = [rt.level_outputs(v, q) for v, q in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda job: rt.level_outputs(*job), jobs))
+    for a, b in zip(alone, together):
+        for la, lb in zip(a[0][0], b[0][0]):  # first query's logits, every level
+            np.testing.assert_array_equal(la, lb)
