@@ -9,12 +9,12 @@ caller expects; any mismatch raises ExportError naming the field, expected and a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
 
 from hieramamba.errors import ExportError
+from hieramamba.runtime.bundle import file_sha256
 
 FORMAT = "hieramamba-onnx-manifest"
 FORMAT_VERSION = 1
@@ -24,14 +24,6 @@ REQUIRED = ("format", "format_version", "kind", "dtype", "opset", "mask_semantic
 
 def manifest_path(path) -> Path:
     return Path(str(path) + ".json")
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict:

@@ -4,6 +4,7 @@ TensorRT backend is ``runtime/trt.py``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -19,17 +20,32 @@ SCAN_OP_DOMAIN = "hieramamba"  # ONNX domain and plugin namespace
 SCAN_OP_VERSION = "1"
 
 
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json(path, what: str, missing: str) -> dict:
+    """A JSON manifest; CheckpointError(``missing``) when the file is absent, one naming the file
+    when it cannot be parsed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(missing)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable {what} ({exc})") from exc
+
+
 def read_manifest(bundle_dir) -> dict:
     """Read and check a bundle manifest; raises CheckpointError on a missing file or a version
     this runtime does not understand."""
     path = Path(bundle_dir) / "manifest.json"
-    if not path.is_file():
-        raise CheckpointError(f"{bundle_dir}: not a runtime bundle (no manifest.json); export one "
-                              "with hieramamba.export.stages.export_bundle")
-    try:
-        man = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable manifest ({exc})") from exc
+    man = read_json(path, "manifest", f"{bundle_dir}: not a runtime bundle (no manifest.json); export "
+                    "one with hieramamba.export.stages.export_bundle")
     if man.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{path}: bundle format is {man.get('format')!r}, this runtime reads "
                               f"{BUNDLE_FORMAT!r}; re-export the bundle with this version")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -30,7 +29,8 @@ import numpy as np
 
 from hieramamba.errors import BackendUnavailableError, CheckpointError, InputError
 
-from .bundle import SCAN_OP_DOMAIN, SCAN_OP_TYPE, SCAN_OP_VERSION, StageGraphBackend, read_manifest
+from .bundle import (SCAN_OP_DOMAIN, SCAN_OP_TYPE, SCAN_OP_VERSION, StageGraphBackend, file_sha256,
+                     read_json, read_manifest)
 from .scheduler import ATTN_SCORES_PER_BLOCK, FRONT_HALO, HEAD_HALO, ceil_div, level_geometry
 
 ENGINES_FORMAT = "hieramamba-trt-engines/1"
@@ -237,14 +237,6 @@ def profile_shapes(stage: str, input_dims: dict, ranges: dict) -> dict:
 
 
 # -- engines manifest ----------------------------------------------------------------------
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def bundle_fingerprint(bundle_dir) -> str:
     """The bundle's manifest hash plus its stage files' sizes: engines belong to one bundle."""
     d = Path(bundle_dir)
@@ -269,13 +261,8 @@ def read_engines_manifest(engines_dir, bundle_dir) -> dict:
     """Read and check an engines folder against its bundle (format, bundle fingerprint, one
     engine file per stage). TensorRT version, GPU and checksums are checked by ``TrtBackend``."""
     path = Path(engines_dir) / ENGINES_MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{engines_dir}: no TensorRT engines there ({ENGINES_MANIFEST} missing); "
-                              f"build them with `hieramamba build-engines {bundle_dir}`")
-    try:
-        em = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable engines manifest ({exc})") from exc
+    em = read_json(path, "engines manifest", f"{engines_dir}: no TensorRT engines there ({ENGINES_MANIFEST} "
+                   f"missing); build them with `hieramamba build-engines {bundle_dir}`")
     if em.get("format") != ENGINES_FORMAT:
         raise CheckpointError(f"{path}: engines format {em.get('format')!r}, this runtime reads "
                               f"{ENGINES_FORMAT!r}; rebuild the engines")
