@@ -150,14 +150,20 @@ def largest_attn_block(slots_max: int, attn_rows: Optional[int]) -> int:
     return best
 
 
+def _longest_video_geometry(plan: dict, limits: EngineLimits):
+    """Per-level lengths of the longest video the engines take (padded as the runtime pads)."""
+    pm = plan["pad_multiple"]
+    return level_geometry(ceil_div(limits.max_clips, pm) * pm, limits.max_clips, plan["vid_stride"],
+                          plan["num_levels"])
+
+
 def dim_ranges(stage: str, plan: dict, limits: EngineLimits, text1=None) -> dict:
     """``{dim symbol: (min, opt, max)}`` for the symbols of the stage graphs' input shapes
     (``export.stages._stage_specs`` names them), from the scheduler's windows at these limits
     (every window also capped by its level's length at ``max_clips``). ``text1``: the range of
     the encoded text length (the text stage's output), when known."""
     lim = limits.validate()
-    pm = plan["pad_multiple"]
-    geo = level_geometry(ceil_div(lim.max_clips, pm) * pm, lim.max_clips, plan["vid_stride"], plan["num_levels"])
+    geo = _longest_video_geometry(plan, lim)
     c, cp = lim.chunk, lim.chunk // 2
     level = stage_level(stage)
     g = geo[level if level is not None else 0]
@@ -185,9 +191,7 @@ def dim_ranges(stage: str, plan: dict, limits: EngineLimits, text1=None) -> dict
 def index_ranges(stage: str, plan: dict, limits: EngineLimits) -> dict:
     """Value ranges of the scalar int64 inputs, for TensorRT when it treats one as a shape
     tensor (``IOptimizationProfile.set_shape_input``)."""
-    pm = plan["pad_multiple"]
-    geo = level_geometry(ceil_div(limits.max_clips, pm) * pm, limits.max_clips, plan["vid_stride"],
-                         plan["num_levels"])
+    geo = _longest_video_geometry(plan, limits)
     level = stage_level(stage)
     g = geo[level if level is not None else 0]
     return {"pe_start": (0, 0, geo[0].length), "pe_total": (1, geo[0].length, geo[0].length),
