@@ -38,8 +38,9 @@ Manifests and checks
 TensorRT
 --------
 ``trt_build.build_engine(onnx, engine, ProfileSpec(...), plugin_library=..., timing_cache=...)``;
-``profile_from_args("128:2304:9216", "1:8:32", "24")``. Without TensorRT or the plugin library:
-``BackendUnavailableError``.
+``profile_from_args("128:2304:9216", "1:8:32", "24")``; per stage of a runtime bundle:
+``trt_build.build_bundle_engines(bundle, runtime.trt.EngineLimits(...))``. Without TensorRT or
+the plugin library: ``BackendUnavailableError``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ _LAZY = {
     "custom_scan_nodes": "scan_node", "ScanSignature": "scan_node",
     "load_manifest": "manifest", "build_manifest": "manifest", "write_manifest": "manifest",
     "ProfileSpec": "trt_build", "build_engine": "trt_build", "profile_from_args": "trt_build",
+    "build_bundle_engines": "trt_build",
 }
 
 __all__ = sorted(_LAZY)
