@@ -52,9 +52,9 @@ def ort_session(path, threads: Optional[int] = None):
     except ImportError as exc:
         raise BackendUnavailableError("onnxruntime is not installed: pip install "
                                       "'hieramamba[export]'") from exc
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
+    from hieramamba.runtime.bundle import ort_session_options
+
+    so = ort_session_options(ort, threads)
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -43,7 +43,7 @@ import torch.nn as nn
 
 from hieramamba.errors import ExportError
 
-from hieramamba.runtime.bundle import BUNDLE_FORMAT, SCAN_OP_VERSION
+from hieramamba.runtime.bundle import BUNDLE_FORMAT, SCAN_OP_VERSION, ort_session_options
 
 
 class TextStage(nn.Module):
@@ -161,7 +161,7 @@ def _stage_specs(model, dtype):
     """(name, module, example args, dynamic shapes, input names, output names) per stage."""
     from torch.export import Dim
 
-    B, T, Tt, W = Dim("batch", min=1), Dim("time", min=2), Dim("text", min=1), Dim("window", min=2)
+    B, Tt = Dim("batch", min=1), Dim("text", min=1)
     f = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
     bm = lambda *s: torch.ones(*s, dtype=torch.bool)  # noqa: E731
     i64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
@@ -170,7 +170,6 @@ def _stage_specs(model, dtype):
     d = model.vid_net.embd_fc.conv.out_channels
     with torch.no_grad():
         text_enc, text_enc_mask = model.encode_text(f(nq, dt_in, tt), bm(nq, 1, tt))
-    ct, tt1 = text_enc.shape[1], text_enc.shape[2]
     Tt1 = Dim("text1", min=2)
     specs = [("text", TextStage(model), (f(nq, dt_in, tt), bm(nq, 1, tt)),
               ({0: B, 2: Tt}, {0: B, 2: Tt}), ["text", "text_mask"], ["text_enc", "text_enc_mask"])]
@@ -306,8 +305,7 @@ def _verify_stage(proto, module, args, input_names, dtype: str, stage: str) -> f
     with torch.no_grad():
         want = module(*args)
     want = want if isinstance(want, (tuple, list)) else (want,)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts = ort_session_options(ort, 1)
     opts.log_severity_level = 3
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {n: a.detach().cpu().numpy() for n, a in zip(input_names, args)}

@@ -252,8 +252,9 @@ def _ort_runner(portable: bool):
         path = _onnx_file(ctx, portable)
         if not path.is_file():
             raise BackendUnavailableError(f"{path} was not exported (prepare step skipped or failed)")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = ctx.threads
+        from hieramamba.runtime.bundle import ort_session_options
+
+        so = ort_session_options(ort, ctx.threads)
         so.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
         if _cuda(ctx) and "CUDAExecutionProvider" in ort.get_available_providers():
