@@ -15,7 +15,8 @@ scan op version, every stage's file and I/O names) and one ONNX file per stage:
 ``gattn_in{l}`` (global-attention levels) fused1, seq_mask of the level → per-head q, k, v
 ``gattn_rows{l}`` q rows block, k, v, seq_mask → attention output of those rows
 ``gattn_out{l}`` fused1, seq_mask, attention output → anchors, tokens
-``heads{l}``    tokens window, mask, text_enc, text_enc_mask → logits, offsets
+``heads``       tokens window, mask, text_enc, text_enc_mask, level_scale → logits, offsets
+                (one graph for every level; the level's scale is ``plan["head_scales"][l]``)
 ==============  ==========================================================================
 
 Every stage is a thin wrapper that calls the model's own modules (the same calls as
@@ -140,21 +141,21 @@ class GlobalAttnOutStage(nn.Module):
 
 
 class HeadsStage(nn.Module):
-    """Late fusion + heads of one level. Holds the level's scale itself (and the level only
-    through it), so the heads graphs of all levels share a structure and differ in one weight."""
+    """Late fusion + heads, for every level: the level enters only through its regression
+    scale, a graph input (``level_scale``, the ``plan["head_scales"]`` value), so a bundle holds
+    these weights once instead of once per level."""
 
-    def __init__(self, model, level):
+    def __init__(self, model):
         super().__init__()
         self.fusion, self.cls_head = model.fusion, model.cls_head
-        self.level_scale = model.reg_head.scales[level]
-        # The regression tower without the other levels' scales (a shallow copy sharing the
-        # conv/norm submodules): the graph then names the scale "level_scale.scale" at every level.
+        # The regression tower without the per-level scales (a shallow copy sharing the conv/norm
+        # submodules): the scales are inputs, not weights, of this graph.
         self.reg_tower = copy.copy(model.reg_head)
         self.reg_tower._modules = {k: v for k, v in model.reg_head._modules.items() if k != "scales"}
 
-    def forward(self, tokens, mask, text, text_mask):
+    def forward(self, tokens, mask, text, text_mask, level_scale):
         x, xm = self.fusion(tokens, mask, text, text_mask)
-        return self.cls_head(x, xm), self.reg_tower.with_scale(x, xm, self.level_scale)
+        return self.cls_head(x, xm), self.reg_tower.with_scale(x, xm, level_scale)
 
 
 def _stage_specs(model, dtype):
@@ -225,11 +226,12 @@ def _stage_specs(model, dtype):
                           (f(bb, L, d), bm(bb, L, 1), f(bb, nh, L, hdim)),
                           ({0: B, 1: S}, {0: B, 1: S}, qkv_dyn), ["fused1", "seq_mask", "attn"],
                           ["anchors", "tokens"]))
-        HT = Dim("htime", min=2)
-        hd = {0: TB, 2: HT} if TB is not None else {2: HT}
-        specs.append((f"heads{lvl}", HeadsStage(model, lvl), (f(bb, d, t), bm(bb, 1, t), text_enc, text_enc_mask),
-                      (hd, hd) + text_dyn, ["tokens", "mask", "text_enc", "text_enc_mask"],
-                      ["logits", "offsets"]))
+    HT = Dim("htime", min=2)
+    hd = {0: TB, 2: HT} if TB is not None else {2: HT}
+    specs.append(("heads", HeadsStage(model),
+                  (f(bb, d, t), bm(bb, 1, t), text_enc, text_enc_mask, torch.tensor(1.5)),
+                  (hd, hd) + text_dyn + (None,), ["tokens", "mask", "text_enc", "text_enc_mask", "level_scale"],
+                  ["logits", "offsets"]))
     return specs
 
 

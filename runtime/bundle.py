@@ -13,7 +13,7 @@ import numpy as np
 
 from hieramamba.errors import BackendUnavailableError, CheckpointError
 
-BUNDLE_FORMAT = "hieramamba-runtime-bundle/2"  # 2: global levels in gattn_* stages
+BUNDLE_FORMAT = "hieramamba-runtime-bundle/3"  # 2: global levels in gattn_* stages; 3: one heads stage
 # The HydraScan node / TensorRT plugin identity (DESIGN §3), one place for export and runtime.
 SCAN_OP_TYPE = "HydraScan"
 SCAN_OP_DOMAIN = "hieramamba"  # ONNX domain and plugin namespace
@@ -139,8 +139,8 @@ class StageGraphBackend:
         return a, t
 
     def heads(self, level, tokens, mask, text, text_mask):
-        lg, of = self._run(f"heads{level}", tokens=self._dense(tokens), mask=mask,
-                           text_enc=text, text_enc_mask=text_mask)
+        lg, of = self._run("heads", tokens=self._dense(tokens), mask=mask, text_enc=text, text_enc_mask=text_mask,
+                           level_scale=np.asarray(self.plan["head_scales"][level], np.float32))
         return lg, of
 
 

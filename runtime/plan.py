@@ -6,7 +6,7 @@ from __future__ import annotations
 
 PLAN_KEYS = ("num_levels", "vid_stride", "windowed", "early_fusion", "mask_semantics", "vid_in_dim",
              "text_in_dim", "scan", "pad_multiple", "max_text_len", "batchify", "eval",
-             "clip_size", "clip_stride")
+             "clip_size", "clip_stride", "head_scales")
 
 
 def plan_from_model(model, opt: dict) -> dict:
@@ -33,4 +33,6 @@ def plan_from_model(model, opt: dict) -> dict:
         "eval": {k: ev[k] for k in ("pre_nms_thresh", "pre_nms_topk", "seg_len_thresh", "nms")},
         "clip_size": data.get("clip_size", 1),
         "clip_stride": data.get("clip_stride", 1) * data.get("downsample_rate", 1),
+        # The regression head's per-level scales (fp32 values): the one heads graph takes them as input.
+        "head_scales": [float(s.scale.detach().float()) for s in model.reg_head.scales],
     }

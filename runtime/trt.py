@@ -182,9 +182,9 @@ def dim_ranges(stage: str, plan: dict, limits: EngineLimits, text1=None) -> dict
     elif stage.startswith("gattn"):
         r["slots"] = upto(g.pairs, g.pairs)              # the whole level
         r["rows"] = upto(largest_attn_block(3 * g.pairs, lim.attn_rows), 3 * g.pairs)
-    if stage.startswith("heads"):
-        windowed = plan["windowed"][level]
-        r["htime"] = upto(c + 4 + 3 * HEAD_HALO, g.length) if windowed else upto(g.length, g.length)
+    if stage == "heads":  # one graph for every level: the largest window of any level
+        r["htime"] = max((upto(c + 4 + 3 * HEAD_HALO, geo[l].length) if plan["windowed"][l]
+                          else upto(geo[l].length, geo[l].length)) for l in range(plan["num_levels"]))
     return r
 
 

@@ -23,32 +23,32 @@ def test_bundle_reuses_graphs_of_equal_levels_and_keeps_the_model(bundle, export
     path, model, _ = bundle
     assert next(model.parameters()).dtype == torch.float32
     lines = {line.split(":")[0]: line for line in export_log}
-    for kind in ("pre", "scan", "post", "local", "heads"):
+    for kind in ("pre", "scan", "post", "local"):
         assert "traced" in lines[f"{kind}0"], lines[f"{kind}0"]
         for level in range(1, 5):
             assert f"graph of {kind}0" in lines[f"{kind}{level}"], lines[f"{kind}{level}"]
-    # Level 5 (global attention) has other modules: its own graphs, except the shared heads.
+    # Level 5 (global attention) has other modules: its own graphs.
     for stage in ("pre5", "gattn_in5", "gattn_rows5", "gattn_out5"):
         assert "traced" in lines[stage], lines[stage]
-    assert "graph of heads0" in lines["heads5"]
     man = json.loads((path / "manifest.json").read_text())
-    assert man["dtype"] == "float32" and set(man["stages"]) >= {"text", "front", "scan1", "heads5", "gattn_rows5"}
+    assert man["dtype"] == "float32" and set(man["stages"]) >= {"text", "front", "scan1", "heads", "gattn_rows5"}
+    # One heads graph for all levels, the level's scale an input taken from the plan.
+    assert not any(s.startswith("heads") and s != "heads" for s in man["stages"])
+    assert man["plan"]["head_scales"] == [float(s.scale) for s in model.reg_head.scales]
 
 
 def test_reused_graph_with_wrong_weights_is_caught():
-    """The per-stage check is what makes graph reuse safe: level 1's heads run with level 0's
-    graph *and weights* must be rejected."""
-    from hieramamba.export.stages import HeadsStage, _stage_specs, _trace_stage, _verify_stage
+    """The per-stage check is what makes graph reuse safe: level 1's pre stage run with level
+    0's graph *and weights* must be rejected."""
+    from hieramamba.export.stages import PreStage, _stage_specs, _trace_stage, _verify_stage
 
     model, _ = small_model()
-    with torch.no_grad():
-        model.reg_head.scales[1].scale.fill_(2.5)
     spec = {s[0]: s for s in _stage_specs(model, torch.float32)}
-    name, module, args, dyn, ins, outs = spec["heads0"]
+    name, module, args, dyn, ins, outs = spec["pre0"]
     proto = _trace_stage(module, args, dyn, ins, outs, 18, name)
-    assert _verify_stage(proto, module, args, ins, "float32", "heads0") < 1e-4
-    with pytest.raises(ExportError, match="heads1: ONNX Runtime differs"):
-        _verify_stage(proto, HeadsStage(model, 1), args, ins, "float32", "heads1")
+    assert _verify_stage(proto, module, args, ins, "float32", "pre0") < 1e-4
+    with pytest.raises(ExportError, match="pre1: ONNX Runtime differs"):
+        _verify_stage(proto, PreStage(model.vid_net.branch[1]), args, ins, "float32", "pre1")
 
 
 @pytest.mark.slow

@@ -84,10 +84,14 @@ def test_dim_expressions_and_attention_blocks():
 def test_dim_ranges_follow_chunk_and_level_lengths():
     plan = {"pad_multiple": 32, "vid_stride": 1, "num_levels": 6, "windowed": [True] * 5 + [False]}
     lim = EngineLimits(chunk=16, max_batch=4, max_text_len=16, max_clips=600)  # 608 padded
-    r0, r5 = dim_ranges("pre0", plan, lim), dim_ranges("heads5", plan, lim)
+    r0 = dim_ranges("pre0", plan, lim)
     assert r0["batch"] == (1, 4, 4) and r0["tok"] == (1, 20, 20) and r0["slen"] == (3, 24, 24)
     assert dim_ranges("pre5", plan, lim)["tok"] == (1, 19, 19)      # level 5 has 19 tokens
-    assert r5["htime"] == (1, 19, 19)                                # global level: whole level
+    # The one heads graph: the largest window of any level (windowed: chunk + 22, capped by
+    # the level's length: level 4 has 38 tokens; the global level 5 sends its whole 19).
+    assert dim_ranges("heads", plan, lim)["htime"] == (1, 38, 38)
+    big = EngineLimits(chunk=16, max_batch=4, max_text_len=16, max_clips=6000)  # level 5: 188 tokens
+    assert dim_ranges("heads", plan, big)["htime"] == (1, 188, 188)
     assert dim_ranges("gattn_rows5", plan, lim)["rows"] == (1, 30, 30)
     with pytest.raises(InputError, match="even"):
         dim_ranges("pre0", plan, EngineLimits(chunk=15, max_batch=1, max_text_len=1, max_clips=1))
@@ -132,7 +136,7 @@ def test_engines_refuse_what_they_were_not_built_for(engines):
     tokens = be.from_numpy(np.zeros((1, 32, 100), np.float32))
     mask = be.from_numpy(np.ones((1, 1, 100), bool))
     text, tmask = be.text(np.zeros((1, plan["text_in_dim"], 16), np.float32), np.ones((1, 1, 16), bool))
-    with pytest.raises(InputError, match="stage heads0: input tokens has shape .*outside the engines' profile"):
+    with pytest.raises(InputError, match="stage heads: input tokens has shape .*outside the engines' profile"):
         be.heads(0, tokens, mask, text, tmask)
 
 

@@ -45,9 +45,10 @@ class RegHead(_ConvTower):
         self.scales = nn.ModuleList(Scale() for _ in range(num_fpn_levels))
 
     def forward(self, x, mask, level: int):
-        return self.with_scale(x, mask, self.scales[level])
+        return self.with_scale(x, mask, self.scales[level].scale)
 
-    def with_scale(self, x, mask, scale: Scale):
-        """The head with a given level's ``Scale`` (lets an exported per-level graph hold the
-        scale as its own parameter, export/stages.py)."""
-        return F.relu(scale(self._tower(x, mask))).transpose(1, 2)
+    def with_scale(self, x, mask, scale):
+        """The head with a given level's scale value (a 0-d tensor: ``Scale.scale``), so that
+        one exported graph serves every level with the scale as an input (export/stages.py)."""
+        out = self._tower(x, mask)
+        return F.relu(out * scale.to(out.dtype)).transpose(1, 2)

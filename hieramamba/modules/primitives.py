@@ -94,14 +94,11 @@ class LayerScale(nn.Module):
 
 
 class Scale(nn.Module):
-    """One learned scalar per pyramid level (regression head)."""
+    """One learned scalar per pyramid level (regression head; applied by ``RegHead.with_scale``)."""
 
     def __init__(self, init=1.0):
         super().__init__()
         self.scale = nn.Parameter(torch.as_tensor(init, dtype=torch.float))
-
-    def forward(self, x):
-        return x * self.scale.to(x.dtype)
 
 
 def sinusoid_table(seq_len: int, dim: int) -> torch.Tensor:
