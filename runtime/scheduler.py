@@ -38,10 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 
 FRONT_HALO = 4   # level-0 steps (8 input features at stride 2)
-# Query rows × keys per block of a global attention (per batch row, head). 2^18: its fp32
-# temporaries (~5 score-sized copies) stay ~5 MB per batch row and head; 2^20 was 41 MB of the
-# 10 h peak RSS of the tiny fp16 bundle (1 query). Any value is exact.
-ATTN_SCORES_PER_BLOCK = 2 ** 18
+# Query rows × keys per block of a global attention (per batch row, head). 2^16: its fp32
+# temporaries (~5 score-sized copies) stay ~1.3 MB per batch row and head; 2^20 was 41 MB and
+# 2^18 10 MB of the 10 h peak RSS of the tiny fp16 bundle (1 query), for ~200 row-block calls
+# per query batch on a 10 h Ego4D video. Any value is exact.
+ATTN_SCORES_PER_BLOCK = 2 ** 16
 HEAD_HALO = 6    # level tokens
 SLOT_HALO = 3    # interleaved slots = one anchor pair
 
@@ -209,22 +210,21 @@ class ChunkScheduler:
         be = self.backend
         chunks = self._chunks(g)
         zero_state, zero_row = be.zeros_state(level, bb), be.zeros_row(level, bb)
-        # Pass 1, right → left: what each chunk needs from its right neighbour.
-        right = [None] * len(chunks)
-        state_b, c_b_next = zero_state, zero_row
-        for k in range(len(chunks) - 1, -1, -1):
-            right[k] = (state_b, c_b_next)
-            if k == 0:
-                break
+        # Pass 1, right → left: what each chunk needs from its right neighbour, written into
+        # arrays allocated once (per-chunk pieces kept alive would fragment the heap).
+        n = len(chunks)
+        right_state = be.empty_like(zero_state, (n,) + tuple(zero_state.shape))
+        right_row = be.empty_like(zero_row, (n,) + tuple(zero_row.shape))
+        right_state[n - 1], right_row[n - 1] = zero_state, zero_row
+        for k in range(n - 1, 0, -1):
             pre = self._pre(level, g, source, n_valid, bb, *chunks[k])
-            _, _, state_b = be.scan(level, pre["scan"], zero_state, state_b, zero_row, zero_row)
-            # Copies, not views: a view would keep the whole window's conv output alive per chunk.
-            c_b_next = be.copy(pre["scan"][6][:, 0])
+            _, _, right_state[k - 1] = be.scan(level, pre["scan"], zero_state, right_state[k], zero_row, zero_row)
+            right_row[k - 1] = pre["scan"][6][:, 0]
         # Pass 2, left → right.
         state_f, c_f_prev = zero_state, zero_row
         for k, (p0, p1) in enumerate(chunks):
             pre = self._pre(level, g, source, n_valid, bb, p0, p1)
-            y, state_f_new, _ = be.scan(level, pre["scan"], state_f, right[k][0], c_f_prev, right[k][1])
+            y, state_f_new, _ = be.scan(level, pre["scan"], state_f, right_state[k], c_f_prev, right_row[k])
             state_f, c_f_prev = state_f_new, be.copy(pre["scan"][4][:, -1])
             consume(be.amp_post(level, pre, y), pre["seq_mask"])
 
