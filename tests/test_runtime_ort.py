@@ -34,7 +34,7 @@ def test_bundle_reuses_graphs_of_equal_levels_and_keeps_the_model(bundle, export
     assert man["dtype"] == "float32" and set(man["stages"]) >= {"text", "front", "scan1", "heads", "gattn_rows5"}
     # One heads graph for all levels, the level's scale an input taken from the plan.
     assert not any(s.startswith("heads") and s != "heads" for s in man["stages"])
-    assert man["plan"]["head_scales"] == [float(s.scale) for s in model.reg_head.scales]
+    assert man["plan"]["head_scales"] == [float(s.scale.detach()) for s in model.reg_head.scales]
 
 
 def test_reused_graph_with_wrong_weights_is_caught():
