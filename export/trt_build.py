@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from hieramamba.errors import ExportError
-from hieramamba.runtime.trt import (PLUGIN_ENV, PLUGIN_LIBRARY_NAME, MIN_TRT_MAJOR,  # noqa: F401
-                                    find_plugin_library, gpu_info, import_tensorrt, load_scan_plugin)
+from hieramamba.runtime.trt import gpu_info, import_tensorrt, load_scan_plugin
 
 from . import scan_node
 from .manifest import file_sha256, load_manifest
@@ -259,14 +258,10 @@ def build_bundle_engines(bundle_dir, limits, out_dir=None, *, plugin_library=Non
         builder = trt.Builder(logger)
         old_cache = out / "timing.cache"
         cache = _timing_cache(builder, old_cache if old_cache.is_file() else tmp / "timing.cache")
-        stages = {}
-        names = list(man["stages"])
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            bar = tqdm(names, desc="engines", unit="stage")
-        for name in names:
+        stages = {}
+        for name in tqdm(list(man["stages"]), desc="engines", unit="stage", disable=not progress):
             prof = profiles[name]
             t1 = time.perf_counter()
             blob = serialize_network(
@@ -277,10 +272,6 @@ def build_bundle_engines(bundle_dir, limits, out_dir=None, *, plugin_library=Non
             stages[name] = {"file": f"{name}.engine", "sha256": file_sha256(tmp / f"{name}.engine"),
                             "profile": {k: [list(s) for s in v] for k, v in prof["shapes"].items()}}
             log(f"{name}: {time.perf_counter() - t1:.1f} s")
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
         (tmp / "timing.cache").write_bytes(bytes(cache.serialize()))
         em = engines_manifest(bundle_dir, limits, stages, trt_version=trt.__version__,
                               plugin_library=str(lib) if lib else None, gpu=gpu_info(),

@@ -72,10 +72,15 @@ def read_manifest(bundle_dir) -> dict:
     for key in ("plan", "stages", "dtype"):
         if key not in man:
             raise CheckpointError(f"{path}: manifest lacks {key!r}")
-    for name, st in man["stages"].items():
-        if not (Path(bundle_dir) / st["file"]).is_file():
-            raise CheckpointError(f"{bundle_dir}: stage {name!r} file {st['file']} is missing")
+    require_stage_files(bundle_dir, man["stages"], "stage")
     return man
+
+
+def require_stage_files(folder, stages: dict, what: str) -> None:
+    """CheckpointError naming the first ``{stage: {"file": ...}}`` entry missing from ``folder``."""
+    for name, st in stages.items():
+        if not (Path(folder) / st["file"]).is_file():
+            raise CheckpointError(f"{folder}: {what} file {st['file']} of stage {name!r} is missing")
 
 
 class StageGraphBackend:

@@ -30,7 +30,7 @@ import numpy as np
 from hieramamba.errors import BackendUnavailableError, CheckpointError, InputError
 
 from .bundle import (SCAN_OP_DOMAIN, SCAN_OP_TYPE, SCAN_OP_VERSION, StageGraphBackend, file_sha256,
-                     read_json, read_manifest)
+                     read_json, read_manifest, require_stage_files)
 from .scheduler import ATTN_SCORES_PER_BLOCK, FRONT_HALO, HEAD_HALO, ceil_div, level_geometry
 
 ENGINES_FORMAT = "hieramamba-trt-engines/1"
@@ -276,9 +276,7 @@ def read_engines_manifest(engines_dir, bundle_dir) -> dict:
     missing = [s for s in read_manifest(bundle_dir)["stages"] if s not in em.get("stages", {})]
     if missing:
         raise CheckpointError(f"{path}: no engine for stage(s) {', '.join(missing)}; rebuild the engines")
-    for name, st in em["stages"].items():
-        if not (Path(engines_dir) / st["file"]).is_file():
-            raise CheckpointError(f"{engines_dir}: engine file {st['file']} of stage {name!r} is missing")
+    require_stage_files(engines_dir, em["stages"], "engine")
     return em
 
 

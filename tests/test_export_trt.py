@@ -8,9 +8,9 @@ import pytest
 
 from hieramamba.cli import main
 from hieramamba.errors import BackendUnavailableError, ExportError
-from hieramamba.export.trt_build import (ProfileSpec, engine_manifest, find_plugin_library,
-                                         import_tensorrt, input_dims_from_manifest,
+from hieramamba.export.trt_build import (ProfileSpec, engine_manifest, input_dims_from_manifest,
                                          parse_range, profile_from_args)
+from hieramamba.runtime.trt import find_plugin_library, import_tensorrt
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
