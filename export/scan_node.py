@@ -85,6 +85,11 @@ def symbolic_hydra_scan(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0=
         state_f0 = zeros if state_f0 is None else state_f0
         state_b0 = zeros if state_b0 is None else state_b0
     has_states = state_f0 is not None
+    # The kernels take dt_f, dt_b, A and dt_bias in one dtype, fp32 or x's (plugins/hydra_scan
+    # README). The half model has A in fp32 (-exp(A_log.float())) and the others in half: a
+    # mixed group goes to fp32, which is exact and what the scan computes in anyway.
+    if len({t.dtype for t in (dt_f, dt_b, A, dt_bias)}) > 1:
+        dt_f, dt_b, A, dt_bias = (t.float() for t in (dt_f, dt_b, A, dt_bias))
     bsz, L, H, P = x.shape
     G, N = B_f.shape[2], B_f.shape[3]
     sig = ScanSignature(x.dtype, dt_f.dtype, A.dtype, dt_bias.dtype, _static(H, "H"),

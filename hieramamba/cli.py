@@ -63,8 +63,11 @@ def cmd_ground(args) -> int:
     if args.bundle is not None:
         from hieramamba.runtime import GroundingRuntime  # torch-free path (but for tensorrt)
 
-        trt = dict(engines=args.engines, plugin_library=args.plugin) if args.backend == "tensorrt" else {}
-        grounder = GroundingRuntime.load(args.bundle, backend=args.backend or "onnxruntime", **trt, **chunked)
+        if args.backend == "tensorrt":
+            extra = dict(engines=args.engines, plugin_library=args.plugin)
+        else:
+            extra = dict(scan_kernel=args.scan_kernel)
+        grounder = GroundingRuntime.load(args.bundle, backend=args.backend or "onnxruntime", **extra, **chunked)
     elif args.backend == "torch":
         from hieramamba.checkpoint import load_experiment
         from hieramamba.runtime import GroundingRuntime
@@ -150,7 +153,8 @@ def cmd_demo(args) -> int:
         bundle = default_bundle(args.dtype, log=lambda line: print(f"  [export] {line}", file=sys.stderr,
                                                                    flush=True))
         runtime = GroundingRuntime.load(bundle, chunk=args.chunk)
-        path = f"exported {args.dtype} bundle on ONNX Runtime (CPU), chunk {args.chunk}"
+        scan = {"native": "C++ kernel", "graph": "ONNX function body"}[runtime.backend.scan_kernel]
+        path = f"exported {args.dtype} bundle on ONNX Runtime (CPU; HydraScan: {scan}), chunk {args.chunk}"
     else:
         runtime = GroundingRuntime.from_model(model, opt, dtype=args.dtype, chunk=args.chunk)
         path = f"torch {args.dtype} backend, chunk {args.chunk}"
@@ -194,6 +198,9 @@ def main(argv=None) -> int:
                    "from `hieramamba build-engines`)")
     p.add_argument("--plugin", help="--backend tensorrt: HydraScan plugin library "
                    "(default build/libhieramamba_trt_plugin.so or $HIERAMAMBA_TRT_PLUGIN)")
+    p.add_argument("--scan-kernel", default="auto", choices=["auto", "native", "graph"],
+                   help="--backend onnxruntime: run HydraScan nodes with the C++ kernel of the plugin "
+                        "library (native), their ONNX function body (graph), or native when built (auto)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="--backend torch precision")
     p.add_argument("--progress", action="store_true", help="progress bar (on by default for > 8192 clips)")
     p.add_argument("--ckpt", default="last")

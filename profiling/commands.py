@@ -106,12 +106,13 @@ def _workload_args(p, default_clips="256"):
 
 
 def add_subcommands(sub) -> None:
+    from .bench import DEFAULT_PATHS
+
     p = sub.add_parser("bench", help="latency/throughput/memory of every execution path (JSON, Markdown, PNG)")
     _workload_args(p)
     p.add_argument("--clips", default="256", help="video lengths, comma-separated (default 256)")
     p.add_argument("--queries", default="1", help="query counts, comma-separated (default 1)")
-    p.add_argument("--paths", help="comma-separated subset of: eager_fp32, eager_fp16, eager_bf16, "
-                                   "eager_cuda_graphs, ort_custom, ort_portable, runtime_chunked, tensorrt")
+    p.add_argument("--paths", help="comma-separated subset of: " + ", ".join(DEFAULT_PATHS))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
     p.add_argument("--no-plots", action="store_true")

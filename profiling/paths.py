@@ -245,7 +245,7 @@ def _ort_prepare(portable: bool):
     return prepare
 
 
-def _ort_runner(portable: bool):
+def _ort_runner(portable: bool, scan_kernel: str = "graph"):
     def build(ctx):
         import onnxruntime as ort
 
@@ -254,7 +254,7 @@ def _ort_runner(portable: bool):
             raise BackendUnavailableError(f"{path} was not exported (prepare step skipped or failed)")
         from hieramamba.runtime.bundle import ort_session_options
 
-        so = ort_session_options(ort, ctx.threads)
+        so = ort_session_options(ort, ctx.threads, scan_kernel=scan_kernel)
         so.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
         if _cuda(ctx) and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -283,6 +283,19 @@ register(PathSpec("ort_custom", "ONNX Runtime, graph with HydraScan nodes (local
                   _ort_unavailable_for(False), _ort_runner(False), _ort_prepare(False)))
 register(PathSpec("ort_portable", "ONNX Runtime, portable graph (HydraScan inlined)",
                   _ort_unavailable_for(True), _ort_runner(True), _ort_prepare(True)))
+
+
+def _ort_native_unavailable(ctx) -> Optional[str]:
+    from hieramamba.native_library import BUILD_COMMAND, load_native_library
+
+    if load_native_library(required=False) is None:
+        return f"plugin library not built ({BUILD_COMMAND})"
+    return _ort_unavailable_for(False)(ctx)
+
+
+register(PathSpec("ort_native", "ONNX Runtime, graph with HydraScan nodes run by the C++ kernel "
+                                "(libhieramamba_plugins as custom-op library)",
+                  _ort_native_unavailable, _ort_runner(False, "native"), _ort_prepare(False)))
 
 
 # -- chunked runtime (issue 6) and TensorRT ---------------------------------------------------

@@ -13,11 +13,17 @@ import numpy as np
 
 from hieramamba.errors import BackendUnavailableError, CheckpointError
 
-BUNDLE_FORMAT = "hieramamba-runtime-bundle/3"  # 2: global levels in gattn_* stages; 3: one heads stage
+# 2: global levels in gattn_* stages; 3: one heads stage; 4: HydraScan nodes get their dt inputs
+# in one dtype (fp16 bundles had A in fp32, the rest in fp16: refused by the TensorRT plugin's
+# format table and by the ONNX Runtime kernel).
+BUNDLE_FORMAT = "hieramamba-runtime-bundle/4"
 # The HydraScan node / TensorRT plugin identity (DESIGN §3), one place for export and runtime.
 SCAN_OP_TYPE = "HydraScan"
 SCAN_OP_DOMAIN = "hieramamba"  # ONNX domain and plugin namespace
 SCAN_OP_VERSION = "1"
+# How ONNX Runtime runs HydraScan nodes (ort_session_options): native kernel, function body, or
+# native when the library is built.
+SCAN_KERNEL_CHOICES = ("auto", "native", "graph")
 
 
 def file_sha256(path) -> str:
@@ -41,20 +47,42 @@ def read_json(path, what: str, missing: str) -> dict:
 
 
 def ort_session_options(ort, threads=None, *, arena: bool = True, mem_pattern: bool = False,
-                        spinning: bool = True):
+                        spinning: bool = True, scan_kernel: str = "graph"):
     """``onnxruntime.SessionOptions`` as this project runs its graphs. ``threads``: intra-op
     threads (None: ORT's default, one per physical core); ``arena``: the CPU memory arena;
     ``mem_pattern``: ORT plans one block for all of a run's intermediates per input shape — off
     by default: the whole-model MAD graph (8192 clips, 2 threads) peaked at 1282 MB (1 query) /
     3797 MB (4 queries) with it and 856 / 2112 MB without, at equal latency (docs/export.md);
-    ``spinning``: idle intra-op threads spin (see ``OrtBackend``)."""
+    ``spinning``: idle intra-op threads spin (see ``OrtBackend``); ``scan_kernel``: how
+    ``hieramamba::HydraScan`` nodes run — ``"graph"``: their ONNX function body, op by op;
+    ``"native"``: the C++ kernel of ``libhieramamba_plugins`` (required; same results, faster,
+    docs/export.md); ``"auto"``: native when the library is built, else the body. Use
+    ``resolve_scan_kernel`` first to know which one ``"auto"`` gives."""
     so = ort.SessionOptions()
     so.enable_mem_pattern = mem_pattern
     so.enable_cpu_mem_arena = arena
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if threads:
         so.intra_op_num_threads = threads
+    if resolve_scan_kernel(scan_kernel) == "native":
+        from hieramamba.native_library import register_ort_scan_kernel
+
+        register_ort_scan_kernel(so, threads, required=True)
     return so
+
+
+def resolve_scan_kernel(choice: str) -> str:
+    """``"native"`` or ``"graph"`` for a ``scan_kernel`` choice (``"auto"``: native when
+    ``libhieramamba_plugins`` can be loaded). ``"native"`` without the library raises
+    ``BackendUnavailableError`` with the build command."""
+    from hieramamba.native_library import load_native_library
+
+    if choice not in SCAN_KERNEL_CHOICES:
+        raise ValueError(f"scan_kernel must be one of {SCAN_KERNEL_CHOICES}, got {choice!r}")
+    if choice == "graph":
+        return "graph"
+    found = load_native_library(required=choice == "native") is not None
+    return "native" if found else "graph"
 
 
 def read_manifest(bundle_dir) -> dict:
@@ -158,7 +186,7 @@ class OrtBackend(StageGraphBackend):
     name = "onnxruntime"
 
     def __init__(self, bundle_dir, providers=None, intra_op_threads: int | None = None,
-                 cpu_mem_arena: bool = False, spinning: bool = False):
+                 cpu_mem_arena: bool = False, spinning: bool = False, scan_kernel: str = "auto"):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -177,6 +205,9 @@ class OrtBackend(StageGraphBackend):
         # video, 2 threads: 0.97–1.22 s spinning, 0.27 s not); on an idle machine the two are
         # within noise (0.24–0.26 vs 0.25–0.27 s; Ego4D 2304 clips: 0.79–0.92 vs 0.85–0.91 s).
         self.spinning = spinning
+        # "native" or "graph" (ort_session_options): the C++ HydraScan kernel when the plugin
+        # library is built (Ego4D stage graphs: see docs/export.md), else the nodes' function body.
+        self.scan_kernel = resolve_scan_kernel(scan_kernel)
         self._sessions, self._lock = {}, threading.Lock()
 
     def _session(self, name):
@@ -190,7 +221,8 @@ class OrtBackend(StageGraphBackend):
                 # allocations per call by one (Ego4D 2304 clips × 8 queries, 2 threads: 6.9–7.4 s
                 # with, 9.6–9.9 s without; same at 1 query).
                 opts = ort_session_options(self.ort, self.threads, arena=self.cpu_mem_arena,
-                                           mem_pattern=True, spinning=self.spinning)
+                                           mem_pattern=True, spinning=self.spinning,
+                                           scan_kernel=self.scan_kernel)
                 sess = self.ort.InferenceSession(str(self.dir / st["file"]), opts, providers=self.providers)
                 self._sessions[name] = (sess, {i.name for i in sess.get_inputs()})
                 sess = self._sessions[name]

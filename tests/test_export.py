@@ -108,6 +108,27 @@ def test_ort_matches_eager_custom_and_portable(tiny_export, tmp_path, T, nq):
     _assert_close(res_p, 1e-4)
 
 
+def test_native_scan_kernel_replaces_the_function_body(tiny_export, tmp_path):
+    """With libhieramamba_plugins registered, ONNX Runtime runs the HydraScan nodes with the C++
+    kernel instead of inlining their function body (seen in its profile), with the same outputs."""
+    from hieramamba.native_library import load_native_library
+    from hieramamba.runtime.bundle import ort_session_options
+
+    if load_native_library(required=False) is None:
+        pytest.skip("libhieramamba_plugins is not built (tests/test_native_scan.py builds it)")
+    model, _, path, _ = tiny_export
+    ran = {}
+    for kernel in ("native", "graph"):
+        so = ort_session_options(ort, 2, scan_kernel=kernel)
+        so.enable_profiling, so.profile_file_prefix = True, str(tmp_path / kernel)
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        _assert_close(run_case(sess, model, 300, 2, 16, seed=7, valid=290), 1e-4)
+        events = json.loads(open(sess.end_profiling()).read())
+        ran[kernel] = {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
+    assert "HydraScan" in ran["native"], sorted(ran["native"])
+    assert "HydraScan" not in ran["graph"] and "CumSum" in ran["graph"]
+
+
 def test_fp16_graph_is_strongly_typed_and_close(tiny_export, tmp_path):
     model, opt, _, _ = tiny_export
     path, man = export_to_file(model, opt, tmp_path / "h.onnx", dtype="float16")
@@ -121,10 +142,19 @@ def test_fp16_graph_is_strongly_typed_and_close(tiny_export, tmp_path):
     assert len(n.output) == 3
     assert any(x.op_type == "Cast" and onnx.helper.get_attribute_value(x.attribute[0]) == onnx.TensorProto.FLOAT
                for x in proto.graph.node)
-    sess = ort_session(path)
-    for T, nq in [(1, 1), (700, 2)]:
-        res = run_case(sess, model, T, nq, 16, dtype=torch.float16, seed=T)
-        assert res.worst() <= 1e-2, [(e.name, e.max_rel) for e in res.errors]
+    sessions = [ort_session(path)]
+    from hieramamba.native_library import load_native_library
+    from hieramamba.runtime.bundle import ort_session_options
+
+    if load_native_library(required=False) is not None:
+        # The kernels take the node's dt inputs in one dtype: the half model's fp32 A and fp16
+        # dt/dt_bias are exported as fp32 (exact), else no kernel would match this node.
+        sessions.append(ort.InferenceSession(str(path), ort_session_options(ort, 2, scan_kernel="native"),
+                                             providers=["CPUExecutionProvider"]))
+    for sess in sessions:
+        for T, nq in [(1, 1), (700, 2)]:
+            res = run_case(sess, model, T, nq, 16, dtype=torch.float16, seed=T)
+            assert res.worst() <= 1e-2, [(e.name, e.max_rel) for e in res.errors]
 
 
 @pytest.mark.parametrize("case", ["ego4d", "tacos"])

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from hieramamba import native_library
 from hieramamba.errors import BackendUnavailableError, InputError
 from hieramamba.ops import native
 
@@ -281,11 +282,16 @@ def test_c_abi_validation_and_cuda_entry(lib):
     assert (b"dstate" in err.value) if lib.hm_has_cuda() else (b"without CUDA" in err.value)
 
 
-def test_missing_library_error_names_paths_and_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_REPO_ROOT", tmp_path)
-    monkeypatch.setattr(native, "_PACKAGE_DIR", tmp_path)
+def _no_library(monkeypatch, tmp_path):
+    """Make libhieramamba_plugins unfindable for one test (the loader caches the loaded file)."""
+    monkeypatch.setattr(native_library, "_lib", None)
+    monkeypatch.setattr(native_library, "_REPO_ROOT", tmp_path)
+    monkeypatch.setattr(native_library, "_PACKAGE_DIR", tmp_path)
     monkeypatch.setenv(native.LIBRARY_ENV, str(tmp_path / "nowhere.so"))
+
+
+def test_missing_library_error_names_paths_and_command(monkeypatch, tmp_path):
+    _no_library(monkeypatch, tmp_path)
     assert native.load_native_library(required=False) is None
     with pytest.raises(BackendUnavailableError) as e:
         native.load_native_library(required=True)
@@ -315,6 +321,115 @@ def test_registers_as_the_ops_cpu_kernel(lib):
 # ------------------------------------------------------------------------------------------------
 # C++ unit tests and the CUDA compile check
 # ------------------------------------------------------------------------------------------------
+
+
+# ------------------------------------------------------------------------------------------------
+# The kernel inside ONNX Runtime (the library is also an ORT custom-op library)
+# ------------------------------------------------------------------------------------------------
+
+_SCAN_DIMS = {"x": ["B", "L", "H", "P"], "dt_f": ["B", "L", "H"], "dt_b": ["B", "L", "H"], "A": ["H"],
+              "dt_bias": ["H"], "B_f": ["B", "L", "G", "N"], "C_f": ["B", "L", "G", "N"],
+              "B_b": ["B", "L", "G", "N"], "C_b": ["B", "L", "G", "N"], "state_f0": ["B", "H", "P", "N"],
+              "state_b0": ["B", "H", "P", "N"]}
+
+
+def _scan_node_model(act, dt, states: bool) -> bytes:
+    """One ``hieramamba::HydraScan`` node with no function body, so ONNX Runtime can run it only
+    with our kernel. Inputs are fp32 (numpy has no bf16) cast to the tested types in the graph."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    code = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
+            torch.bfloat16: TensorProto.BFLOAT16}
+    names = ORDER[:11 if states else 9]
+    types = {n: code[act] for n in names}
+    types.update({n: code[dt] for n in ("dt_f", "dt_b", "A", "dt_bias")})
+    types.update({n: TensorProto.FLOAT for n in ("state_f0", "state_b0")})
+    nodes = [helper.make_node("Cast", [n], [n + "_cast"], to=types[n]) for n in names]
+    nodes.append(helper.make_node("HydraScan", [n + "_cast" for n in names], ["y_cast", "state_f", "state_b"],
+                                  domain="hieramamba", chunk_size=64, has_initial_states=int(states),
+                                  plugin_version="1", plugin_namespace="hieramamba"))
+    nodes.append(helper.make_node("Cast", ["y_cast"], ["y"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(
+        nodes, "hydra_scan_node",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, _SCAN_DIMS[n]) for n in names],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, _SCAN_DIMS["x"]),
+         helper.make_tensor_value_info("state_f", TensorProto.FLOAT, _SCAN_DIMS["state_f0"]),
+         helper.make_tensor_value_info("state_b", TensorProto.FLOAT, _SCAN_DIMS["state_b0"])])
+    model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17),
+                                                                  helper.make_opsetid("hieramamba", 1)])
+    return model.SerializeToString()
+
+
+def _ort_scan(t, act, dt, threads=2):
+    ort = pytest.importorskip("onnxruntime")
+    from hieramamba.runtime.bundle import ort_session_options
+
+    states = t["state_f0"] is not None
+    sess = ort.InferenceSession(_scan_node_model(act, dt, states),
+                                ort_session_options(ort, threads, scan_kernel="native"),
+                                providers=["CPUExecutionProvider"])
+    feeds = {n: t[n].float().numpy() for n in ORDER[:11 if states else 9]}
+    return sess.run(None, feeds)
+
+
+@pytest.mark.parametrize("act,dt,L,G,states,tol", [
+    (torch.float32, torch.float32, 1, 1, False, 1e-5),
+    (torch.float32, torch.float32, 17, 2, True, 1e-5),
+    (torch.float32, torch.float32, 300, 1, True, 1e-5),
+    (torch.float32, torch.float32, 1000, 2, False, 1e-5),
+    (torch.float16, torch.float32, 300, 2, True, 2e-3),
+    (torch.float16, torch.float16, 300, 1, False, 2e-3),
+    (torch.bfloat16, torch.float32, 300, 2, True, 1e-2),
+    (torch.bfloat16, torch.bfloat16, 17, 1, False, 1e-2),
+])
+def test_ort_custom_op_matches_float64_oracle(lib, act, dt, L, G, states, tol):
+    t = make_inputs(2, L, 4, 8, G, 16, states=states, seed=L + G, dtype=act, dt_dtype=dt)
+    y, sf, sb = _ort_scan(t, act, dt)
+    y_ref, sf_ref, sb_ref = oracle(*args(t))
+    assert y.shape == (2, L, 4, 8) and sf.shape == sb.shape == (2, 4, 8, 16)
+    assert rel_err(y, y_ref) <= tol
+    assert rel_err(sf, sf_ref) <= 1e-5
+    assert rel_err(sb, sb_ref) <= 1e-5
+
+
+def test_ort_custom_op_threads_and_missing_kernel(lib):
+    ort = pytest.importorskip("onnxruntime")
+    from hieramamba.runtime.bundle import ort_session_options
+
+    t = make_inputs(3, 200, 4, 8, 2, 16, states=True, seed=4)
+    one, many = _ort_scan(t, torch.float32, torch.float32, 1), _ort_scan(t, torch.float32, torch.float32, 3)
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a, b)
+    # Without the kernel registered a body-less node cannot run: the results above are the kernel's.
+    with pytest.raises(Exception, match="HydraScan"):
+        ort.InferenceSession(_scan_node_model(torch.float32, torch.float32, True), ort_session_options(ort, 1),
+                             providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda t: t.update(dt_f=t["dt_f"][:, :-1]), "dimension L differs"),
+    (lambda t: t.update(**{k: t[k].repeat(1, 1, 2, 1)[:, :, :3] for k in ("B_f", "C_f", "B_b", "C_b")}),
+     "divisible"),
+    (lambda t: t.update(state_b0=t["state_b0"][:, :, :, :-1]), "dimension N differs"),
+])
+def test_ort_custom_op_bad_shapes_fail_with_the_reason(lib, mutate, needle):
+    t = make_inputs(1, 20, 4, 8, 2, 16, states=True, seed=2)  # G=2: the repeat-and-cut gives G=3
+    mutate(t)
+    with pytest.raises(Exception, match=needle):
+        _ort_scan(t, torch.float32, torch.float32)
+
+
+def test_scan_kernel_choice_without_library(monkeypatch, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from hieramamba.runtime.bundle import ort_session_options, resolve_scan_kernel
+
+    _no_library(monkeypatch, tmp_path)
+    assert resolve_scan_kernel("auto") == "graph" and resolve_scan_kernel("graph") == "graph"
+    with pytest.raises(BackendUnavailableError, match="cmake -S . -B build"):
+        ort_session_options(ort, 1, scan_kernel="native")
+    with pytest.raises(ValueError, match="scan_kernel"):
+        resolve_scan_kernel("fast")
 
 
 def test_ctest_unit_tests(lib):

@@ -52,14 +52,21 @@ def test_reused_graph_with_wrong_weights_is_caught():
 
 
 @pytest.mark.slow
-def test_ort_bundle_equals_eager_grounder(bundle):
+@pytest.mark.parametrize("scan_kernel", ["native", "graph"])
+def test_ort_bundle_equals_eager_grounder(bundle, scan_kernel):
+    """Both ways ONNX Runtime runs the HydraScan nodes (C++ kernel, ONNX function body)."""
+    from hieramamba.native_library import load_native_library
+
+    if scan_kernel == "native" and load_native_library(required=False) is None:
+        pytest.skip("libhieramamba_plugins is not built (tests/test_native_scan.py builds it)")
     path, model, opt = bundle
     rng = np.random.default_rng(0)
     video = rng.standard_normal((150, model.vid_in_dim)).astype(np.float32)  # > max_seq_len: resampled PE
     queries = [rng.standard_normal((n, model.text_in_dim)).astype(np.float32) for n in (3, 16, 6)]
     want = Grounder(model, opt).level_outputs(video, queries)
     # attn_rows=4: level 5's global attention (3 pairs = 9 slots here) in uneven row blocks.
-    rt = GroundingRuntime.load(path, chunk=24, max_batch=2, attn_rows=4)
+    rt = GroundingRuntime.load(path, chunk=24, max_batch=2, attn_rows=4, scan_kernel=scan_kernel)
+    assert rt.backend.scan_kernel == scan_kernel
     got = rt.level_outputs(video, queries)
     for (gl, go, gm), (wl, wo, wm) in zip(got, want):
         for level in range(len(wl)):

@@ -1,12 +1,5 @@
-"""Native HydraScan kernels through the C ABI of ``libhieramamba_plugins`` (``plugins/``).
-
-The library is built by the top-level ``CMakeLists.txt``::
-
-    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j
-
-and found, in this order, at ``$HIERAMAMBA_PLUGIN_LIB`` (the file, or a folder holding it),
-``<repo>/build/libhieramamba_plugins.so`` and next to the ``hieramamba`` package. Nothing is loaded
-at import time; the first call that needs the library loads it once per process.
+"""Native HydraScan kernels for torch tensors, through the C ABI of ``libhieramamba_plugins``
+(``plugins/``; found and loaded by ``hieramamba.native_library``, which says where it looks).
 
 ``native_hydra_scan_cpu`` has the calling convention of a kernel for
 ``hieramamba.ops.hydra_scan.register_kernel("cpu", fn)``::
@@ -23,13 +16,19 @@ kernel has been validated on a GPU).
 from __future__ import annotations
 
 import ctypes
-import os
-import sys
-import threading
-from pathlib import Path
 from typing import Optional
 
 from ..errors import BackendUnavailableError, HieraMambaError, InputError
+from ..native_library import (  # noqa: F401  (re-exported: this module's public names)
+    ABI_VERSION,
+    BUILD_COMMAND,
+    LIBRARY_ENV,
+    _HmScanShape,
+    library_candidates,
+    loaded_library_path,
+    load_native_library,
+    native_library_info,
+)
 
 __all__ = [
     "ABI_VERSION",
@@ -44,123 +43,9 @@ __all__ = [
     "register_native_cuda_kernel",
 ]
 
-ABI_VERSION = 1  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
-LIBRARY_ENV = "HIERAMAMBA_PLUGIN_LIB"
-BUILD_COMMAND = "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j"
-
-# Return codes and dtype codes of the C ABI (plugins/hydra_scan/hydraScanKernel.h).
+# Return codes of the C ABI (plugins/hydra_scan/hydraScanKernel.h).
 _HM_OK, _HM_ERR_INVALID_ARGUMENT, _HM_ERR_UNSUPPORTED, _HM_ERR_RUNTIME = 0, 1, 2, 3
 _ERR_LEN = 1024
-
-
-def _library_file_name() -> str:
-    if sys.platform == "darwin":
-        return "libhieramamba_plugins.dylib"
-    if sys.platform == "win32":
-        return "hieramamba_plugins.dll"
-    return "libhieramamba_plugins.so"
-
-
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
-
-
-class _HmScanShape(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int64)
-                for name in ("batch", "length", "heads", "headdim", "groups", "dstate")]
-
-
-_lock = threading.Lock()
-_lib: Optional[ctypes.CDLL] = None
-_lib_path: Optional[Path] = None
-
-
-def library_candidates() -> list[Path]:
-    """Where the library is looked for, in order."""
-    name = _library_file_name()
-    paths = []
-    env = os.environ.get(LIBRARY_ENV)
-    if env:
-        p = Path(env).expanduser()
-        paths.append(p / name if p.is_dir() else p)
-    paths.append(_REPO_ROOT / "build" / name)
-    paths.append(_PACKAGE_DIR / name)
-    return paths
-
-
-def _bind(lib: ctypes.CDLL) -> None:
-    vp, i32 = ctypes.c_void_p, ctypes.c_int
-    shape_p = ctypes.POINTER(_HmScanShape)
-    lib.hm_abi_version.argtypes, lib.hm_abi_version.restype = [], i32
-    lib.hm_version.argtypes, lib.hm_version.restype = [], ctypes.c_char_p
-    lib.hm_has_cuda.argtypes, lib.hm_has_cuda.restype = [], i32
-    lib.hm_hydra_scan_validate.argtypes = [shape_p, i32, i32, ctypes.c_char_p, i32]
-    lib.hm_hydra_scan_validate.restype = i32
-    lib.hm_hydra_scan_workspace_size.argtypes = [shape_p, i32]
-    lib.hm_hydra_scan_workspace_size.restype = ctypes.c_size_t
-    # shape, dtype, dt_dtype, 9 inputs, 2 initial states, y, 2 states, threads, err, errlen
-    lib.hm_hydra_scan_cpu.argtypes = [shape_p, i32, i32] + [vp] * 14 + [i32, ctypes.c_char_p, i32]
-    lib.hm_hydra_scan_cpu.restype = i32
-    # Same pointers (device memory), then workspace, workspace bytes, cudaStream_t, err, errlen.
-    lib.hm_hydra_scan_cuda.argtypes = [shape_p, i32, i32] + [vp] * 14 + [
-        vp, ctypes.c_size_t, vp, ctypes.c_char_p, i32]
-    lib.hm_hydra_scan_cuda.restype = i32
-
-
-def _try_load(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))  # CDLL releases the GIL during calls
-    _bind(lib)
-    abi = lib.hm_abi_version()
-    if abi != ABI_VERSION:
-        raise BackendUnavailableError(
-            f"{path} has C ABI version {abi}, this hieramamba expects {ABI_VERSION}: the library is "
-            f"stale; rebuild it from the repository root with: {BUILD_COMMAND}")
-    return lib
-
-
-def load_native_library(required: bool = False) -> Optional[ctypes.CDLL]:
-    """Load ``libhieramamba_plugins`` (once per process) and return it.
-
-    Returns ``None`` when it is not found and ``required`` is false; raises
-    ``BackendUnavailableError`` (naming every path tried and the build command) when ``required``.
-    A library that exists but cannot be loaded, or has another ABI version, is reported the same way.
-    """
-    global _lib, _lib_path
-    with _lock:
-        if _lib is not None:
-            return _lib
-        tried = []
-        for path in library_candidates():
-            if not path.is_file():
-                tried.append(f"{path} (not found)")
-                continue
-            try:
-                lib = _try_load(path)
-            except (OSError, AttributeError, BackendUnavailableError) as e:
-                tried.append(f"{path} (unusable: {e})")
-                continue
-            _lib, _lib_path = lib, path
-            return lib
-    if required:
-        raise BackendUnavailableError(
-            "the native HydraScan library libhieramamba_plugins is not available. Searched: "
-            + "; ".join(tried)
-            + f". Build it from the repository root ({_REPO_ROOT}) with: {BUILD_COMMAND} "
-            + f"(needs cmake and a C++17 compiler), or point ${LIBRARY_ENV} at the built file.")
-    return None
-
-
-def native_library_info() -> Optional[dict]:
-    """``{"path", "version", "has_cuda", "abi"}`` of the loaded library, or ``None`` if unavailable."""
-    lib = load_native_library(required=False)
-    if lib is None:
-        return None
-    return {
-        "path": str(_lib_path),
-        "version": lib.hm_version().decode(),
-        "has_cuda": bool(lib.hm_has_cuda()),
-        "abi": lib.hm_abi_version(),
-    }
 
 
 def _raise_for(code: int, err: ctypes.Array) -> None:
@@ -284,7 +169,7 @@ def native_hydra_scan_cuda(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
     lib = load_native_library(required=True)
     if not lib.hm_has_cuda():
         raise BackendUnavailableError(
-            f"{_lib_path} was built without the CUDA kernel (no nvcc at configure time); rebuild "
+            f"{loaded_library_path()} was built without the CUDA kernel (no nvcc at configure time); rebuild "
             f"with nvcc on PATH: {BUILD_COMMAND}")
     shape, dtype, dt_dtype, params, y, state_f, state_b = _prepare_call(
         "native_hydra_scan_cuda", "cuda", x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,

@@ -10,7 +10,7 @@
 
 #include "../hydra_scan/hydraScanKernel.h"
 
-#define HM_ABI_VERSION 1
+#define HM_ABI_VERSION 2
 
 #if defined(_WIN32)
 #define HM_API __declspec(dllexport)
@@ -49,6 +49,13 @@ HM_API int hm_hydra_scan_cuda(const HmScanShape* shape, int dtype, int dt_dtype,
     const void* dt_b, const void* A, const void* dt_bias, const void* B_f, const void* C_f, const void* B_b,
     const void* C_b, const float* state_f0, const float* state_b0, void* y, float* state_f, float* state_b,
     void* workspace, size_t workspace_size, HmCudaStream stream, char* err, int errlen);
+
+/* ONNX Runtime custom-op kernel (plugins/hydra_scan/hydraScanOrtOp.cpp). This library is also an ONNX
+ * Runtime custom-op library: SessionOptions.register_custom_ops_library(<this file>) calls its
+ * RegisterCustomOps, which makes ONNX Runtime run hieramamba::HydraScan nodes with the CPU kernel.
+ * hm_ort_set_scan_threads sets the threads of the kernels of sessions registered after the call
+ * (<= 0: all hardware threads); ONNX Runtime does not pass its own thread count to custom ops. */
+HM_API void hm_ort_set_scan_threads(int num_threads);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -1,0 +1,174 @@
+"""Finding and loading ``libhieramamba_plugins`` (``plugins/``), without torch.
+
+The library is built by the top-level ``CMakeLists.txt``::
+
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j
+
+and found, in this order, at ``$HIERAMAMBA_PLUGIN_LIB`` (the file, or a folder holding it),
+``<repo>/build/libhieramamba_plugins.so`` and next to the ``hieramamba`` package. Nothing is loaded
+at import time; the first call that needs the library loads it once per process.
+
+Two users: ``hieramamba.ops.native`` (the C++/CUDA kernels behind the torch op) and ONNX Runtime
+sessions, for which the same file is a custom-op library that runs ``hieramamba::HydraScan`` nodes
+with the C++ kernel (``register_ort_scan_kernel``; ``plugins/hydra_scan/hydraScanOrtOp.cpp``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+from .errors import BackendUnavailableError
+
+ABI_VERSION = 2  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
+LIBRARY_ENV = "HIERAMAMBA_PLUGIN_LIB"
+BUILD_COMMAND = "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j"
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _library_file_name() -> str:
+    if sys.platform == "darwin":
+        return "libhieramamba_plugins.dylib"
+    if sys.platform == "win32":
+        return "hieramamba_plugins.dll"
+    return "libhieramamba_plugins.so"
+
+
+class _HmScanShape(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64)
+                for name in ("batch", "length", "heads", "headdim", "groups", "dstate")]
+
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_lib_path: Optional[Path] = None
+
+
+def library_candidates() -> list[Path]:
+    """Where the library is looked for, in order."""
+    name = _library_file_name()
+    paths = []
+    env = os.environ.get(LIBRARY_ENV)
+    if env:
+        p = Path(env).expanduser()
+        paths.append(p / name if p.is_dir() else p)
+    paths.append(_REPO_ROOT / "build" / name)
+    paths.append(_PACKAGE_DIR / name)
+    return paths
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    vp, i32 = ctypes.c_void_p, ctypes.c_int
+    shape_p = ctypes.POINTER(_HmScanShape)
+    lib.hm_version.argtypes, lib.hm_version.restype = [], ctypes.c_char_p
+    lib.hm_has_cuda.argtypes, lib.hm_has_cuda.restype = [], i32
+    lib.hm_hydra_scan_validate.argtypes = [shape_p, i32, i32, ctypes.c_char_p, i32]
+    lib.hm_hydra_scan_validate.restype = i32
+    lib.hm_hydra_scan_workspace_size.argtypes = [shape_p, i32]
+    lib.hm_hydra_scan_workspace_size.restype = ctypes.c_size_t
+    # shape, dtype, dt_dtype, 9 inputs, 2 initial states, y, 2 states, threads, err, errlen
+    lib.hm_hydra_scan_cpu.argtypes = [shape_p, i32, i32] + [vp] * 14 + [i32, ctypes.c_char_p, i32]
+    lib.hm_hydra_scan_cpu.restype = i32
+    # Same pointers (device memory), then workspace, workspace bytes, cudaStream_t, err, errlen.
+    lib.hm_hydra_scan_cuda.argtypes = [shape_p, i32, i32] + [vp] * 14 + [
+        vp, ctypes.c_size_t, vp, ctypes.c_char_p, i32]
+    lib.hm_hydra_scan_cuda.restype = i32
+    lib.hm_ort_set_scan_threads.argtypes, lib.hm_ort_set_scan_threads.restype = [i32], None
+
+
+def _try_load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))  # CDLL releases the GIL during calls
+    lib.hm_abi_version.argtypes, lib.hm_abi_version.restype = [], ctypes.c_int
+    abi = lib.hm_abi_version()
+    if abi != ABI_VERSION:
+        raise BackendUnavailableError(
+            f"{path} has C ABI version {abi}, this hieramamba expects {ABI_VERSION}: the library is "
+            f"stale; rebuild it from the repository root with: {BUILD_COMMAND}")
+    _bind(lib)
+    return lib
+
+
+def load_native_library(required: bool = False) -> Optional[ctypes.CDLL]:
+    """Load ``libhieramamba_plugins`` (once per process) and return it.
+
+    Returns ``None`` when it is not found and ``required`` is false; raises
+    ``BackendUnavailableError`` (naming every path tried and the build command) when ``required``.
+    A library that exists but cannot be loaded, or has another ABI version, is reported the same way.
+    """
+    global _lib, _lib_path
+    with _lock:
+        if _lib is not None:
+            return _lib
+        tried = []
+        for path in library_candidates():
+            if not path.is_file():
+                tried.append(f"{path} (not found)")
+                continue
+            try:
+                lib = _try_load(path)
+            except (OSError, AttributeError, BackendUnavailableError) as e:
+                tried.append(f"{path} (unusable: {e})")
+                continue
+            _lib, _lib_path = lib, path
+            return lib
+    if required:
+        raise BackendUnavailableError(
+            "the native HydraScan library libhieramamba_plugins is not available. Searched: "
+            + "; ".join(tried)
+            + f". Build it from the repository root ({_REPO_ROOT}) with: {BUILD_COMMAND} "
+            + f"(needs cmake and a C++17 compiler), or point ${LIBRARY_ENV} at the built file.")
+    return None
+
+
+def loaded_library_path() -> Optional[Path]:
+    """The file ``load_native_library`` loaded, or ``None`` before a successful load."""
+    return _lib_path
+
+
+def native_library_info() -> Optional[dict]:
+    """``{"path", "version", "has_cuda", "abi"}`` of the loaded library, or ``None`` if unavailable."""
+    lib = load_native_library(required=False)
+    if lib is None:
+        return None
+    return {
+        "path": str(_lib_path),
+        "version": lib.hm_version().decode(),
+        "has_cuda": bool(lib.hm_has_cuda()),
+        "abi": lib.hm_abi_version(),
+    }
+
+
+# ONNX Runtime ----------------------------------------------------------------------------------
+
+_ort_lock = threading.Lock()
+
+
+def register_ort_scan_kernel(session_options, threads: Optional[int] = None,
+                             required: bool = False) -> Optional[str]:
+    """Make sessions created with ``session_options`` run ``hieramamba::HydraScan`` nodes with the
+    C++ kernel of ``libhieramamba_plugins`` (``plugins/hydra_scan/hydraScanOrtOp.cpp``) instead of
+    the node's ONNX function body, op by op. Same results (fp32 math either way; the kernel scans
+    sequentially, the body in chunks: they agree to rounding) and several times faster on the scan.
+
+    ``threads``: threads of each HydraScan call (None: all cores; ONNX Runtime does not pass its
+    own intra-op count to custom kernels, so give the same number). Returns the library path, or
+    ``None`` when the library is not built and ``required`` is false; raises
+    ``BackendUnavailableError`` when it is required, or when ONNX Runtime refuses the library."""
+    lib = load_native_library(required=required)
+    if lib is None:
+        return None
+    path = str(_lib_path)
+    with _ort_lock:  # the thread count is read by the registration that follows
+        lib.hm_ort_set_scan_threads(int(threads or 0))
+        try:
+            session_options.register_custom_ops_library(path)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BackendUnavailableError(
+                f"ONNX Runtime could not register the HydraScan kernel from {path}: {e}") from e
+    return path

@@ -1,0 +1,398 @@
+// ONNX Runtime custom-op kernel for the hieramamba::HydraScan node (DESIGN §3) on the CPU execution
+// provider: the C++ CPU kernel (hydraScanCpu.cpp) instead of ONNX Runtime running the node's portable
+// function body op by op. Without this kernel registered, ONNX Runtime inlines the function body
+// (same results, slower).
+//
+// Entry point: RegisterCustomOps, the symbol ONNX Runtime looks up in a library passed to
+// SessionOptions.register_custom_ops_library (Python) / RegisterCustomOpsLibrary (C). The ABI subset
+// used is declared in ../capi/hmOrtAbi.h. Shape and dtype decisions come from hydraScanPluginLogic
+// (shared with the TensorRT plugin), so every adapter accepts and rejects the same calls.
+#include "../capi/hmCApi.h"
+#include "../capi/hmOrtAbi.h"
+#include "hydraScanKernel.h"
+#include "hydraScanPluginLogic.h"
+
+#include <atomic>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace
+{
+
+using namespace hieramamba::hydra_scan;
+namespace pl = hieramamba::hydra_scan::plugin;
+
+// Threads of the kernels of sessions registered from now on (<= 0: all hardware threads). ONNX
+// Runtime does not tell custom ops its intra-op thread count, so the caller sets it before
+// registering (hm_ort_set_scan_threads) and each registration keeps the value it saw.
+std::atomic<int> gScanThreads{0};
+
+template <typename Fn>
+Fn apiFn(const OrtApi* api, int slot)
+{
+    return reinterpret_cast<Fn>(reinterpret_cast<void* const*>(api)[slot]);
+}
+
+OrtStatus* makeStatus(const OrtApi* api, int code, const std::string& message)
+{
+    return apiFn<OrtStatus* (*) (int, const char*)>(api, HM_ORT_CreateStatus)(code, message.c_str());
+}
+
+// The (activation, dt) element-type pairs the kernel runs; one OrtCustomOp each, because ONNX Runtime
+// picks a custom kernel by the exact input types and derives the output types from that choice.
+struct TypePair
+{
+    int act;
+    int dt;
+};
+constexpr TypePair kTypePairs[] = {{HM_ORT_FLOAT, HM_ORT_FLOAT}, {HM_ORT_FLOAT16, HM_ORT_FLOAT},
+    {HM_ORT_FLOAT16, HM_ORT_FLOAT16}, {HM_ORT_BFLOAT16, HM_ORT_FLOAT}, {HM_ORT_BFLOAT16, HM_ORT_BFLOAT16}};
+
+int kernelDtype(int ortType)
+{
+    switch (ortType)
+    {
+    case HM_ORT_FLOAT: return HM_FLOAT32;
+    case HM_ORT_FLOAT16: return HM_FLOAT16;
+    case HM_ORT_BFLOAT16: return HM_BFLOAT16;
+    default: return -1;
+    }
+}
+
+// OrtCustomOp first, so that the `const OrtCustomOp*` ONNX Runtime hands back is our op.
+struct HydraScanOp
+{
+    OrtCustomOp base;
+    TypePair types;
+    int threads;
+};
+
+struct Kernel
+{
+    const OrtApi* api;
+    int threads;
+};
+
+const HydraScanOp& self(const OrtCustomOp* op)
+{
+    return *reinterpret_cast<const HydraScanOp*>(op);
+}
+
+const char* opName(const OrtCustomOp*)
+{
+    return pl::kPluginName;
+}
+
+const char* opProvider(const OrtCustomOp*)
+{
+    return nullptr; // CPU execution provider
+}
+
+size_t opInputCount(const OrtCustomOp*)
+{
+    return pl::kNbInputsWithStates;
+}
+
+size_t opOutputCount(const OrtCustomOp*)
+{
+    return pl::kNbOutputs;
+}
+
+int opInputType(const OrtCustomOp* op, size_t index)
+{
+    const TypePair t = self(op).types;
+    switch (index)
+    {
+    case pl::kInDtF:
+    case pl::kInDtB:
+    case pl::kInA:
+    case pl::kInDtBias: return t.dt;
+    case pl::kInStateF0:
+    case pl::kInStateB0: return HM_ORT_FLOAT;
+    default: return t.act; // x, B_f, C_f, B_b, C_b
+    }
+}
+
+int opOutputType(const OrtCustomOp* op, size_t index)
+{
+    return index == pl::kOutY ? self(op).types.act : HM_ORT_FLOAT;
+}
+
+int opInputCharacteristic(const OrtCustomOp*, size_t index)
+{
+    return index >= static_cast<size_t>(pl::kNbInputsWithoutStates) ? HM_ORT_OPTIONAL : HM_ORT_REQUIRED;
+}
+
+int opOutputCharacteristic(const OrtCustomOp*, size_t)
+{
+    return HM_ORT_REQUIRED;
+}
+
+int opInputMemoryType(const OrtCustomOp*, size_t)
+{
+    return 0; // OrtMemTypeDefault
+}
+
+int opVariadicMinArity(const OrtCustomOp*)
+{
+    return 1;
+}
+
+int opVariadicHomogeneity(const OrtCustomOp*)
+{
+    return 1;
+}
+
+OrtStatus* createKernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo*, void** kernel)
+{
+    try
+    {
+        *kernel = new Kernel{api, self(op).threads};
+        return nullptr;
+    }
+    catch (const std::exception& e)
+    {
+        return makeStatus(api, HM_ORT_FAIL, std::string("HydraScan: cannot create the kernel: ") + e.what());
+    }
+}
+
+void destroyKernel(void* kernel)
+{
+    delete static_cast<Kernel*>(kernel);
+}
+
+// Evaluates an ORT call; returns its status from the enclosing function when it failed.
+#define HM_ORT_TRY(call)                                                                                  \
+    do                                                                                                    \
+    {                                                                                                     \
+        if (OrtStatus* status_ = (call))                                                                  \
+        {                                                                                                 \
+            return status_;                                                                               \
+        }                                                                                                 \
+    } while (0)
+
+struct TensorDesc
+{
+    int type = HM_ORT_UNDEFINED;
+    pl::Dims dims;
+};
+
+OrtStatus* describe(const OrtApi* api, const OrtValue* value, TensorDesc* out)
+{
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtValue*, OrtTensorTypeAndShapeInfo**)>(api,
+        HM_ORT_GetTensorTypeAndShape)(value, &info));
+    auto release = apiFn<void (*)(OrtTensorTypeAndShapeInfo*)>(api, HM_ORT_ReleaseTensorTypeAndShapeInfo);
+    std::unique_ptr<OrtTensorTypeAndShapeInfo, decltype(release)> guard(info, release);
+    size_t rank = 0;
+    HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtTensorTypeAndShapeInfo*, int*)>(api, HM_ORT_GetTensorElementType)(
+        info, &out->type));
+    HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtTensorTypeAndShapeInfo*, size_t*)>(api, HM_ORT_GetDimensionsCount)(
+        info, &rank));
+    out->dims.assign(rank, 0);
+    HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(api,
+        HM_ORT_GetDimensions)(info, out->dims.data(), rank));
+    return nullptr;
+}
+
+OrtStatus* dataOf(const OrtApi* api, const OrtValue* value, void** data)
+{
+    // GetTensorMutableData takes a non-const value; inputs are only read.
+    return apiFn<OrtStatus* (*) (OrtValue*, void**)>(api, HM_ORT_GetTensorMutableData)(
+        const_cast<OrtValue*>(value), data);
+}
+
+OrtStatus* computeChecked(const Kernel& k, OrtKernelContext* ctx)
+{
+    const OrtApi* api = k.api;
+    size_t nbIn = 0;
+    HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtKernelContext*, size_t*)>(api, HM_ORT_KernelContext_GetInputCount)(
+        ctx, &nbIn));
+    std::vector<const OrtValue*> inputs(nbIn, nullptr);
+    for (size_t i = 0; i < nbIn; ++i)
+    {
+        HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtKernelContext*, size_t, const OrtValue**)>(api,
+            HM_ORT_KernelContext_GetInput)(ctx, i, &inputs[i]));
+    }
+    // Absent optional inputs come as NULL; the states are given together or not at all.
+    while (!inputs.empty() && inputs.back() == nullptr)
+    {
+        inputs.pop_back();
+    }
+    const int32_t nbInputs = static_cast<int32_t>(inputs.size());
+    std::string err = pl::checkIoCount(nbInputs, pl::kNbOutputs);
+    if (!err.empty())
+    {
+        return makeStatus(api, HM_ORT_INVALID_ARGUMENT, err);
+    }
+    std::vector<TensorDesc> desc(inputs.size());
+    std::vector<pl::Dims> dims(inputs.size());
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        if (inputs[i] == nullptr)
+        {
+            return makeStatus(api, HM_ORT_INVALID_ARGUMENT,
+                std::string("HydraScan: input ") + pl::inputName(i) + " is missing");
+        }
+        HM_ORT_TRY(describe(api, inputs[i], &desc[i]));
+        dims[i] = desc[i].dims;
+    }
+    HmScanShape shape{};
+    err = pl::validateInputDims(dims, &shape);
+    if (!err.empty())
+    {
+        return makeStatus(api, HM_ORT_INVALID_ARGUMENT, err);
+    }
+    const int act = kernelDtype(desc[pl::kInX].type);
+    const int dt = kernelDtype(desc[pl::kInDtF].type);
+    err = validateDtypes(act, dt);
+    if (!err.empty())
+    {
+        return makeStatus(api, HM_ORT_INVALID_ARGUMENT, err);
+    }
+
+    std::vector<pl::Dims> outDims;
+    err = pl::computeOutputDims(dims, &outDims);
+    if (!err.empty())
+    {
+        return makeStatus(api, HM_ORT_INVALID_ARGUMENT, err);
+    }
+    void* outData[pl::kNbOutputs] = {nullptr, nullptr, nullptr};
+    for (int32_t o = 0; o < pl::kNbOutputs; ++o)
+    {
+        OrtValue* value = nullptr;
+        HM_ORT_TRY(apiFn<OrtStatus* (*) (OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(api,
+            HM_ORT_KernelContext_GetOutput)(ctx, static_cast<size_t>(o), outDims[o].data(), outDims[o].size(), &value));
+        HM_ORT_TRY(dataOf(api, value, &outData[o]));
+    }
+    void* in[pl::kNbInputsWithStates] = {};
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        HM_ORT_TRY(dataOf(api, inputs[i], &in[i]));
+    }
+    const bool states = pl::hasInitialStates(nbInputs);
+    const HmScanTensors t{in[pl::kInX], in[pl::kInDtF], in[pl::kInDtB], in[pl::kInA], in[pl::kInDtBias],
+        in[pl::kInBF], in[pl::kInCF], in[pl::kInBB], in[pl::kInCB],
+        states ? static_cast<const float*>(in[pl::kInStateF0]) : nullptr,
+        states ? static_cast<const float*>(in[pl::kInStateB0]) : nullptr, outData[pl::kOutY],
+        static_cast<float*>(outData[pl::kOutStateF]), static_cast<float*>(outData[pl::kOutStateB])};
+    err = runCpu(shape, static_cast<HmDType>(act), static_cast<HmDType>(dt), t, k.threads);
+    if (!err.empty())
+    {
+        return makeStatus(api, HM_ORT_FAIL, err);
+    }
+    return nullptr;
+}
+
+OrtStatus* compute(void* kernel, OrtKernelContext* ctx)
+{
+    const Kernel& k = *static_cast<const Kernel*>(kernel);
+    try
+    {
+        return computeChecked(k, ctx);
+    }
+    catch (const std::exception& e)
+    {
+        return makeStatus(k.api, HM_ORT_FAIL, std::string("HydraScan: ") + e.what());
+    }
+}
+
+// One custom-op domain per thread count, shared by every session registered with that count and
+// kept for the life of the process (ONNX Runtime needs the ops alive while any session uses them).
+struct Registration
+{
+    std::vector<std::unique_ptr<HydraScanOp>> ops;
+    OrtCustomOpDomain* domain = nullptr;
+};
+
+std::mutex gRegistrationsLock;
+std::map<int, Registration> gRegistrations;
+
+std::unique_ptr<HydraScanOp> makeOp(TypePair types, int threads)
+{
+    auto op = std::make_unique<HydraScanOp>();
+    OrtCustomOp& b = op->base;
+    b.version = HM_ORT_API_VERSION;
+    b.CreateKernel = nullptr; // the V2 entry points below are used (version >= 16)
+    b.GetName = opName;
+    b.GetExecutionProviderType = opProvider;
+    b.GetInputType = opInputType;
+    b.GetInputTypeCount = opInputCount;
+    b.GetOutputType = opOutputType;
+    b.GetOutputTypeCount = opOutputCount;
+    b.KernelCompute = nullptr;
+    b.KernelDestroy = destroyKernel;
+    b.GetInputCharacteristic = opInputCharacteristic;
+    b.GetOutputCharacteristic = opOutputCharacteristic;
+    b.GetInputMemoryType = opInputMemoryType;
+    b.GetVariadicInputMinArity = opVariadicMinArity;
+    b.GetVariadicInputHomogeneity = opVariadicHomogeneity;
+    b.GetVariadicOutputMinArity = opVariadicMinArity;
+    b.GetVariadicOutputHomogeneity = opVariadicHomogeneity;
+    b.CreateKernelV2 = createKernel;
+    b.KernelComputeV2 = compute;
+    op->types = types;
+    op->threads = threads;
+    return op;
+}
+
+OrtStatus* registerOps(OrtSessionOptions* options, const OrtApi* api)
+{
+    const int threads = gScanThreads.load();
+    std::lock_guard<std::mutex> lock(gRegistrationsLock);
+    Registration& reg = gRegistrations[threads];
+    if (reg.domain == nullptr)
+    {
+        OrtCustomOpDomain* domain = nullptr;
+        HM_ORT_TRY(apiFn<OrtStatus* (*) (const char*, OrtCustomOpDomain**)>(api, HM_ORT_CreateCustomOpDomain)(
+            pl::kPluginNamespace, &domain));
+        std::vector<std::unique_ptr<HydraScanOp>> ops;
+        for (const TypePair& types : kTypePairs)
+        {
+            ops.push_back(makeOp(types, threads));
+            HM_ORT_TRY(apiFn<OrtStatus* (*) (OrtCustomOpDomain*, const OrtCustomOp*)>(api,
+                HM_ORT_CustomOpDomain_Add)(domain, &ops.back()->base));
+        }
+        reg.ops = std::move(ops);
+        reg.domain = domain;
+    }
+    return apiFn<OrtStatus* (*) (OrtSessionOptions*, OrtCustomOpDomain*)>(api, HM_ORT_AddCustomOpDomain)(
+        options, reg.domain);
+}
+
+} // namespace
+
+extern "C" {
+
+HM_API void hm_ort_set_scan_threads(int num_threads)
+{
+    gScanThreads.store(num_threads);
+}
+
+HM_API OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
+{
+    const OrtApi* api = base->GetApi(HM_ORT_API_VERSION);
+    if (api == nullptr)
+    {
+        // CreateStatus is the first slot of every API version, so an older runtime can still be told.
+        const OrtApi* oldest = base->GetApi(1);
+        const std::string message = std::string("libhieramamba_plugins: the HydraScan kernel needs ONNX Runtime "
+                                                ">= 1.16 (C API version 16); this is ")
+            + base->GetVersionString();
+        return oldest != nullptr ? makeStatus(oldest, HM_ORT_FAIL, message) : nullptr;
+    }
+    try
+    {
+        return registerOps(options, api);
+    }
+    catch (const std::exception& e)
+    {
+        return makeStatus(api, HM_ORT_FAIL, std::string("libhieramamba_plugins: RegisterCustomOps: ") + e.what());
+    }
+}
+
+} // extern "C"
