@@ -206,7 +206,11 @@ class OrtBackend(StageGraphBackend):
         # within noise (0.24–0.26 vs 0.25–0.27 s; Ego4D 2304 clips: 0.79–0.92 vs 0.85–0.91 s).
         self.spinning = spinning
         # "native" or "graph" (ort_session_options): the C++ HydraScan kernel when the plugin
-        # library is built (Ego4D stage graphs: see docs/export.md), else the nodes' function body.
+        # library is built, else the nodes' function body (docs/performance.md). "auto" keeps the
+        # body on a GPU provider: the kernel is a CPU-provider kernel, the scan would bounce to host.
+        names = [p if isinstance(p, str) else p[0] for p in self.providers]
+        if scan_kernel == "auto" and any(n != "CPUExecutionProvider" for n in names):
+            scan_kernel = "graph"
         self.scan_kernel = resolve_scan_kernel(scan_kernel)
         self._sessions, self._lock = {}, threading.Lock()
 

@@ -183,3 +183,14 @@ def test_bundle_runs_with_torch_blocked(bundle, tmp_path):
     top = [float(v) for v in res.stdout.split("top1")[1].split()]
     ref = Grounder(model, opt).ground(video, [query], fps=30.0)[0][0]
     np.testing.assert_allclose(top, [ref.start_sec, ref.end_sec, ref.score], rtol=1e-4, atol=1e-4)
+
+
+def test_scan_kernel_auto_keeps_the_function_body_on_gpu_providers(bundle):
+    """The C++ kernel is an ONNX Runtime CPU-provider kernel: with a GPU provider first, "auto"
+    must not pull every scan back to the host (sessions are created lazily, so no GPU needed)."""
+    from hieramamba.runtime.bundle import OrtBackend
+
+    path, _, _ = bundle
+    gpu = OrtBackend(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert gpu.scan_kernel == "graph"
+    assert OrtBackend(path, scan_kernel="graph").scan_kernel == "graph"
