@@ -104,6 +104,31 @@ def test_fp16_bundle_matches_fp32_eager(bundle16):
 
 
 @pytest.mark.slow
+def test_fp16_scan_nodes_take_dt_inputs_in_one_dtype(bundle16):
+    """The kernels' type table (plugins/hydra_scan/README.md): dt_f, dt_b, A and dt_bias share one
+    dtype, fp32 or x's. The half model's A is fp32 and its dt half; before bundle format 4 the fp16
+    scan stages mixed them, which the TensorRT plugin's format table refuses."""
+    import onnx
+
+    path, _, _ = bundle16
+    stages = json.loads((path / "manifest.json").read_text())["stages"]
+    seen = 0
+    for st in stages.values():
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path / st["file"])))
+        g = model.graph
+        types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+        types.update({i.name: i.data_type for i in g.initializer})
+        for node in g.node:
+            if node.op_type != "HydraScan":
+                continue
+            seen += 1
+            x_type, dt_types = types[node.input[0]], {types[n] for n in node.input[1:5]}
+            assert x_type == onnx.TensorProto.FLOAT16, st["file"]
+            assert len(dt_types) == 1 and dt_types <= {onnx.TensorProto.FLOAT, x_type}, (st["file"], dt_types)
+    assert seen > 0
+
+
+@pytest.mark.slow
 def test_cli_ground_with_bundle_writes_json(bundle, tmp_path):
     path, model, _ = bundle
     rng = np.random.default_rng(1)
