@@ -71,6 +71,27 @@ def ort_session_options(ort, threads=None, *, arena: bool = True, mem_pattern: b
     return so
 
 
+CPU_ARENA_CHOICES = ("shared", "session", "off")
+_shared_arena_lock = threading.Lock()
+_shared_arena_registered = False
+
+
+def use_shared_cpu_arena(ort, so) -> None:
+    """Sessions created with ``so`` take their CPU buffers from one arena registered in ONNX
+    Runtime's environment (created on the first call, once per process) instead of each
+    owning an arena or none. For the runtime's ~50 stage sessions: buffers are reused across
+    calls and stages (no fresh pages per call), and memory is the largest stage's, not the sum
+    of every session's largest (docs/runtime.md). Extends by exactly what is requested."""
+    global _shared_arena_registered
+    with _shared_arena_lock:
+        if not _shared_arena_registered:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+            _shared_arena_registered = True
+    so.enable_cpu_mem_arena = True
+    so.add_session_config_entry("session.use_env_allocators", "1")
+
+
 def resolve_scan_kernel(choice: str) -> str:
     """``"native"`` or ``"graph"`` for a ``scan_kernel`` choice (``"auto"``: native when
     ``libhieramamba_plugins`` can be loaded). ``"native"`` without the library raises
@@ -186,7 +207,7 @@ class OrtBackend(StageGraphBackend):
     name = "onnxruntime"
 
     def __init__(self, bundle_dir, providers=None, intra_op_threads: int | None = None,
-                 cpu_mem_arena: bool = False, spinning: bool = False, scan_kernel: str = "auto"):
+                 cpu_arena: str = "shared", spinning: bool = False, scan_kernel: str = "auto"):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -197,9 +218,14 @@ class OrtBackend(StageGraphBackend):
         self.dtype = np.float16 if self.manifest["dtype"] == "float16" else np.float32
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = intra_op_threads
-        # Off by default: every stage/level has its own session, and each session's arena kept
-        # its largest chunk's buffers (tiny default, 3 h video: 248 → 134 MB peak, same latency).
-        self.cpu_mem_arena = cpu_mem_arena
+        # CPU buffers: "shared" (default): one arena for all stage sessions, memory patterns off;
+        # "off": malloc per buffer, memory patterns on (one block per call); "session": an arena
+        # per session (each kept its largest chunk: tiny default, 3 h video, 248 MB vs 134 MB off).
+        # Ego4D 2304 clips, fp32 bundle, 2 threads: 1 query 0.70 s / 475 MB shared vs 0.81 s /
+        # 488 MB off; 8 queries 4.4 s / 2053 MB vs 5.9 s / 1505 MB (docs/runtime.md).
+        if cpu_arena not in CPU_ARENA_CHOICES:
+            raise ValueError(f"cpu_arena must be one of {CPU_ARENA_CHOICES}, got {cpu_arena!r}")
+        self.cpu_arena = cpu_arena
         # Off by default: each stage session owns an intra-op pool whose threads spin after its
         # calls. With the cores shared with another busy process that cost 4× (tiny default, 1 h
         # video, 2 threads: 0.97–1.22 s spinning, 0.27 s not); on an idle machine the two are
@@ -221,12 +247,14 @@ class OrtBackend(StageGraphBackend):
                 st = self.manifest["stages"].get(name)
                 if st is None:
                     raise CheckpointError(f"{self.dir}: bundle has no stage {name!r}")
-                # Memory patterns on here: with the arena off they replace many large
-                # allocations per call by one (Ego4D 2304 clips × 8 queries, 2 threads: 6.9–7.4 s
-                # with, 9.6–9.9 s without; same at 1 query).
-                opts = ort_session_options(self.ort, self.threads, arena=self.cpu_mem_arena,
-                                           mem_pattern=True, spinning=self.spinning,
-                                           scan_kernel=self.scan_kernel)
+                # Memory patterns: with the arena off they replace many large allocations per
+                # call by one (Ego4D 2304 clips × 8 queries, 2 threads: 6.9–7.4 s with, 9.6–9.9 s
+                # without); with the shared arena they only pinned a per-shape block per session.
+                opts = ort_session_options(self.ort, self.threads, arena=self.cpu_arena == "session",
+                                           mem_pattern=self.cpu_arena != "shared",
+                                           spinning=self.spinning, scan_kernel=self.scan_kernel)
+                if self.cpu_arena == "shared":
+                    use_shared_cpu_arena(self.ort, opts)
                 sess = self.ort.InferenceSession(str(self.dir / st["file"]), opts, providers=self.providers)
                 self._sessions[name] = (sess, {i.name for i in sess.get_inputs()})
                 sess = self._sessions[name]

@@ -219,3 +219,23 @@ def test_scan_kernel_auto_keeps_the_function_body_on_gpu_providers(bundle):
     gpu = OrtBackend(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert gpu.scan_kernel == "graph"
     assert OrtBackend(path, scan_kernel="graph").scan_kernel == "graph"
+
+
+def test_cpu_arena_choices_give_the_same_numbers(bundle):
+    from hieramamba.runtime.bundle import OrtBackend
+
+    path, model, _ = bundle
+    rng = np.random.default_rng(5)
+    video = rng.standard_normal((90, model.vid_in_dim)).astype(np.float32)
+    queries = [rng.standard_normal((5, model.text_in_dim)).astype(np.float32)]
+    outs = []
+    for arena in ("shared", "off", "session"):
+        be = OrtBackend(path, cpu_arena=arena)
+        outs.append(GroundingRuntime(be, be.plan, chunk=24).level_outputs(video, queries))
+    for other in outs[1:]:
+        for got, want in zip(other, outs[0]):
+            for part_g, part_w in zip(got, want):
+                for a, b in zip(part_g, part_w):
+                    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="cpu_arena"):
+        OrtBackend(path, cpu_arena="big")
