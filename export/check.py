@@ -46,7 +46,7 @@ class CaseResult:
         return sum(e.mask_mismatches for e in self.errors)
 
 
-def ort_session(path, threads: Optional[int] = None):
+def ort_session(path, threads: Optional[int] = None, scan_kernel: str = "graph"):
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -54,7 +54,7 @@ def ort_session(path, threads: Optional[int] = None):
                                       "'hieramamba[export]'") from exc
     from hieramamba.runtime.bundle import ort_session_options
 
-    so = ort_session_options(ort, threads)
+    so = ort_session_options(ort, threads, scan_kernel=scan_kernel)
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -81,7 +81,9 @@ def cmd_check_onnx(args) -> int:
     if man.get("mask_semantics") != model.mask_semantics:
         raise ExportError(f"{args.onnx} was exported with mask semantics {man.get('mask_semantics')!r}, "
                           f"the eager model uses {model.mask_semantics!r}")
-    sess = ort_session(args.onnx, args.threads)
+    sess = ort_session(args.onnx, args.threads, scan_kernel=args.scan_kernel)
+    print(f"HydraScan nodes run by: "
+          f"{'the C++ kernel (libhieramamba_plugins)' if args.scan_kernel == 'native' else 'their ONNX function body'}")
     dtype = torch.float16 if man["dtype"] == "float16" else torch.float32
     tol = args.tol if args.tol is not None else (1e-2 if dtype == torch.float16 else 1e-4)
     text_len = args.text_len or _default_text_len(opt)
@@ -161,6 +163,9 @@ def register(sub) -> None:
     p.add_argument("--text-len", type=int, help="query token length (default eval.max_text_len)")
     p.add_argument("--tol", type=float, help="max rel error allowed (default 1e-4 fp32, 1e-2 fp16)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--scan-kernel", default="graph", choices=["graph", "native"],
+                   help="run HydraScan nodes by their function body (graph: checks the file as written) "
+                        "or by the C++ kernel of the plugin library (native: checks the kernel on this model)")
     p.set_defaults(func=cmd_check_onnx)
 
     p = sub.add_parser("build-engine", help="build a TensorRT engine (TensorRT 10 Python API)")

@@ -394,7 +394,8 @@ def _bundle_runner(dtype: str):
 
 for _dtype in ("float16", "float32"):
     register(PathSpec(f"runtime_ort_{_dtype.replace('float', 'fp')}",
-                      f"hieramamba.runtime chunk scheduler on an exported {_dtype} bundle, ONNX Runtime",
+                      f"hieramamba.runtime chunk scheduler on an exported {_dtype} bundle, ONNX Runtime "
+                      "(the backend's defaults: HydraScan by the C++ kernel when built, one shared CPU arena)",
                       _bundle_unavailable_for(_dtype), _bundle_runner(_dtype), _bundle_prepare(_dtype)))
 
 

@@ -144,13 +144,11 @@ def test_fp16_graph_is_strongly_typed_and_close(tiny_export, tmp_path):
                for x in proto.graph.node)
     sessions = [ort_session(path)]
     from hieramamba.native_library import load_native_library
-    from hieramamba.runtime.bundle import ort_session_options
 
     if load_native_library(required=False) is not None:
         # The kernels take the node's dt inputs in one dtype: the half model's fp32 A and fp16
         # dt/dt_bias are exported as fp32 (exact), else no kernel would match this node.
-        sessions.append(ort.InferenceSession(str(path), ort_session_options(ort, 2, scan_kernel="native"),
-                                             providers=["CPUExecutionProvider"]))
+        sessions.append(ort_session(path, 2, scan_kernel="native"))
     for sess in sessions:
         for T, nq in [(1, 1), (700, 2)]:
             res = run_case(sess, model, T, nq, 16, dtype=torch.float16, seed=T)
