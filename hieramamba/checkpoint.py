@@ -56,17 +56,23 @@ def check_state_dict(model: torch.nn.Module, state: dict, source: str) -> None:
         raise CheckpointError(f"{source}: non-finite values in {', '.join(bad[:5])}")
 
 
-def load_experiment(folder, ckpt: str = "last", use_ema: bool = True, mask_semantics: str = "official",
-                    dtype: torch.dtype = torch.float32, device="cpu"):
-    """Load an official (or our own) experiment folder. Returns ``(model, opt)`` with the model
-    in eval mode; ``opt`` is the merged eval config."""
+def load_experiment_config(folder) -> dict:
+    """The merged eval config (``opt``) of an experiment folder's ``opt.yaml``, without weights."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"experiment folder not found: {folder}")
     opt_path = folder / "opt.yaml"
     if not opt_path.is_file():
         raise CheckpointError(f"{folder} has no opt.yaml (an experiment folder holds opt.yaml and models/)")
-    opt = parse_config(read_yaml(opt_path), is_training=False, source=str(opt_path))
+    return parse_config(read_yaml(opt_path), is_training=False, source=str(opt_path))
+
+
+def load_experiment(folder, ckpt: str = "last", use_ema: bool = True, mask_semantics: str = "official",
+                    dtype: torch.dtype = torch.float32, device="cpu"):
+    """Load an official (or our own) experiment folder. Returns ``(model, opt)`` with the model
+    in eval mode; ``opt`` is the merged eval config."""
+    folder = Path(folder)
+    opt = load_experiment_config(folder)
     weights_path = folder / "models" / f"{ckpt}.pth"
     blob = _load_pth(weights_path)
     key = "model_ema" if use_ema else "model"

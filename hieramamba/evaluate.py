@@ -6,6 +6,9 @@ crop) feeds :class:`~hieramamba.inference.Grounder` — the same per-video path 
 :func:`~hieramamba.metrics.predictions_json` scores the results (ranks and thresholds from the
 config's ``eval`` section). Nothing of either is re-implemented here.
 
+:func:`evaluate_bundle` runs an export bundle through the chunked runtime instead of the model
+(same scoring).
+
 Outputs, as the official evaluator names them: ``eval_<ckpt>.txt`` (one ``Rank@k_IoU@θ: value``
 line per metric, percentages) and ``predictions_<ckpt>.json``.
 """
@@ -26,16 +29,18 @@ from .errors import InputError
 from .inference import Grounder
 from .metrics import metric_key, predictions_json
 
-__all__ = ["evaluate_dataset", "evaluate_model", "evaluate_experiment", "format_metrics"]
+__all__ = ["evaluate_dataset", "evaluate_model", "evaluate_bundle", "evaluate_experiment", "format_metrics"]
 
 
 def evaluate_dataset(grounder: Grounder, dataset, progress: bool = False,
-                     max_videos: Optional[int] = None) -> dict:
+                     max_videos: Optional[int] = None, eval_cfg: Optional[dict] = None) -> dict:
     """Ground every query of ``dataset`` (an evaluation :class:`VideoCentricDataset`) and return the
-    official predictions JSON dict (``summary.overall_recall_at_iou`` holds the metrics)."""
+    official predictions JSON dict (``summary.overall_recall_at_iou`` holds the metrics).
+    ``grounder``: anything with ``Grounder.ground``'s signature (also the chunked runtime);
+    ``eval_cfg``: the config's ``eval`` section (ranks, IoU thresholds), default ``grounder.opt``'s."""
     from tqdm.auto import tqdm
 
-    ev = grounder.opt["eval"]
+    ev = eval_cfg if eval_cfg is not None else grounder.opt["eval"]
     ranks, threshs = tuple(ev.get("ranks", (1, 5))), tuple(ev.get("iou_threshs", (0.3, 0.5)))
     n = len(dataset) if max_videos is None else min(len(dataset), int(max_videos))
     if n == 0:
@@ -67,6 +72,33 @@ def evaluate_model(model, opt: dict, *, root=None, data_paths: Optional[dict] = 
     return evaluate_dataset(grounder, dataset, progress=progress, max_videos=max_videos)
 
 
+def evaluate_bundle(bundle_dir, opt: dict, *, backend: str = "onnxruntime", root=None,
+                    data_paths: Optional[dict] = None, split: Optional[str] = None,
+                    text_overflow: str = "error", progress: bool = False,
+                    max_videos: Optional[int] = None, mask_semantics: Optional[str] = None,
+                    **runtime_options) -> dict:
+    """Evaluate an export bundle with the chunked runtime (``GroundingRuntime.load(bundle_dir,
+    backend, **runtime_options)``) on a split of the dataset ``opt`` describes — the config the
+    bundle was exported from, which also gives the ranks and IoU thresholds. Refuses a bundle whose
+    decoding settings differ from ``opt``'s (it was exported from another config), or whose mask
+    semantics differ from ``mask_semantics`` when given."""
+    from hieramamba.runtime import GroundingRuntime
+
+    runtime = GroundingRuntime.load(bundle_dir, backend=backend, text_overflow=text_overflow,
+                                    **runtime_options)
+    ev = opt["eval"]
+    if mask_semantics is not None and runtime.plan["mask_semantics"] != mask_semantics:
+        raise InputError(f"{bundle_dir}: exported with mask semantics {runtime.plan['mask_semantics']!r}, "
+                         f"{mask_semantics!r} was asked for; evaluate with that setting or re-export")
+    want = {"eval": {k: ev[k] for k in runtime.plan["eval"]}, "max_text_len": int(ev.get("max_text_len", 24))}
+    for key, value in want.items():
+        if runtime.plan[key] != value:
+            raise InputError(f"{bundle_dir}: exported with {key}={runtime.plan[key]!r}, the config has "
+                             f"{value!r}; evaluate it with the config it was exported from")
+    dataset = make_dataset(opt, False, root=root, split=split, **(data_paths or {}))
+    return evaluate_dataset(runtime, dataset, progress=progress, max_videos=max_videos, eval_cfg=ev)
+
+
 def format_metrics(summary: dict) -> str:
     """``eval_<ckpt>.txt`` body: one ``Rank@k_IoU@θ: xx.xx`` line per metric (percent)."""
     rec = summary["overall_recall_at_iou"]
@@ -79,29 +111,41 @@ def evaluate_experiment(folder, ckpt: str = "last", *, out_dir=None, root=None,
                         data_paths: Optional[dict] = None, split: Optional[str] = None,
                         device="cpu", use_ema: bool = True, mask_semantics: str = "official",
                         text_overflow: str = "error", progress: bool = False,
-                        max_videos: Optional[int] = None) -> dict:
+                        max_videos: Optional[int] = None, bundle=None,
+                        bundle_options: Optional[dict] = None) -> dict:
     """Evaluate an official (or our own) experiment folder: loads ``opt.yaml`` and the EMA weights
     of ``models/<ckpt>.pth`` strictly, runs :func:`evaluate_model`, writes ``eval_<ckpt>.txt`` and
     ``predictions_<ckpt>.json`` into ``out_dir`` (default: the folder). Data paths in the
     config are relative to ``root`` (default: the current directory, as the official scripts
-    assume running from the repository root). Returns the predictions dict."""
-    from .checkpoint import load_experiment
+    assume running from the repository root). With ``bundle``, the export bundle runs instead of
+    the weights (:func:`evaluate_bundle`, ``bundle_options`` passed on) and the files are named
+    ``eval_bundle.txt`` / ``predictions_bundle.json``. Returns the predictions dict."""
+    from .checkpoint import load_experiment, load_experiment_config
     from .train import _resolve_device
 
-    device = _resolve_device(device)
-    model, opt = load_experiment(folder, ckpt, use_ema=use_ema, mask_semantics=mask_semantics,
-                                 device=device)
-    t0 = time.perf_counter()
-    result = evaluate_model(model, opt, root=root, data_paths=data_paths, split=split, device=device,
-                            text_overflow=text_overflow, progress=progress, max_videos=max_videos)
+    if bundle is not None:
+        tag = "bundle"
+        t0 = time.perf_counter()
+        result = evaluate_bundle(bundle, load_experiment_config(folder), root=root, data_paths=data_paths,
+                                 split=split, text_overflow=text_overflow, progress=progress,
+                                 max_videos=max_videos, mask_semantics=mask_semantics,
+                                 **(bundle_options or {}))
+    else:
+        tag = ckpt
+        device = _resolve_device(device)
+        model, opt = load_experiment(folder, ckpt, use_ema=use_ema, mask_semantics=mask_semantics,
+                                     device=device)
+        t0 = time.perf_counter()
+        result = evaluate_model(model, opt, root=root, data_paths=data_paths, split=split, device=device,
+                                text_overflow=text_overflow, progress=progress, max_videos=max_videos)
     elapsed = time.perf_counter() - t0
     out = Path(out_dir) if out_dir is not None else Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     text = format_metrics(result["summary"]) + f"seconds: {elapsed:.1f}\n"
-    (out / f"eval_{ckpt}.txt").write_text(text)
-    tmp = out / f"predictions_{ckpt}.json.tmp"
+    (out / f"eval_{tag}.txt").write_text(text)
+    tmp = out / f"predictions_{tag}.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / f"predictions_{ckpt}.json")
+    os.replace(tmp, out / f"predictions_{tag}.json")
     return result
 
 

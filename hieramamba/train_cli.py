@@ -55,6 +55,13 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _bundle_options(args) -> dict:
+    opts = {"backend": args.backend}
+    if args.backend == "onnxruntime":
+        opts.update(threads=args.threads, scan_kernel=args.scan_kernel)
+    return opts
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_experiment, format_metrics
 
@@ -70,7 +77,8 @@ def cmd_eval(args) -> int:
         args.experiment, args.ckpt, out_dir=args.out_dir, root=args.root, data_paths=paths,
         split=args.split, device=args.device, use_ema=not args.no_ema,
         mask_semantics=args.mask_semantics, text_overflow=args.text_overflow,
-        progress=not args.no_progress, max_videos=args.max_videos)
+        progress=not args.no_progress, max_videos=args.max_videos, bundle=args.bundle,
+        bundle_options=_bundle_options(args) if args.bundle else None)
     print(format_metrics(result["summary"]), end="")
     return 0
 
@@ -125,6 +133,12 @@ def add_subcommands(sub) -> None:
     p.add_argument("--mask-semantics", default="official", choices=["official", "per_sample"])
     p.add_argument("--text-overflow", default="error", choices=["error", "truncate"])
     p.add_argument("--max-videos", type=int, help="evaluate only the first N videos")
+    p.add_argument("--bundle", help="evaluate this export bundle (chunked runtime) instead of the weights; "
+                   "writes eval_bundle.txt / predictions_bundle.json")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
+                   help="--bundle: runtime backend")
+    p.add_argument("--scan-kernel", default="auto", choices=["auto", "native", "graph"],
+                   help="--bundle on onnxruntime: how HydraScan nodes run (see hieramamba ground)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("make-synthetic", help="write the synthetic long-video grounding dataset (official layout)")

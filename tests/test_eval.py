@@ -129,6 +129,23 @@ def test_make_synthetic_train_eval_commands(tmp_path, capsys):
     lines = (exp / "eval_last.txt").read_text()
     for key, value in pred["summary"]["overall_recall_at_iou"].items():
         assert f"{key}: {100 * value:.2f}" in lines and f"{key}: {100 * value:.2f}" in printed
+    # The same split through an exported fp32 bundle and the chunked runtime: same predictions.
+    bundle = tmp_path / "bundle"
+    assert main(["export-bundle", "--experiment", str(exp), "--out", str(bundle), "--dtype", "float32"]) == 0
+    assert main(["eval", "--experiment", str(exp), "--bundle", str(bundle), "--data", str(data),
+                 "--no-progress", "--split", "test", "--threads", "1"]) == 0
+    via_bundle = json.loads((exp / "predictions_bundle.json").read_text())
+    assert (exp / "eval_bundle.txt").is_file()
+    assert via_bundle["summary"]["overall_recall_at_iou"] == pred["summary"]["overall_recall_at_iou"]
+    for vid, v in pred["videos"].items():
+        for q, qb in zip(v["queries"], via_bundle["videos"][vid]["queries"]):
+            got = np.array([p["segment"] + [p["score"]] for p in qb["predictions"]])
+            want = np.array([p["segment"] + [p["score"]] for p in q["predictions"]])
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # a bundle evaluated with other mask semantics than it was exported with is refused
+    assert main(["eval", "--experiment", str(exp), "--bundle", str(bundle), "--data", str(data),
+                 "--no-progress", "--mask-semantics", "per_sample"]) == 2
+    assert "mask semantics 'official'" in capsys.readouterr().err
     # a missing feature file surfaces as a clear error naming the video, exit code 2
     vid = sorted(anno["test"])[0]
     (data / "video" / f"{vid}.npy").unlink()
