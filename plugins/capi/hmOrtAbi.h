@@ -72,10 +72,8 @@ enum HmOrtApiSlot
     HM_ORT_GetDimensions = 62,                 /* (const OrtTensorTypeAndShapeInfo*, int64_t*, size_t) */
     HM_ORT_GetTensorTypeAndShape = 65,         /* (const OrtValue*, OrtTensorTypeAndShapeInfo** out) */
     HM_ORT_KernelContext_GetInputCount = 88,   /* (const OrtKernelContext*, size_t* out) */
-    HM_ORT_KernelContext_GetOutputCount = 89,  /* (const OrtKernelContext*, size_t* out) */
     HM_ORT_KernelContext_GetInput = 90,        /* (const OrtKernelContext*, size_t, const OrtValue** out) */
     HM_ORT_KernelContext_GetOutput = 91,       /* (OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**) */
-    HM_ORT_ReleaseStatus = 93,                 /* void (OrtStatus*) */
     HM_ORT_ReleaseTensorTypeAndShapeInfo = 99  /* void (OrtTensorTypeAndShapeInfo*) */
 };
 
