@@ -86,13 +86,15 @@ class GroundingRuntime:
     @classmethod
     def load(cls, bundle_dir, backend: str = "onnxruntime", providers=None, threads=None,
              plugin_library=None, engines=None, device="cuda", scan_kernel="auto",
-             **kwargs) -> "GroundingRuntime":
+             cpu_arena="shared", **kwargs) -> "GroundingRuntime":
         """Open an export bundle (``hieramamba.export.stages.export_bundle``) on ``backend``:
         ``"onnxruntime"`` (``providers`` as ORT takes them, ``threads`` intra-op threads per
         call, default ORT's: one per physical core; ``scan_kernel``: ``"auto"`` runs the
         HydraScan nodes with the C++ kernel of ``libhieramamba_plugins`` when it is built, else
         with their ONNX function body — ``"native"`` / ``"graph"`` force one; the choice made is
-        ``runtime.backend.scan_kernel``) or ``"tensorrt"`` (the engines
+        ``runtime.backend.scan_kernel``; ``cpu_arena``: ``"shared"`` (one CPU arena for every stage
+        session), ``"off"`` (leanest memory with large query batches) or ``"session"``, see
+        ``OrtBackend``) or ``"tensorrt"`` (the engines
         ``hieramamba build-engines`` wrote, default ``<bundle>/trt``, on CUDA ``device``; chunk,
         max_batch and attn_rows default to the engines' limits). The torch backend runs a model,
         not a bundle: use ``from_model``."""
@@ -100,7 +102,7 @@ class GroundingRuntime:
             from .bundle import OrtBackend
 
             be = OrtBackend(bundle_dir, providers=providers, intra_op_threads=threads,
-                            scan_kernel=scan_kernel)
+                            scan_kernel=scan_kernel, cpu_arena=cpu_arena)
             return cls(be, be.plan, **kwargs)
         if backend == "tensorrt":
             from .trt import TrtBackend, import_tensorrt

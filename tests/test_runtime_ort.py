@@ -230,8 +230,9 @@ def test_cpu_arena_choices_give_the_same_numbers(bundle):
     queries = [rng.standard_normal((5, model.text_in_dim)).astype(np.float32)]
     outs = []
     for arena in ("shared", "off", "session"):
-        be = OrtBackend(path, cpu_arena=arena)
-        outs.append(GroundingRuntime(be, be.plan, chunk=24).level_outputs(video, queries))
+        rt = GroundingRuntime.load(path, cpu_arena=arena, chunk=24)
+        assert rt.backend.cpu_arena == arena
+        outs.append(rt.level_outputs(video, queries))
     for other in outs[1:]:
         for got, want in zip(other, outs[0]):
             for part_g, part_w in zip(got, want):
