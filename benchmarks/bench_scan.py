@@ -8,7 +8,11 @@ Not a CI test. Paths (each skipped with its reason when it cannot run here):
 * ``triton``     mamba-ssm's ``mamba_chunk_scan_combined`` run the way Hydra runs it: forward and
                  time-flipped backward problems stacked on the batch axis, one scan with
                  ``dt_softplus``, the backward half flipped back, both shifted one step and added
-                 (CUDA + mamba-ssm + triton only).
+                 (CUDA + mamba-ssm + triton only);
+* ``ort_graph``  the exported ``hieramamba::HydraScan`` node alone in ONNX Runtime (CPU), run by its
+                 ONNX function body (what the export writes; fp32/fp16);
+* ``ort_native`` the same node with ``libhieramamba_plugins`` registered as ORT custom-op library:
+                 the C++ kernel inside ONNX Runtime (CPU; fp32/fp16).
 
 Every path's ``y`` is compared with the reference (max relative error), so a fast wrong kernel
 shows. Bandwidth: the scan's minimal traffic is one read of ``x, dt_f, dt_b, B_f, C_f, B_b, C_b``
@@ -18,6 +22,7 @@ Issue 5's targets (GPU): ``native`` ≥ 70 % of copy, ≥ 2× ``triton``.
 
     python benchmarks/bench_scan.py --device cuda --dtype float16 --lengths 1024,4096,16384,65536
     python benchmarks/bench_scan.py --device cpu --lengths 1024,4096 --repeats 3    # smoke run here
+    python benchmarks/bench_scan.py --device cpu --dtype float32 --paths reference,native,ort_graph,ort_native
 """
 
 from __future__ import annotations
@@ -94,6 +99,59 @@ def triton_runner(device):
     return run
 
 
+def ort_runner(scan_kernel):
+    """The HydraScan node of the export (with its function body) in an ONNX Runtime session."""
+    def make(device):
+        if device != "cpu":
+            raise RuntimeError("the ONNX Runtime paths run on the CPU provider")
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        from hieramamba.export import scan_node
+        from hieramamba.export.onnx_export import DEFAULT_OPSET
+        from hieramamba.runtime.bundle import ort_session_options
+
+        onnx_types = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
+        sessions = {}
+
+        def session(t, chunk):
+            x = t["x"]
+            if x.dtype not in onnx_types:
+                raise RuntimeError(f"numpy has no {x.dtype}: ONNX Runtime paths run fp32/fp16")
+            bsz, L, H, P = x.shape
+            G, N = t["B_f"].shape[2:]
+            sig = scan_node.ScanSignature(x.dtype, t["dt_f"].dtype, t["A"].dtype, t["dt_bias"].dtype,
+                                          H, P, G, N, chunk, False)
+            names = scan_node.INPUT_NAMES[:9]
+            dims = {"x": ["B", "L", H, P], "dt_f": ["B", "L", H], "dt_b": ["B", "L", H], "A": [H],
+                    "dt_bias": [H], **{k: ["B", "L", G, N] for k in ("B_f", "C_f", "B_b", "C_b")}}
+            node = helper.make_node(scan_node.OP_TYPE, list(names), list(scan_node.OUTPUT_NAMES),
+                                    domain=scan_node.DOMAIN, chunk_size=chunk, has_initial_states=0,
+                                    plugin_version=scan_node.PLUGIN_VERSION,
+                                    plugin_namespace=scan_node.PLUGIN_NAMESPACE)
+            graph = helper.make_graph(
+                [node], "hydra_scan",
+                [helper.make_tensor_value_info(n, onnx_types[t[n].dtype], dims[n]) for n in names],
+                [helper.make_tensor_value_info("y", onnx_types[x.dtype], ["B", "L", H, P]),
+                 helper.make_tensor_value_info("state_f", TensorProto.FLOAT, ["B", H, P, N]),
+                 helper.make_tensor_value_info("state_b", TensorProto.FLOAT, ["B", H, P, N])])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
+            scan_node.attach_function(model, scan_node.build_function(sig, DEFAULT_OPSET))
+            so = ort_session_options(ort, torch.get_num_threads(), scan_kernel=scan_kernel)
+            return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+        def run(t, chunk):
+            key = (t["x"].dtype, tuple(t["x"].shape[2:]), tuple(t["B_f"].shape[2:]), chunk)
+            if key not in sessions:
+                sessions[key] = session(t, chunk)
+            feeds = {n: t[n].numpy() for n in scan_node.INPUT_NAMES[:9]}
+            return torch.from_numpy(sessions[key].run(["y"], feeds)[0])
+
+        return run
+
+    return make
+
+
 def timed(fn, device, warmup, repeats) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -151,7 +209,8 @@ def main(argv=None) -> int:
     for name in a.paths.split(","):
         try:
             runners[name] = {"reference": lambda d: run_reference, "native": native_runner,
-                             "triton": triton_runner}[name](device)
+                             "triton": triton_runner, "ort_graph": ort_runner("graph"),
+                             "ort_native": ort_runner("native")}[name](device)
         except Exception as exc:  # reported, never dropped
             print(f"{name}: skipped ({type(exc).__name__}: {exc})")
     env = f"torch {torch.__version__}, device {device}"
