@@ -178,6 +178,8 @@ def cmd_demo(args) -> int:
 
 
 def main(argv=None) -> int:
+    from hieramamba.runtime.bundle import SCAN_KERNEL_CHOICES
+
     ap = argparse.ArgumentParser(prog="hieramamba", description="HieraMamba video grounding tools")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
                    "from `hieramamba build-engines`)")
     p.add_argument("--plugin", help="--backend tensorrt: HydraScan plugin library "
                    "(default build/libhieramamba_trt_plugin.so or $HIERAMAMBA_TRT_PLUGIN)")
-    p.add_argument("--scan-kernel", default="auto", choices=["auto", "native", "graph"],
+    p.add_argument("--scan-kernel", default="auto", choices=SCAN_KERNEL_CHOICES,
                    help="--backend onnxruntime: run HydraScan nodes with the C++ kernel of the plugin "
                         "library (native), their ONNX function body (graph), or native when built (auto)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="--backend torch precision")

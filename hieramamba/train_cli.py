@@ -109,6 +109,8 @@ def _data_args(p) -> None:
 
 
 def add_subcommands(sub) -> None:
+    from hieramamba.runtime.bundle import SCAN_KERNEL_CHOICES
+
     p = sub.add_parser("train", help="train a config on an official-layout dataset (experiment folder out)")
     p.add_argument("--config", required=True, help="packaged name (ego4d, tacos, mad, madv2, tiny) or YAML")
     p.add_argument("--output", required=True, help="experiment folder (opt.yaml, models/, states/, log.txt)")
@@ -137,7 +139,7 @@ def add_subcommands(sub) -> None:
                    "writes eval_bundle.txt / predictions_bundle.json")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
                    help="--bundle: runtime backend")
-    p.add_argument("--scan-kernel", default="auto", choices=["auto", "native", "graph"],
+    p.add_argument("--scan-kernel", default="auto", choices=SCAN_KERNEL_CHOICES,
                    help="--bundle on onnxruntime: how HydraScan nodes run (see hieramamba ground)")
     p.set_defaults(func=cmd_eval)
 

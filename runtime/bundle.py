@@ -250,7 +250,7 @@ class OrtBackend(StageGraphBackend):
                 # Memory patterns: with the arena off they replace many large allocations per
                 # call by one (Ego4D 2304 clips × 8 queries, 2 threads: 6.9–7.4 s with, 9.6–9.9 s
                 # without); with the shared arena they only pinned a per-shape block per session.
-                opts = ort_session_options(self.ort, self.threads, arena=self.cpu_arena == "session",
+                opts = ort_session_options(self.ort, self.threads, arena=self.cpu_arena != "off",
                                            mem_pattern=self.cpu_arena != "shared",
                                            spinning=self.spinning, scan_kernel=self.scan_kernel)
                 if self.cpu_arena == "shared":

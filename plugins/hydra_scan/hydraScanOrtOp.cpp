@@ -175,13 +175,8 @@ void destroyKernel(void* kernel)
         }                                                                                                 \
     } while (0)
 
-struct TensorDesc
-{
-    int type = HM_ORT_UNDEFINED;
-    pl::Dims dims;
-};
-
-OrtStatus* describe(const OrtApi* api, const OrtValue* value, TensorDesc* out)
+// Element type and dimensions of a tensor value.
+OrtStatus* describe(const OrtApi* api, const OrtValue* value, int* type, pl::Dims* dims)
 {
     OrtTensorTypeAndShapeInfo* info = nullptr;
     HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtValue*, OrtTensorTypeAndShapeInfo**)>(api,
@@ -190,12 +185,12 @@ OrtStatus* describe(const OrtApi* api, const OrtValue* value, TensorDesc* out)
     std::unique_ptr<OrtTensorTypeAndShapeInfo, decltype(release)> guard(info, release);
     size_t rank = 0;
     HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtTensorTypeAndShapeInfo*, int*)>(api, HM_ORT_GetTensorElementType)(
-        info, &out->type));
+        info, type));
     HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtTensorTypeAndShapeInfo*, size_t*)>(api, HM_ORT_GetDimensionsCount)(
         info, &rank));
-    out->dims.assign(rank, 0);
+    dims->assign(rank, 0);
     HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(api,
-        HM_ORT_GetDimensions)(info, out->dims.data(), rank));
+        HM_ORT_GetDimensions)(info, dims->data(), rank));
     return nullptr;
 }
 
@@ -229,7 +224,7 @@ OrtStatus* computeChecked(const Kernel& k, OrtKernelContext* ctx)
     {
         return makeStatus(api, HM_ORT_INVALID_ARGUMENT, err);
     }
-    std::vector<TensorDesc> desc(inputs.size());
+    std::vector<int> types(inputs.size(), HM_ORT_UNDEFINED);
     std::vector<pl::Dims> dims(inputs.size());
     for (int32_t i = 0; i < nbInputs; ++i)
     {
@@ -238,8 +233,7 @@ OrtStatus* computeChecked(const Kernel& k, OrtKernelContext* ctx)
             return makeStatus(api, HM_ORT_INVALID_ARGUMENT,
                 std::string("HydraScan: input ") + pl::inputName(i) + " is missing");
         }
-        HM_ORT_TRY(describe(api, inputs[i], &desc[i]));
-        dims[i] = desc[i].dims;
+        HM_ORT_TRY(describe(api, inputs[i], &types[i], &dims[i]));
     }
     HmScanShape shape{};
     err = pl::validateInputDims(dims, &shape);
@@ -247,8 +241,8 @@ OrtStatus* computeChecked(const Kernel& k, OrtKernelContext* ctx)
     {
         return makeStatus(api, HM_ORT_INVALID_ARGUMENT, err);
     }
-    const int act = kernelDtype(desc[pl::kInX].type);
-    const int dt = kernelDtype(desc[pl::kInDtF].type);
+    const int act = kernelDtype(types[pl::kInX]);
+    const int dt = kernelDtype(types[pl::kInDtF]);
     err = validateDtypes(act, dt);
     if (!err.empty())
     {
