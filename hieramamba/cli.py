@@ -56,6 +56,8 @@ def cmd_ground(args) -> int:
 
     if (args.bundle is None) == (args.experiment is None):
         raise InputError("ground: pass exactly one of --experiment (PyTorch) or --bundle (exported runtime)")
+    if (args.cuda_graphs or args.device != "cpu") and args.backend != "torch":
+        raise InputError("ground: --device and --cuda-graphs are options of --backend torch")
     video = _load_array(args.video)
     queries = [_load_array(q) for q in args.query]
     chunked = dict(text_overflow=args.text_overflow, progress=args.progress or len(video) > 8192)
@@ -73,7 +75,8 @@ def cmd_ground(args) -> int:
         from hieramamba.runtime import GroundingRuntime
 
         model, opt = load_experiment(args.experiment, args.ckpt, mask_semantics=args.mask_semantics)
-        grounder = GroundingRuntime.from_model(model, opt, dtype=args.dtype, **chunked)
+        grounder = GroundingRuntime.from_model(model, opt, device=args.device, dtype=args.dtype,
+                                               cuda_graphs=args.cuda_graphs, **chunked)
     elif args.backend is None:
         from .inference import Grounder
 
@@ -204,6 +207,9 @@ def main(argv=None) -> int:
                    help="--backend onnxruntime: run HydraScan nodes with the C++ kernel of the plugin "
                         "library (native), their ONNX function body (graph), or native when built (auto)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="--backend torch precision")
+    p.add_argument("--device", default="cpu", help="--backend torch device (e.g. cuda, cuda:1)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="--backend torch on CUDA: replay each stage as a CUDA graph (captured per shape)")
     p.add_argument("--progress", action="store_true", help="progress bar (on by default for > 8192 clips)")
     p.add_argument("--ckpt", default="last")
     p.add_argument("--video", required=True, help="(num_clips, Dv) features, .npy or .pt")

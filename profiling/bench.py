@@ -45,7 +45,7 @@ from . import paths as paths_mod
 SCHEMA = "hieramamba.bench/1"
 REFERENCE_PATH = "eager_fp32"
 DEFAULT_PATHS = ("eager_fp32", "eager_fp16", "eager_bf16", "eager_fused", "eager_cuda_graphs", "ort_custom",
-                 "ort_native", "ort_portable", "runtime_chunked", "runtime_ort_fp16", "runtime_ort_fp32", "runtime_trt_fp16")
+                 "ort_native", "ort_portable", "runtime_chunked", "runtime_chunked_cuda_graphs", "runtime_ort_fp16", "runtime_ort_fp32", "runtime_trt_fp16")
 
 
 @dataclass

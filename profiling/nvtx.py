@@ -19,9 +19,9 @@ Switch with the environment variable ``HIERAMAMBA_NVTX`` (``1``/``nvtx``, ``reco
 Ranges opened with ``scope=True`` (the AMP blocks, ``amp{l}``) qualify the names of the ranges
 inside them, so ``hydra.scan`` inside ``amp3`` is reported as ``amp3.hydra.scan``.
 
-While torch traces (``torch.export``, ``torch.onnx``, ``torch.compile``) an enabled range does
-nothing either: a graph must not contain profiler calls, and host timings of a trace mean
-nothing. This module never imports torch itself: it asks torch only if torch is already loaded,
+While torch traces (``torch.export``, ``torch.onnx``, ``torch.compile``) or captures a CUDA graph
+an enabled range does nothing either: a graph must not contain profiler calls, and host timings
+of a trace or capture mean nothing. This module never imports torch itself: it asks torch only if torch is already loaded,
 so the torch-free runtime can use the same ranges.
 """
 
@@ -45,6 +45,10 @@ AMP_RANGES = ("interleave", "hydra.in_proj", "hydra.conv", "hydra.scan", "hydra.
               "local_attn", "gate2", "ffn", "split")
 TOP_RANGES = ("text_encode", "vid_proj", "fusion_early", "backbone.embed", "fusion_late[{l}]", "heads",
               "decode_topk", "softnms_host")
+# The chunked runtime's stage calls (runtime/scheduler.py), whatever the backend runs them with:
+# ``runtime.<stage>`` for text/front, ``runtime.<stage>[{l}]`` for the per-level ones.
+RUNTIME_STAGES = ("text", "front", "amp_pre", "scan", "amp_post", "amp_local", "gattn_in", "gattn_rows",
+                  "gattn_out", "heads")
 
 
 class ProfilingError(HieraMambaError, ValueError):
@@ -78,6 +82,10 @@ def _tracing() -> bool:
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return True
         if torch.jit.is_tracing():
+            return True
+        # A CUDA graph capture (runtime/cuda_graphs.py) records kernels, not time: ranges there
+        # would time the capture and put CUDA events into the graph.
+        if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
             return True
         # Non-strict torch.export runs Python with fake tensors under a proxy mode.
         from torch.fx.experimental.proxy_tensor import get_proxy_mode

@@ -123,17 +123,17 @@ def _fused_unavailable(ctx) -> Optional[str]:
 def _fused_runner(ctx: BenchContext):
     """Eager fp16 with the CUDA kernel of plugins/ as the op's CUDA implementation, registered
     only around this path's own calls (the other paths keep the reference scan on CUDA)."""
-    from hieramamba.ops import hydra_scan as op
+    from hieramamba.ops import register_kernel, unregister_kernel
     from hieramamba.ops.native import native_hydra_scan_cuda
 
     base = _eager_runner(ctx, "float16")
 
     def run(inputs):
-        op.register_kernel("cuda", native_hydra_scan_cuda)
+        register_kernel("cuda", native_hydra_scan_cuda)
         try:
             return base(inputs)
         finally:
-            op.unregister_kernel("cuda")
+            unregister_kernel("cuda")
 
     return run
 
@@ -342,6 +342,22 @@ def _runtime_runner(ctx: BenchContext):
 
 register(PathSpec("runtime_chunked", "hieramamba.runtime chunk scheduler, torch backend (GroundingRuntime.from_model)",
                   _runtime_unavailable, _runtime_runner))
+
+
+def _runtime_graphs_runner(ctx: BenchContext):
+    """The torch backend with each stage replayed as a CUDA graph, captured at first sight (in the
+    bench's warm-up run, not in a timed round)."""
+    from hieramamba.runtime.cuda_graphs import StageGraphs
+
+    rt = _runtime_module().GroundingRuntime.from_model(ctx.model, ctx.opt, device=ctx.device,
+                                                       cuda_graphs=StageGraphs(ctx.device, capture_after=1))
+    return _scheduler_runner(rt.plan, rt.backend)
+
+
+register(PathSpec("runtime_chunked_cuda_graphs",
+                  "hieramamba.runtime chunk scheduler, torch backend, stages replayed as CUDA graphs",
+                  lambda ctx: _runtime_unavailable(ctx) or (None if _cuda(ctx) else "needs a CUDA device (none here)"),
+                  _runtime_graphs_runner))
 
 
 def _bundle_dir(ctx, dtype: str) -> Path:

@@ -71,8 +71,13 @@ class GroundingRuntime:
         self.text_overflow, self.progress = text_overflow, progress
 
     @classmethod
-    def from_model(cls, model, opt: dict, device="cpu", dtype="float32", **kwargs) -> "GroundingRuntime":
-        """Torch backend over a loaded ``HieraMamba`` (eager; imports torch)."""
+    def from_model(cls, model, opt: dict, device="cpu", dtype="float32", cuda_graphs=False,
+                   **kwargs) -> "GroundingRuntime":
+        """Torch backend over a loaded ``HieraMamba`` (imports torch): eager, or with
+        ``cuda_graphs=True`` (CUDA ``device`` only) each stage replays a CUDA graph captured for
+        its shapes the second time they occur (``runtime/cuda_graphs.py``; same results, fewer
+        launches; memory: one set of stage outputs per captured shape). A ``StageGraphs`` may be
+        passed instead of ``True`` to set its capture policy."""
         import torch
 
         from .plan import plan_from_model
@@ -80,7 +85,7 @@ class GroundingRuntime:
 
         tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
             dtype, dtype)
-        backend = TorchBackend(model, device, tdtype)
+        backend = TorchBackend(model, device, tdtype, cuda_graphs=cuda_graphs)
         return cls(backend, plan_from_model(model, opt), **kwargs)
 
     @classmethod

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hieramamba.profiling.nvtx import RUNTIME_STAGES, nvtx_range  # torch-free
+
 FRONT_HALO = 4   # level-0 steps (8 input features at stride 2)
 # Query rows × keys per block of a global attention (per batch row, head). 2^16: its fp32
 # temporaries (~5 score-sized copies) stay ~1.3 MB per batch row and head; 2^20 was 41 MB and
@@ -134,6 +136,27 @@ class HaloStream:
             self.lo = keep
 
 
+class _StageRanges:
+    """The backend with an NVTX range around each stage call (``runtime.<stage>[<level>]``,
+    ``hieramamba.profiling.nvtx``): where a chunked run spends its time on any backend, in
+    Nsight or in ``record`` mode. Off (the default) this costs a no-op context per stage call."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def __getattr__(self, name):
+        attr = getattr(self._backend, name)
+        if name not in RUNTIME_STAGES:
+            return attr
+
+        def stage(*args, **kwargs):
+            label = f"runtime.{name}" if name in ("text", "front") else f"runtime.{name}[{args[0]}]"
+            with nvtx_range(label):
+                return attr(*args, **kwargs)
+
+        return stage
+
+
 class ChunkScheduler:
     """Runs one group of queries of one video through a backend, chunk by chunk.
 
@@ -151,7 +174,7 @@ class ChunkScheduler:
             raise InputError(f"chunk must be an int ≥ 2 (level tokens), got {chunk!r}")
         if attn_rows is not None and (not isinstance(attn_rows, (int, np.integer)) or attn_rows < 1):
             raise InputError(f"attn_rows must be a positive int or None, got {attn_rows!r}")
-        self.plan, self.backend = plan, backend
+        self.plan, self.backend = plan, _StageRanges(backend)
         self.chunk = int(chunk) // 2 * 2
         self.attn_rows = None if attn_rows is None else int(attn_rows)
         self.progress = progress

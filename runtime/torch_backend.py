@@ -14,6 +14,8 @@ except ImportError as exc:  # pragma: no cover - exercised without torch
 
 from hieramamba.ops import hydra_scan, scan_boundary_term
 
+from .cuda_graphs import ScalarInput
+
 
 def add_boundary_terms(y, state_f0, c_f_prev, state_b0, c_b_next):
     """``y (B, L, H, P)`` plus the one-step-shift boundary terms of a chunk (DESIGN §2): the
@@ -28,14 +30,31 @@ def add_boundary_terms(y, state_f0, c_f_prev, state_b0, c_b_next):
 
 
 class TorchBackend:
-    """Stages over a ``HieraMamba`` in eval mode. ``dtype`` float32 or float16/bfloat16."""
+    """Stages over a ``HieraMamba`` in eval mode. ``dtype`` float32 or float16/bfloat16.
+    ``cuda_graphs`` (CUDA devices): each stage call replays a CUDA graph captured for its shapes
+    (``runtime/cuda_graphs.py``; ``True`` or a ready ``StageGraphs``); the text encoder stays eager
+    (once per query batch, a new length per query)."""
 
     name = "torch"
 
-    def __init__(self, model, device="cpu", dtype=torch.float32):
-        self.model = model.to(device=device, dtype=dtype).eval()
+    def __init__(self, model, device="cpu", dtype=torch.float32, cuda_graphs=False):
         self.device, self.dtype = torch.device(device), dtype
+        self.graphs = None
+        if cuda_graphs is True:
+            from .cuda_graphs import StageGraphs
+
+            self.graphs = StageGraphs(self.device)  # raises with the reason off CUDA
+        elif cuda_graphs is not False and cuda_graphs is not None:
+            self.graphs = cuda_graphs
+        self.model = model.to(device=device, dtype=dtype).eval()
         self.blocks = self.model.vid_net.branch
+
+    def _stage(self, name, fn, *args):
+        """``fn(*args)``, through the stage graphs when they are on. Python ints among ``args``
+        that vary between chunks are marked by the caller as ``ScalarInput``."""
+        if self.graphs is None:
+            return fn(*args)
+        return self.graphs.run(name, fn, *args)
 
     # -- array helpers ---------------------------------------------------------------------
     def from_numpy(self, a):
@@ -70,11 +89,19 @@ class TorchBackend:
 
     @torch.no_grad()
     def front(self, vid, mask, text, text_mask, pe_start, pe_total):
+        return self._stage("front", self._front, vid, mask, text, text_mask,
+                           ScalarInput(pe_start), ScalarInput(pe_total))
+
+    def _front(self, vid, mask, text, text_mask, pe_start, pe_total):
         vid, mask = self.model.fuse_early(vid, mask, text, text_mask)
         return self.model.vid_net.embed(vid, mask, pe_window=(pe_start, pe_total))[0]
 
     @torch.no_grad()
     def amp_pre(self, level, tokens, mask, n_valid, slot_offset):
+        return self._stage("amp_pre", self._amp_pre, level, tokens, mask,
+                           ScalarInput(n_valid), ScalarInput(slot_offset))
+
+    def _amp_pre(self, level, tokens, mask, n_valid, slot_offset):
         blk = self.blocks[level]
         seq, seq_mask, _ = blk.interleave(tokens, mask, n_valid, slot_offset)
         parts = blk.global_encoder.scan_inputs(blk.norm_global(seq))
@@ -82,6 +109,9 @@ class TorchBackend:
 
     @torch.no_grad()
     def scan(self, level, scan, state_f0, state_b0, c_f_prev, c_b_next):
+        return self._stage("scan", self._scan, level, scan, state_f0, state_b0, c_f_prev, c_b_next)
+
+    def _scan(self, level, scan, state_f0, state_b0, c_f_prev, c_b_next):
         hyd = self.blocks[level].global_encoder
         x, dt_f, dt_b, b_f, c_f, b_b, c_b = scan
         y, sf, sb = hydra_scan(x, dt_f, dt_b, hyd.scan_A(), hyd.dt_bias, b_f, c_f, b_b, c_b,
@@ -90,32 +120,47 @@ class TorchBackend:
 
     @torch.no_grad()
     def amp_post(self, level, pre, y):
+        # Only the tensors it reads: a graph's inputs are copied in on every replay.
+        return self._stage("amp_post", self._amp_post, level, pre["seq"], pre["seq_mask"],
+                           pre["scan"][0], pre["z"], y)
+
+    def _amp_post(self, level, seq, seq_mask, x, z, y):
         blk = self.blocks[level]
-        hydra_out = blk.global_encoder.scan_output(y, pre["scan"][0], pre["z"])
-        return blk.mix_global(pre["seq"], pre["seq_mask"], hydra_out)
+        return blk.mix_global(seq, seq_mask, blk.global_encoder.scan_output(y, x, z))
 
     @torch.no_grad()
     def amp_local(self, level, fused1, seq_mask):
+        return self._stage("amp_local", self._amp_local, level, fused1, seq_mask)
+
+    def _amp_local(self, level, fused1, seq_mask):
         blk = self.blocks[level]
         nb = fused1.shape[1] // 3
         return blk.split(blk.mix_local(fused1, seq_mask), nb, 2 * nb)
 
     @torch.no_grad()
     def gattn_in(self, level, fused1, seq_mask):
-        return self.blocks[level].global_attention_inputs(fused1, seq_mask)
+        return self._stage("gattn_in", lambda lv, f, m: self.blocks[lv].global_attention_inputs(f, m),
+                           level, fused1, seq_mask)
 
     @torch.no_grad()
     def gattn_rows(self, level, q_rows, k, v, seq_mask):
-        return self.blocks[level].global_attention_rows(q_rows, k, v, seq_mask)
+        return self._stage("gattn_rows", lambda lv, *a: self.blocks[lv].global_attention_rows(*a),
+                           level, q_rows, k, v, seq_mask)
 
     @torch.no_grad()
     def gattn_out(self, level, fused1, seq_mask, attn):
+        return self._stage("gattn_out", self._gattn_out, level, fused1, seq_mask, attn)
+
+    def _gattn_out(self, level, fused1, seq_mask, attn):
         blk = self.blocks[level]
         nb = fused1.shape[1] // 3
         return blk.split(blk.mix_local_from_attention(fused1, seq_mask, attn), nb, 2 * nb)
 
     @torch.no_grad()
     def heads(self, level, tokens, mask, text, text_mask):
+        return self._stage("heads", self._heads, level, tokens, mask, text, text_mask)
+
+    def _heads(self, level, tokens, mask, text, text_mask):
         m = self.model
         x, xm = m.fusion(tokens, mask, text, text_mask)
         return m.cls_head(x, xm), m.reg_head(x, xm, level)

@@ -101,6 +101,41 @@ def test_record_mode_gives_per_range_breakdown_including_decoding(tiny):
     assert summary["hydra.scan (all levels)"]["instances"] == 6
 
 
+def test_chunked_runtime_has_a_range_per_stage_call(tiny):
+    """Every stage call of the chunked runtime is one range named after the stage and level,
+    whatever the backend: ranges counted against the calls the backend received."""
+    from collections import Counter
+
+    from hieramamba.runtime import GroundingRuntime
+    from hieramamba.runtime.plan import plan_from_model
+    from hieramamba.runtime.torch_backend import TorchBackend
+
+    calls = Counter()
+
+    class CountingBackend(TorchBackend):
+        pass
+
+    for stage in nvtx.RUNTIME_STAGES:
+        def counted(self, *args, _stage=stage, **kwargs):
+            calls[f"runtime.{_stage}" if _stage in ("text", "front") else f"runtime.{_stage}[{args[0]}]"] += 1
+            return getattr(TorchBackend, _stage)(self, *args, **kwargs)
+        setattr(CountingBackend, stage, counted)
+
+    model, opt = tiny
+    rt = GroundingRuntime(CountingBackend(model), plan_from_model(model, opt), chunk=16)
+    g = torch.Generator().manual_seed(2)
+    video, query = torch.randn(300, 32, generator=g), torch.randn(5, 32, generator=g)
+    with nvtx.profiling("record"):
+        rt.ground(video, [query], fps=30.0)
+        rec = nvtx.recorded()
+    runtime_ranges = {k: len(v) for k, v in rec.items() if k.startswith("runtime.")}
+    assert runtime_ranges == dict(calls)
+    assert calls["runtime.text"] == 1 and calls["runtime.scan[0]"] > calls["runtime.amp_post[0]"] > 1
+    calls.clear()
+    rt.ground(video, [query], fps=30.0)  # profiling off: the same calls
+    assert sum(calls.values()) == sum(runtime_ranges.values())
+
+
 def test_enabled_ranges_are_skipped_while_exporting():
     class M(torch.nn.Module):
         def forward(self, x):
@@ -117,6 +152,35 @@ def test_mode_switch_is_validated_and_overhead_is_small():
     with pytest.raises(HieraMambaError, match="profiling mode"):
         nvtx.enable("fast")
     assert nvtx.measure_disabled_overhead(20_000)["ns_per_range"] < 20_000  # generous: shared CI cores
+
+
+def test_fused_path_registers_its_cuda_kernel_only_around_its_calls(tmp_path, tiny):
+    """The GPU path's bookkeeping, run on CPU (where the CUDA entry is registered but unused):
+    the kernel is plugged in for the call and removed after it, and the outputs are eager fp16's."""
+    from hieramamba.ops import hydra_scan as hydra_scan_fn
+    from hieramamba.profiling.paths import BenchContext, _eager_runner, _fused_runner
+
+    ops_module = sys.modules[hydra_scan_fn.__module__]
+    model, opt = tiny
+    ctx = BenchContext(model=model, opt=opt, device="cpu", threads=1, workdir=tmp_path)
+    inputs = make_inputs(model, opt, 64, 1, None)
+    seen = []
+    original = _eager_runner
+
+    def spy(c, dtype_name):
+        run = original(c, dtype_name)
+        return lambda x: (seen.append("cuda" in ops_module._KERNELS), run(x))[1]
+
+    import hieramamba.profiling.paths as paths
+    paths._eager_runner = spy
+    try:
+        out = _fused_runner(ctx)(inputs)
+    finally:
+        paths._eager_runner = original
+    assert seen == [True] and "cuda" not in ops_module._KERNELS
+    want = original(ctx, "float16")(inputs)
+    for a, b in zip(torch.utils._pytree.tree_leaves(out), torch.utils._pytree.tree_leaves(want)):
+        assert (a == b).all()
 
 
 def test_bench_harness_tiny(tmp_path, tiny):
