@@ -36,6 +36,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from hieramamba.device import resolve_device
+from hieramamba.errors import InputError
 from hieramamba.ops.hydra_scan import hydra_scan_reference
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -157,7 +159,7 @@ def timed(fn, device, warmup, repeats) -> list[float]:
         fn()
     out = []
     for _ in range(repeats):
-        if device == "cuda":
+        if device.startswith("cuda"):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -204,7 +206,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device, dtype = a.device, DTYPES[a.dtype]
+    try:
+        device, dtype = str(resolve_device(a.device)), DTYPES[a.dtype]
+    except InputError as exc:
+        ap.error(str(exc))
     runners, rows = {}, []
     for name in a.paths.split(","):
         try:
@@ -214,7 +219,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # reported, never dropped
             print(f"{name}: skipped ({type(exc).__name__}: {exc})")
     env = f"torch {torch.__version__}, device {device}"
-    if device == "cuda":
+    if device.startswith("cuda"):
         env += f" ({torch.cuda.get_device_name()}, CUDA {torch.version.cuda})"
     print(f"{env}; dtype {a.dtype}; B={a.batch} H={a.heads} P={a.headdim} N={a.dstate} G={a.groups} "
           f"chunk={a.chunk}; median of {a.repeats} after {a.warmup} warm-up")

@@ -121,7 +121,7 @@ def evaluate_experiment(folder, ckpt: str = "last", *, out_dir=None, root=None,
     the weights (:func:`evaluate_bundle`, ``bundle_options`` passed on) and the files are named
     ``eval_bundle.txt`` / ``predictions_bundle.json``. Returns the predictions dict."""
     from .checkpoint import load_experiment, load_experiment_config
-    from .train import _resolve_device
+    from .device import resolve_device
 
     if bundle is not None:
         tag = "bundle"
@@ -132,7 +132,7 @@ def evaluate_experiment(folder, ckpt: str = "last", *, out_dir=None, root=None,
                                  **(bundle_options or {}))
     else:
         tag = ckpt
-        device = _resolve_device(device)
+        device = resolve_device(device)
         model, opt = load_experiment(folder, ckpt, use_ema=use_ema, mask_semantics=mask_semantics,
                                      device=device)
         t0 = time.perf_counter()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .device import resolve_device
 from .errors import InputError
 from .features import TEXT_OVERFLOW, check_video_shape, query_tokens_to_keep
 from .model import HieraMamba
@@ -73,9 +74,10 @@ class Grounder:
                  text_overflow: str = "error"):
         if text_overflow not in TEXT_OVERFLOW:
             raise InputError(f"text_overflow must be 'error' or 'truncate', got {text_overflow!r}")
+        device = resolve_device(device)
         self.model = model.to(device=device, dtype=dtype).eval()
         self.opt = opt
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype = device, dtype
         self.text_overflow = text_overflow
         ev = opt["eval"]
         self.eval_cfg = ev

@@ -53,6 +53,7 @@ from torch import Tensor
 from .checkpoint import _load_pth, check_state_dict, save_experiment
 from .config import parse_config, read_yaml
 from .data import collate_train, make_dataset, trivial_collate
+from .device import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
 from .labels import annotate_points, gt_span_masks, make_points, split_levels
 from .losses import (AnchorContrastiveLoss, LossNormalizer, SegmentPooledContrastiveLoss,
@@ -272,15 +273,6 @@ def _make_logger(path: Path, quiet: bool) -> logging.Logger:
     return log
 
 
-def _resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
 class Trainer:
     """Train one experiment folder.
 
@@ -308,7 +300,7 @@ class Trainer:
         self.exp_dir = Path(exp_dir)
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.log = _make_logger(self.exp_dir / "log.txt", quiet)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.progress, self.max_iters = progress, max_iters
         train = self.opt["train"]
 

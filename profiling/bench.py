@@ -102,8 +102,10 @@ def load_model(settings: BenchSettings):
 
     from hieramamba.checkpoint import load_experiment
     from hieramamba.config import load_config
+    from hieramamba.device import resolve_device
     from hieramamba.model import build_model
 
+    resolve_device(settings.device)  # a missing CUDA device: say so before building anything
     if settings.experiment:
         model, opt = load_experiment(settings.experiment, mask_semantics=settings.mask_semantics)
         weights = f"experiment {settings.experiment}"
@@ -356,8 +358,13 @@ def _memory_child(settings: BenchSettings) -> dict:
            "peak_rss_mb": round(peak, 1), "rss_before_run_mb": round(before, 1),
            "run_rss_mb": round(max(peak - before, 0.0), 1)}
     if cuda:
+        # torch's allocator only: TensorRT engine contexts and ONNX Runtime's CUDA arena are not in
+        # it, so also the device's used memory after the runs (CUDA context and any other process
+        # included; an upper bound where the torch peak is a lower one).
+        free, total = torch.cuda.mem_get_info()
         out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
         out["cuda_run_allocated_mb"] = round((torch.cuda.max_memory_allocated() - base_cuda) / 2 ** 20, 1)
+        out["cuda_device_used_mb"] = round((total - free) / 2 ** 20, 1)
     return out
 
 

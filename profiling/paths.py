@@ -75,9 +75,9 @@ def _eager_runner(ctx: BenchContext, dtype_name: str):
         vid, vmask, groups = inputs
         out = []
         with torch.inference_mode():
-            v = vid.to(ctx.device, dtype)
+            v, vm = vid.to(ctx.device, dtype), vmask.to(ctx.device)
             for text, tmask in groups:
-                levels = model.forward_levels(v, vmask, text.to(ctx.device, dtype), tmask)
+                levels = model.forward_levels(v, vm, text.to(ctx.device, dtype), tmask.to(ctx.device))
                 out.append(levels)
             if _cuda(ctx):
                 torch.cuda.synchronize()
@@ -144,41 +144,27 @@ register(PathSpec("eager_fused", "PyTorch eager fp16 with the fused CUDA HydraSc
 
 # -- eager + CUDA graphs ----------------------------------------------------------------------
 
-def _cuda_graph_runner(ctx: BenchContext):
-    """One graph per input shape, captured on first sight (after a warm-up on a side stream,
-    which also settles any autotuning) and replayed with the inputs copied into static tensors."""
+def _cuda_graph_runner(ctx: BenchContext, graph_factory=None):
+    """The whole forward as one CUDA graph per input shape (``runtime/cuda_graphs.StageGraphs``:
+    captured at first sight after a side-stream warm-up, inputs copied into static tensors,
+    outputs cloned after each replay). ``graph_factory``: a stand-in for tests on CPU."""
     import torch
 
-    model, graphs = ctx.model, {}
+    from hieramamba.runtime.cuda_graphs import StageGraphs
 
-    def capture(v, text, tmask, vmask):
-        static = [v.clone(), vmask.clone(), text.clone(), tmask.clone()]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(2):
-                model.forward_levels(*static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.inference_mode():
-            out = model.forward_levels(*static)
-        return graph, static, out
+    graphs = StageGraphs(ctx.device, capture_after=1, graph_factory=graph_factory)
+    model = ctx.model
 
     def run(inputs):
         vid, vmask, groups = inputs
         v, vm = vid.to(ctx.device), vmask.to(ctx.device)
         results = []
-        for text, tmask in groups:
-            text, tmask = text.to(ctx.device), tmask.to(ctx.device)
-            key = (tuple(v.shape), tuple(text.shape))
-            if key not in graphs:
-                graphs[key] = capture(v, text, tmask, vm)
-            graph, static, out = graphs[key]
-            for dst, src in zip(static, (v, vm, text, tmask)):
-                dst.copy_(src)
-            graph.replay()
-            results.append(out)
-        torch.cuda.synchronize()
+        with torch.inference_mode():
+            for text, tmask in groups:
+                results.append(graphs.run("forward_levels", model.forward_levels, v, vm,
+                                          text.to(ctx.device), tmask.to(ctx.device)))
+        if _cuda(ctx):
+            torch.cuda.synchronize()
         return [_to_numpy(o) for o in results]
 
     return run

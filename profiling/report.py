@@ -40,6 +40,10 @@ def _fmt(x, digits=3):
     return str(x)
 
 
+def _has_gpu_memory(report: dict) -> bool:
+    return any("cuda_max_allocated_mb" in (r.get("memory") or {}) for r in report["results"])
+
+
 def markdown_report(report: dict) -> str:
     env, st = report["environment"], report["settings"]
     lines = [f"## {st['config']} — {env['date_utc']}", "",
@@ -52,9 +56,11 @@ def markdown_report(report: dict) -> str:
              f"- load average at start: {env.get('load_avg_1m_at_start', '–')}"]
     if report.get("command"):
         lines.append(f"- command: `{report['command']}`")
+    gpu = _has_gpu_memory(report)
     lines += ["", "| clips | queries | path | p50 s | p90 s | p99 s | queries/s | × vs eager fp32 | "
-              "peak RSS MB | run RSS MB | max abs err logits | top-1 equal |",
-              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "peak RSS MB | run RSS MB | " + ("GPU peak MB (torch) | GPU used MB (device) | " if gpu else "")
+              + "max abs err logits | top-1 equal |",
+              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "") + "---:|---|"]
     notes = []
     for r in report["results"]:
         c = r["case"]
@@ -65,8 +71,9 @@ def markdown_report(report: dict) -> str:
         lines.append("| " + " | ".join([
             str(c["clips"]), str(c["queries"]), r["path"], _fmt(lat["p50"]), _fmt(lat["p90"]), _fmt(lat["p99"]),
             _fmt(r["throughput_qps"], 2), _fmt(r.get("speedup_vs_eager"), 2), _fmt(mem.get("peak_rss_mb"), 0),
-            _fmt(mem.get("run_rss_mb"), 0), _fmt(cmp_.get("max_abs_err_logits")), _fmt(cmp_.get("top1_equal")),
-        ]) + " |")
+            _fmt(mem.get("run_rss_mb"), 0)]
+            + ([_fmt(mem.get("cuda_max_allocated_mb"), 0), _fmt(mem.get("cuda_device_used_mb"), 0)] if gpu else [])
+            + [_fmt(cmp_.get("max_abs_err_logits")), _fmt(cmp_.get("top1_equal"))]) + " |")
     seen = set()
     skipped = []
     for c, r in notes:
@@ -100,9 +107,10 @@ def write_plots(report: dict, out_dir: str | Path) -> dict:
     for r in rows:
         series.setdefault((r["path"], r["case"]["queries"]), []).append(r)
     title = f"{report['settings']['config']} on {report['environment']['device']}"
+    memory = (("peak GPU memory, torch allocator (MB)", "cuda_max_allocated_mb") if _has_gpu_memory(report)
+              else ("peak RSS of a fresh process (MB)", "peak_rss_mb"))
     specs = [("latency_vs_length", "p50 latency (s)", lambda r: r["latency_s"]["p50"], True),
-             ("memory_vs_length", "peak RSS of a fresh process (MB)",
-              lambda r: r.get("memory", {}).get("peak_rss_mb"), False),
+             ("memory_vs_length", memory[0], lambda r: (r.get("memory") or {}).get(memory[1]), False),
              ("speedup_vs_eager", "speed-up vs eager fp32 (×, per-round median)",
               lambda r: r.get("speedup_vs_eager"), False)]
     files = {}

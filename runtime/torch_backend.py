@@ -12,6 +12,7 @@ except ImportError as exc:  # pragma: no cover - exercised without torch
     from hieramamba.errors import BackendUnavailableError
     raise BackendUnavailableError("the torch backend needs PyTorch installed") from exc
 
+from hieramamba.device import resolve_device
 from hieramamba.ops import hydra_scan, scan_boundary_term
 
 from .cuda_graphs import ScalarInput
@@ -38,7 +39,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model, device="cpu", dtype=torch.float32, cuda_graphs=False):
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype = resolve_device(device), dtype
         self.graphs = None
         if cuda_graphs is True:
             from .cuda_graphs import StageGraphs

@@ -77,13 +77,22 @@ def find_plugin_library(path: Optional[str] = None, recorded: Optional[str] = No
         f"(needs CUDA and TensorRT >= {MIN_TRT_MAJOR}) or pass --plugin / set {PLUGIN_ENV}")
 
 
+_loaded_plugin_libraries: dict = {}  # resolved path -> TensorRT's handle
+
+
 def load_scan_plugin(trt, path: Optional[str] = None, recorded: Optional[str] = None) -> Path:
     """Load the plugin library (``find_plugin_library``) into TensorRT's registry and check
     that it provides the ``HydraScan`` creator of the version the graphs use."""
     lib = find_plugin_library(path, recorded)
     registry = trt.get_plugin_registry()
-    if registry.load_library(str(lib)) is None:
-        raise BackendUnavailableError(f"TensorRT could not load the plugin library {lib}")
+    key = str(lib.resolve())
+    # Once per process and file: building engines then running them (bench, CLI) loads it twice,
+    # and a second registration of the same creators is refused by TensorRT.
+    if key not in _loaded_plugin_libraries:
+        handle = registry.load_library(str(lib))
+        if handle is None:
+            raise BackendUnavailableError(f"TensorRT could not load the plugin library {lib}")
+        _loaded_plugin_libraries[key] = handle
     if registry.get_creator(SCAN_OP_TYPE, SCAN_OP_VERSION, SCAN_OP_DOMAIN) is None:
         raise BackendUnavailableError(
             f"{lib} does not provide plugin {SCAN_OP_TYPE} version {SCAN_OP_VERSION} in namespace "

@@ -70,9 +70,12 @@ class _Registry:
             lines = open(path).read().split("\n")
         except (OSError, UnicodeDecodeError):
             return None
-        for line in lines:
-            if line.strip():
-                self.creators.add(tuple(line.split()))
+        found = {tuple(line.split()) for line in lines if line.strip()}
+        if found and found <= self.creators:
+            # Pessimistic stand-in: a registry may refuse to register the same creators twice
+            # (not checked on a real TensorRT); the runtime loads each file once per process.
+            return None
+        self.creators |= found
         return object()
 
     def get_creator(self, name, version, namespace=""):

@@ -238,8 +238,43 @@ def test_report_from_recorded_json(tmp_path):
         assert Path(files[stem]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_shows_gpu_memory_when_measured(tmp_path):
+    """A GPU run's memory (torch allocator peak and device-wide use) gets its own columns, and
+    the memory plot uses the GPU peak; a CPU report keeps its columns."""
+    report = load_report(DATA / "bench_tiny_sample.json")
+    assert "GPU peak MB" not in markdown_report(report)
+    row = next(r for r in report["results"] if r["status"] == "ok" and r["path"] == "eager_fp32")
+    row.setdefault("memory", {}).update(cuda_max_allocated_mb=123.4, cuda_device_used_mb=2048.0)
+    md = markdown_report(report)
+    header = next(line for line in md.splitlines() if line.startswith("| clips"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    line = next(x for x in md.splitlines() if x.startswith(f"| {row['case']['clips']} | {row['case']['queries']} | eager_fp32 |"))
+    values = dict(zip(cells, [c.strip() for c in line.strip("|").split("|")]))
+    assert values["GPU peak MB (torch)"] == "123" and values["GPU used MB (device)"] == "2048"
+    assert len(md.splitlines()[md.splitlines().index(header) + 1].strip("|").split("|")) == len(cells)
+
+
 def test_report_rejects_other_json(tmp_path):
     p = tmp_path / "x.json"
     p.write_text(json.dumps({"schema": "other"}))
     with pytest.raises(HieraMambaError, match="schema"):
         load_report(p)
+
+
+def test_missing_cuda_device_is_a_clear_error(capsys):
+    from hieramamba.cli import main
+    from hieramamba.device import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="not a torch device"):
+        resolve_device("gpu0")
+    if torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+        return
+    for cmd in (["bench", "--config", "tiny", "--device", "cuda"], ["profile", "--config", "tiny", "--device", "cuda"]):
+        assert main(cmd) == 2
+        assert "device 'cuda' requested but CUDA is not available" in capsys.readouterr().err
+    with pytest.raises(InputError, match="CUDA is not available"):
+        from hieramamba.inference import Grounder
+        Grounder(build_model(load_config("tiny")), load_config("tiny"), device="cuda")

@@ -28,7 +28,7 @@ from test_runtime_chunked import inputs, shrunk
 # What a CUDA graph capture cannot contain: each needs the host to see device data (item(),
 # bool(), data-dependent output sizes) or copies host data to the device mid-capture.
 NOT_CAPTURABLE = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
-                  "repeat_interleave", "lift_fresh", "_assert_async", "equal"}
+                  "lift_fresh", "_assert_async", "equal"}
 
 
 class CaptureChecker(TorchDispatchMode):
@@ -40,7 +40,10 @@ class CaptureChecker(TorchDispatchMode):
         name = func.overloadpacket.__name__
         boolean_index = name in ("index", "index_put", "index_put_") and any(
             isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))
-        if name in NOT_CAPTURABLE or boolean_index:  # a boolean index is a nonzero() inside
+        # Tensor repeats without output_size sum them on the host (an int count does not).
+        sized_on_host = (name == "repeat_interleave" and func._overloadname != "self_int"
+                         and (kwargs or {}).get("output_size") is None)
+        if name in NOT_CAPTURABLE or boolean_index or sized_on_host:  # boolean index: nonzero() inside
             raise AssertionError(f"stage {self.stage!r} calls aten.{name}, which a CUDA graph cannot capture")
         return func(*args, **(kwargs or {}))
 
@@ -82,8 +85,9 @@ def run_chunked(backend, plan, vid, valid, text, tmask, chunk):
 def cpu_scan(request, monkeypatch):
     """The scan stage with the pure-PyTorch op (what CUDA runs unless the fused kernel is
     registered) and with the C++ kernel of plugins/ (the CPU default when built)."""
-    from hieramamba.ops import hydra_scan as op
+    import importlib
 
+    op = importlib.import_module("hieramamba.ops.hydra_scan")  # the module (the package exports the function)
     op._maybe_register_native_cpu()
     if request.param == "reference":
         monkeypatch.delitem(op._KERNELS, "cpu", raising=False)
@@ -190,6 +194,7 @@ def test_concurrent_calls_on_one_graphed_backend():
     lambda t: t * t.sum().item(),              # a device value read on the host
     lambda t: t[t > 0],                        # output size depends on data
     lambda t: t + torch.tensor([1.0, 2.0]),    # host data copied in mid-capture
+    lambda t: t.repeat_interleave(t.long(), dim=0),  # output size from device values
 ])
 def test_stand_in_refuses_what_a_capture_cannot_hold(stage):
     graphs = stand_in_graphs(capture_after=1)
@@ -251,3 +256,22 @@ def test_cli_ground_cuda_graphs_flags(tmp_path, capsys):
         assert "CUDA graphs need a CUDA device" in capsys.readouterr().err
     assert main(common + ["--backend", "torch", "--device", "cpu", "--out", str(tmp_path / "g.json")]) == 0
     assert len(json.loads((tmp_path / "g.json").read_text())["queries"][0]["segments"]) > 0
+
+
+def test_bench_cuda_graph_path_keeps_each_groups_outputs(tmp_path):
+    """``eager_cuda_graphs`` (profiling/paths.py) with the stand-in: MAD grounds each query as its
+    own group, so one graph is replayed per query; every group keeps its own outputs."""
+    from hieramamba.profiling.bench import make_inputs
+    from hieramamba.profiling.paths import BenchContext, _cuda_graph_runner, _eager_runner
+
+    model, opt = shrunk("mad")
+    ctx = BenchContext(model=model, opt=opt, device="cpu", threads=1, workdir=tmp_path)
+    inputs = make_inputs(model, opt, 600, 3, None)
+    assert len(inputs[2]) == 3
+    graphed = _cuda_graph_runner(ctx, graph_factory=StandInGraph)
+    want = _eager_runner(ctx, "float32")(inputs)
+    for _ in range(2):
+        got = graphed(inputs)
+        for (lw, ow), (lg, og) in zip(want, got):
+            for a, b in zip(lw + ow, lg + og):
+                np.testing.assert_array_equal(b, a)

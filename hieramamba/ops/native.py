@@ -178,10 +178,11 @@ def native_hydra_scan_cuda(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
     workspace = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device) if ws_bytes else None
     stream = torch.cuda.current_stream(x.device).cuda_stream
     err = ctypes.create_string_buffer(_ERR_LEN)
-    code = lib.hm_hydra_scan_cuda(
-        ctypes.byref(shape), dtype, dt_dtype, _ptr(x), *[_ptr(t) for t in params],
-        _ptr(B_f), _ptr(C_f), _ptr(B_b), _ptr(C_b), _ptr(state_f0), _ptr(state_b0),
-        _ptr(y), _ptr(state_f), _ptr(state_b), _ptr(workspace), ws_bytes, stream, err, _ERR_LEN)
+    with torch.cuda.device(x.device):  # the launch goes to the current device: make it x's
+        code = lib.hm_hydra_scan_cuda(
+            ctypes.byref(shape), dtype, dt_dtype, _ptr(x), *[_ptr(t) for t in params],
+            _ptr(B_f), _ptr(C_f), _ptr(B_b), _ptr(C_b), _ptr(state_f0), _ptr(state_b0),
+            _ptr(y), _ptr(state_f), _ptr(state_b), _ptr(workspace), ws_bytes, stream, err, _ERR_LEN)
     if code != _HM_OK:
         _raise_for(code, err)
     return y, state_f, state_b
