@@ -24,7 +24,7 @@ from typing import Optional
 
 from .errors import BackendUnavailableError
 
-ABI_VERSION = 2  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
+ABI_VERSION = 3  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
 LIBRARY_ENV = "HIERAMAMBA_PLUGIN_LIB"
 BUILD_COMMAND = "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j"
 
@@ -79,7 +79,6 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.hm_hydra_scan_cuda.argtypes = [shape_p, i32, i32] + [vp] * 14 + [
         vp, ctypes.c_size_t, vp, ctypes.c_char_p, i32]
     lib.hm_hydra_scan_cuda.restype = i32
-    lib.hm_ort_set_scan_threads.argtypes, lib.hm_ort_set_scan_threads.restype = [i32], None
 
 
 def _try_load(path: Path) -> ctypes.CDLL:
@@ -146,29 +145,23 @@ def native_library_info() -> Optional[dict]:
 
 # ONNX Runtime ----------------------------------------------------------------------------------
 
-_ort_lock = threading.Lock()
-
-
-def register_ort_scan_kernel(session_options, threads: Optional[int] = None,
-                             required: bool = False) -> Optional[str]:
+def register_ort_scan_kernel(session_options, required: bool = False) -> Optional[str]:
     """Make sessions created with ``session_options`` run ``hieramamba::HydraScan`` nodes with the
     C++ kernel of ``libhieramamba_plugins`` (``plugins/hydra_scan/hydraScanOrtOp.cpp``) instead of
     the node's ONNX function body, op by op. Same results (fp32 math either way; the kernel scans
     sequentially, the body in chunks: they agree to rounding) and several times faster on the scan.
+    The kernel runs its heads on the session's intra-op thread pool (its thread count).
 
-    ``threads``: threads of each HydraScan call (None: all cores; ONNX Runtime does not pass its
-    own intra-op count to custom kernels, so give the same number). Returns the library path, or
-    ``None`` when the library is not built and ``required`` is false; raises
-    ``BackendUnavailableError`` when it is required, or when ONNX Runtime refuses the library."""
+    Returns the library path, or ``None`` when the library is not built and ``required`` is false;
+    raises ``BackendUnavailableError`` when it is required, or when ONNX Runtime refuses the
+    library (e.g. older than 1.20)."""
     lib = load_native_library(required=required)
     if lib is None:
         return None
     path = str(_lib_path)
-    with _ort_lock:  # the thread count is read by the registration that follows
-        lib.hm_ort_set_scan_threads(int(threads or 0))
-        try:
-            session_options.register_custom_ops_library(path)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise BackendUnavailableError(
-                f"ONNX Runtime could not register the HydraScan kernel from {path}: {e}") from e
+    try:
+        session_options.register_custom_ops_library(path)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise BackendUnavailableError(
+            f"ONNX Runtime could not register the HydraScan kernel from {path}: {e}") from e
     return path

@@ -67,7 +67,7 @@ def ort_session_options(ort, threads=None, *, arena: bool = True, mem_pattern: b
     if resolve_scan_kernel(scan_kernel) == "native":
         from hieramamba.native_library import register_ort_scan_kernel
 
-        register_ort_scan_kernel(so, threads, required=True)
+        register_ort_scan_kernel(so, required=True)
     return so
 
 

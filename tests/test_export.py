@@ -68,6 +68,23 @@ def test_custom_node_attributes_and_function(tiny_export):
     assert all(n.domain in ("", "ai.onnx") for n in fns[0].node)  # portable body: standard ops
     assert man["hydra_scan"]["custom_nodes"] == model.num_levels
     assert {"video", "video_mask", "text", "text_mask"} == {i["name"] for i in man["inputs"]}
+    # fp32 graphs (the CPU format) take the channel LayerNorms' means as MatMuls: ONNX Runtime's
+    # ReduceMean over axis 1 is slow (primitives.channel_mean; fp16 graphs: test_fp16_graph_...).
+    assert _channel_reduce_means(proto) == []
+
+
+def _channel_reduce_means(proto):
+    """ReduceMean nodes over axis 1 (the channel axis of (B, C, T)): their axes input is a
+    Constant node or an initializer."""
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer
+              if i.data_type == onnx.TensorProto.INT64}
+    for n in proto.graph.node:
+        if n.op_type == "Constant" and n.attribute[0].name in ("value", "value_ints"):
+            consts[n.output[0]] = onnx.helper.get_attribute_value(n.attribute[0])
+            if isinstance(consts[n.output[0]], onnx.TensorProto):
+                consts[n.output[0]] = onnx.numpy_helper.to_array(consts[n.output[0]])
+    return [n for n in proto.graph.node if n.op_type == "ReduceMean" and len(n.input) > 1
+            and consts.get(n.input[1]) is not None and list(np.atleast_1d(consts[n.input[1]])) == [1]]
 
 
 def test_no_shape_baked_from_export_length(tiny_export):
@@ -137,6 +154,10 @@ def test_fp16_graph_is_strongly_typed_and_close(tiny_export, tmp_path):
     f16 = onnx.TensorProto.FLOAT16
     assert proto.graph.input[0].type.tensor_type.elem_type == f16
     assert proto.graph.output[0].type.tensor_type.elem_type == f16
+    # The channel LayerNorms keep ReduceMean over axis 1 (mean and variance), the pattern
+    # TensorRT fuses into its normalization layer.
+    n_norms = sum(type(m).__name__ == "ChannelLayerNorm" for m in model.modules())
+    assert n_norms > 0 and len(_channel_reduce_means(proto)) >= 2 * n_norms
     # Scan states are fp32 islands; LayerNorm/softmax upcast (Cast to FLOAT present).
     n = scan_node.scan_nodes(proto)[0]
     assert len(n.output) == 3

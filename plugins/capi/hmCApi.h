@@ -10,7 +10,7 @@
 
 #include "../hydra_scan/hydraScanKernel.h"
 
-#define HM_ABI_VERSION 2
+#define HM_ABI_VERSION 3
 
 #if defined(_WIN32)
 #define HM_API __declspec(dllexport)
@@ -52,10 +52,8 @@ HM_API int hm_hydra_scan_cuda(const HmScanShape* shape, int dtype, int dt_dtype,
 
 /* ONNX Runtime custom-op kernel (plugins/hydra_scan/hydraScanOrtOp.cpp). This library is also an ONNX
  * Runtime custom-op library: SessionOptions.register_custom_ops_library(<this file>) calls its
- * RegisterCustomOps, which makes ONNX Runtime run hieramamba::HydraScan nodes with the CPU kernel.
- * hm_ort_set_scan_threads sets the threads of the kernels of sessions registered after the call
- * (<= 0: all hardware threads); ONNX Runtime does not pass its own thread count to custom ops. */
-HM_API void hm_ort_set_scan_threads(int num_threads);
+ * RegisterCustomOps, which makes ONNX Runtime run hieramamba::HydraScan nodes with the CPU kernel on
+ * the session's intra-op thread pool (KernelContext_ParallelFor). */
 
 #ifdef __cplusplus
 } /* extern "C" */

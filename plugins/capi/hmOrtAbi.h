@@ -5,9 +5,10 @@
  * returned by `OrtApiBase::GetApi(version)`; an entry never moves once released, so a slot number
  * below identifies one function in every ONNX Runtime >= the version that added it. `OrtCustomOp` is
  * likewise only ever extended at the end, and ONNX Runtime reads only the fields that exist in the
- * `version` the op declares. We declare version 16 (ONNX Runtime 1.16: status-returning
- * CreateKernelV2/KernelComputeV2); every slot used here is in the API since 1.x <= 1.16.
- * tests/test_ort_scan_op.py runs the kernel inside the installed onnxruntime, so a wrong slot fails CI.
+ * `version` the op declares. We ask for the API table of ONNX Runtime 1.20 (the oldest this project
+ * supports; KernelContext_ParallelFor is in it) and declare custom-op version 16 (status-returning
+ * CreateKernelV2/KernelComputeV2).
+ * tests/test_native_scan.py runs the kernel inside the installed onnxruntime, so a wrong slot fails CI.
  *
  * Only what we call is declared; the full API is in onnxruntime_c_api.h upstream. */
 #ifndef HIERAMAMBA_ORT_ABI_H
@@ -20,7 +21,8 @@
 extern "C" {
 #endif
 
-#define HM_ORT_API_VERSION 16
+#define HM_ORT_API_VERSION 20       /* OrtApiBase::GetApi(version): ONNX Runtime >= 1.20 */
+#define HM_ORT_CUSTOM_OP_VERSION 16 /* OrtCustomOp::version: the fields declared below */
 
 /* ONNX TensorProto element types (the values ONNX Runtime uses). */
 typedef enum HmOrtElementType
@@ -63,6 +65,7 @@ typedef struct OrtApiBase
 enum HmOrtApiSlot
 {
     HM_ORT_CreateStatus = 0,                   /* OrtStatus* (int code, const char* msg) */
+    HM_ORT_GetErrorMessage = 2,                /* const char* (const OrtStatus*) */
     HM_ORT_CreateCustomOpDomain = 26,          /* (const char* domain, OrtCustomOpDomain** out) */
     HM_ORT_CustomOpDomain_Add = 27,            /* (OrtCustomOpDomain*, const OrtCustomOp*) */
     HM_ORT_AddCustomOpDomain = 28,             /* (OrtSessionOptions*, OrtCustomOpDomain*) */
@@ -74,10 +77,14 @@ enum HmOrtApiSlot
     HM_ORT_KernelContext_GetInputCount = 88,   /* (const OrtKernelContext*, size_t* out) */
     HM_ORT_KernelContext_GetInput = 90,        /* (const OrtKernelContext*, size_t, const OrtValue** out) */
     HM_ORT_KernelContext_GetOutput = 91,       /* (OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**) */
-    HM_ORT_ReleaseTensorTypeAndShapeInfo = 99  /* void (OrtTensorTypeAndShapeInfo*) */
+    HM_ORT_ReleaseStatus = 93,                 /* void (OrtStatus*) */
+    HM_ORT_ReleaseTensorTypeAndShapeInfo = 99, /* void (OrtTensorTypeAndShapeInfo*) */
+    /* (const OrtKernelContext*, void (*fn)(void* data, size_t i), size_t total, size_t num_batch,
+     * void* data): fn(data, i) for i in [0, total) on the session's intra-op thread pool. */
+    HM_ORT_KernelContext_ParallelFor = 274
 };
 
-/* A custom op as ONNX Runtime reads it, up to the version-16 fields. */
+/* A custom op as ONNX Runtime reads it, up to the version-16 fields (HM_ORT_CUSTOM_OP_VERSION). */
 typedef struct OrtCustomOp OrtCustomOp;
 struct OrtCustomOp
 {

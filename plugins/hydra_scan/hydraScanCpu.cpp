@@ -158,7 +158,7 @@ private:
 };
 
 template <typename T, typename Tdt>
-void runTyped(const HmScanShape& s, const HmScanTensors& t, int numThreads)
+void runTyped(const HmScanShape& s, const HmScanTensors& t, int numThreads, const HmTaskRunner* runner)
 {
     const HeadScanner<T, Tdt> scanner(s, t);
     const int64_t tasks = s.batch * s.heads;
@@ -166,22 +166,19 @@ void runTyped(const HmScanShape& s, const HmScanTensors& t, int numThreads)
     {
         return;
     }
-    int threads = numThreads > 0 ? numThreads : static_cast<int>(std::thread::hardware_concurrency());
-    threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
-
-    // Dynamic task counter: heads finish at the same pace, but a counter costs nothing and keeps the
-    // split fair when the caller asks for more threads than there are cores.
-    std::atomic<int64_t> next{0};
     std::exception_ptr failure;
     std::atomic<bool> failed{false};
-    auto worker = [&]() {
-        Scratch scratch;
+    // One (batch, head) per task, with scratch of its own: a few L*P floats, small next to the
+    // task's L*P*N work, and nothing stays allocated in a host's pool threads afterwards.
+    const std::function<void(int64_t)> task = [&](int64_t i) {
+        if (failed)
+        {
+            return;
+        }
         try
         {
-            for (int64_t task = next++; task < tasks && !failed; task = next++)
-            {
-                scanner(task / s.heads, task % s.heads, scratch);
-            }
+            Scratch scratch;
+            scanner(i / s.heads, i % s.heads, scratch);
         }
         catch (...)
         {
@@ -191,12 +188,23 @@ void runTyped(const HmScanShape& s, const HmScanTensors& t, int numThreads)
             }
         }
     };
-    if (threads == 1)
+    if (runner != nullptr)
     {
-        worker();
+        (*runner)(tasks, task);
     }
     else
     {
+        int threads = numThreads > 0 ? numThreads : static_cast<int>(std::thread::hardware_concurrency());
+        threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
+        // Dynamic task counter: heads finish at the same pace, but a counter costs nothing and keeps
+        // the split fair when the caller asks for more threads than there are cores.
+        std::atomic<int64_t> next{0};
+        auto worker = [&]() {
+            for (int64_t i = next++; i < tasks; i = next++)
+            {
+                task(i);
+            }
+        };
         std::vector<std::thread> pool;
         pool.reserve(static_cast<size_t>(threads - 1));
         for (int i = 0; i < threads - 1; ++i)
@@ -216,21 +224,22 @@ void runTyped(const HmScanShape& s, const HmScanTensors& t, int numThreads)
 }
 
 template <typename T>
-void dispatchDt(const HmScanShape& s, HmDType dt, const HmScanTensors& t, int numThreads)
+void dispatchDt(const HmScanShape& s, HmDType dt, const HmScanTensors& t, int numThreads, const HmTaskRunner* runner)
 {
     if (dt == HM_FLOAT32)
     {
-        runTyped<T, float>(s, t, numThreads);
+        runTyped<T, float>(s, t, numThreads, runner);
     }
     else
     {
-        runTyped<T, T>(s, t, numThreads); // validateDtypes: dt is fp32 or the activation type
+        runTyped<T, T>(s, t, numThreads, runner); // validateDtypes: dt is fp32 or the activation type
     }
 }
 
 } // namespace
 
-std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, int numThreads)
+std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, int numThreads,
+    const HmTaskRunner* runner)
 {
     std::string err = validateShape(s);
     if (err.empty())
@@ -249,9 +258,9 @@ std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTe
     {
         switch (act)
         {
-        case HM_FLOAT32: dispatchDt<float>(s, dt, t, numThreads); break;
-        case HM_FLOAT16: dispatchDt<Half>(s, dt, t, numThreads); break;
-        case HM_BFLOAT16: dispatchDt<BFloat16>(s, dt, t, numThreads); break;
+        case HM_FLOAT32: dispatchDt<float>(s, dt, t, numThreads, runner); break;
+        case HM_FLOAT16: dispatchDt<Half>(s, dt, t, numThreads, runner); break;
+        case HM_BFLOAT16: dispatchDt<BFloat16>(s, dt, t, numThreads, runner); break;
         }
     }
     catch (const std::exception& e)

@@ -71,6 +71,7 @@ typedef struct CUstream_st* HmCudaStream;
 #ifdef __cplusplus
 } // extern "C"
 
+#include <functional>
 #include <string>
 
 namespace hieramamba
@@ -104,9 +105,16 @@ size_t cudaWorkspaceSize(const HmScanShape& s, HmDType act);
 // Element counts, for callers that allocate.
 int64_t numel(const HmScanShape& s, const char* tensorName);
 
-// CPU kernel (hydraScanCpu.cpp). Validates everything first; returns "" on success. numThreads <= 0
-// means std::thread::hardware_concurrency(). Work is split over batch x heads.
-std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, int numThreads);
+// Runs body(i) for every i in [0, count), possibly concurrently, and returns when all have run.
+// body does not throw. Lets a host with its own thread pool (ONNX Runtime's intra-op pool,
+// hydraScanOrtOp.cpp) run the CPU kernel's tasks instead of threads of the kernel's own.
+using HmTaskRunner = std::function<void(int64_t count, const std::function<void(int64_t)>& body)>;
+
+// CPU kernel (hydraScanCpu.cpp). Validates everything first; returns "" on success. Work is split
+// over batch x heads: on `runner` when given, else on numThreads threads of its own (<= 0:
+// std::thread::hardware_concurrency()).
+std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, int numThreads,
+    const HmTaskRunner* runner = nullptr);
 
 // CUDA kernel (hydraScanKernel.cu): one launch computes both directions with the one-step shift.
 // All pointers are device pointers; workspace must hold cudaWorkspaceSize() bytes (may be NULL when

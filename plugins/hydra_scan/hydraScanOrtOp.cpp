@@ -12,11 +12,11 @@
 #include "hydraScanKernel.h"
 #include "hydraScanPluginLogic.h"
 
-#include <atomic>
 #include <exception>
-#include <map>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -25,11 +25,6 @@ namespace
 
 using namespace hieramamba::hydra_scan;
 namespace pl = hieramamba::hydra_scan::plugin;
-
-// Threads of the kernels of sessions registered from now on (<= 0: all hardware threads). ONNX
-// Runtime does not tell custom ops its intra-op thread count, so the caller sets it before
-// registering (hm_ort_set_scan_threads) and each registration keeps the value it saw.
-std::atomic<int> gScanThreads{0};
 
 template <typename Fn>
 Fn apiFn(const OrtApi* api, int slot)
@@ -68,13 +63,11 @@ struct HydraScanOp
 {
     OrtCustomOp base;
     TypePair types;
-    int threads;
 };
 
 struct Kernel
 {
     const OrtApi* api;
-    int threads;
 };
 
 const HydraScanOp& self(const OrtCustomOp* op)
@@ -151,7 +144,7 @@ OrtStatus* createKernel(const OrtCustomOp* op, const OrtApi* api, const OrtKerne
 {
     try
     {
-        *kernel = new Kernel{api, self(op).threads};
+        *kernel = new Kernel{api};
         return nullptr;
     }
     catch (const std::exception& e)
@@ -199,6 +192,11 @@ OrtStatus* dataOf(const OrtApi* api, const OrtValue* value, void** data)
     // GetTensorMutableData takes a non-const value; inputs are only read.
     return apiFn<OrtStatus* (*) (OrtValue*, void**)>(api, HM_ORT_GetTensorMutableData)(
         const_cast<OrtValue*>(value), data);
+}
+
+void runTask(void* body, size_t i)
+{
+    (*static_cast<const std::function<void(int64_t)>*>(body))(static_cast<int64_t>(i));
 }
 
 OrtStatus* computeChecked(const Kernel& k, OrtKernelContext* ctx)
@@ -274,7 +272,21 @@ OrtStatus* computeChecked(const Kernel& k, OrtKernelContext* ctx)
         states ? static_cast<const float*>(in[pl::kInStateF0]) : nullptr,
         states ? static_cast<const float*>(in[pl::kInStateB0]) : nullptr, outData[pl::kOutY],
         static_cast<float*>(outData[pl::kOutStateF]), static_cast<float*>(outData[pl::kOutStateB])};
-    err = runCpu(shape, static_cast<HmDType>(act), static_cast<HmDType>(dt), t, k.threads);
+    // The heads run on the session's intra-op pool: the session's thread count, and no threads of
+    // our own competing with ORT's (spinning) ones for the same cores.
+    const HmTaskRunner onOrtPool = [api, ctx](int64_t count, const std::function<void(int64_t)>& body) {
+        auto parallelFor = apiFn<OrtStatus* (*) (const OrtKernelContext*, void (*)(void*, size_t), size_t, size_t,
+            void*)>(api, HM_ORT_KernelContext_ParallelFor);
+        OrtStatus* status = parallelFor(ctx, runTask, static_cast<size_t>(count), 0,
+            const_cast<void*>(static_cast<const void*>(&body)));
+        if (status != nullptr)
+        {
+            const std::string message = apiFn<const char* (*) (const OrtStatus*)>(api, HM_ORT_GetErrorMessage)(status);
+            apiFn<void (*)(OrtStatus*)>(api, HM_ORT_ReleaseStatus)(status);
+            throw std::runtime_error("ONNX Runtime's KernelContext_ParallelFor failed: " + message);
+        }
+    };
+    err = runCpu(shape, static_cast<HmDType>(act), static_cast<HmDType>(dt), t, 0, &onOrtPool);
     if (!err.empty())
     {
         return makeStatus(api, HM_ORT_FAIL, err);
@@ -295,22 +307,22 @@ OrtStatus* compute(void* kernel, OrtKernelContext* ctx)
     }
 }
 
-// One custom-op domain per thread count, shared by every session registered with that count and
-// kept for the life of the process (ONNX Runtime needs the ops alive while any session uses them).
+// One custom-op domain shared by every session and kept for the life of the process (ONNX Runtime
+// needs the ops alive while any session uses them).
 struct Registration
 {
     std::vector<std::unique_ptr<HydraScanOp>> ops;
     OrtCustomOpDomain* domain = nullptr;
 };
 
-std::mutex gRegistrationsLock;
-std::map<int, Registration> gRegistrations;
+std::mutex gRegistrationLock;
+Registration gRegistration;
 
-std::unique_ptr<HydraScanOp> makeOp(TypePair types, int threads)
+std::unique_ptr<HydraScanOp> makeOp(TypePair types)
 {
     auto op = std::make_unique<HydraScanOp>();
     OrtCustomOp& b = op->base;
-    b.version = HM_ORT_API_VERSION;
+    b.version = HM_ORT_CUSTOM_OP_VERSION;
     b.CreateKernel = nullptr; // the V2 entry points below are used (version >= 16)
     b.GetName = opName;
     b.GetExecutionProviderType = opProvider;
@@ -330,15 +342,13 @@ std::unique_ptr<HydraScanOp> makeOp(TypePair types, int threads)
     b.CreateKernelV2 = createKernel;
     b.KernelComputeV2 = compute;
     op->types = types;
-    op->threads = threads;
     return op;
 }
 
 OrtStatus* registerOps(OrtSessionOptions* options, const OrtApi* api)
 {
-    const int threads = gScanThreads.load();
-    std::lock_guard<std::mutex> lock(gRegistrationsLock);
-    Registration& reg = gRegistrations[threads];
+    std::lock_guard<std::mutex> lock(gRegistrationLock);
+    Registration& reg = gRegistration;
     if (reg.domain == nullptr)
     {
         OrtCustomOpDomain* domain = nullptr;
@@ -347,7 +357,7 @@ OrtStatus* registerOps(OrtSessionOptions* options, const OrtApi* api)
         std::vector<std::unique_ptr<HydraScanOp>> ops;
         for (const TypePair& types : kTypePairs)
         {
-            ops.push_back(makeOp(types, threads));
+            ops.push_back(makeOp(types));
             HM_ORT_TRY(apiFn<OrtStatus* (*) (OrtCustomOpDomain*, const OrtCustomOp*)>(api,
                 HM_ORT_CustomOpDomain_Add)(domain, &ops.back()->base));
         }
@@ -362,11 +372,6 @@ OrtStatus* registerOps(OrtSessionOptions* options, const OrtApi* api)
 
 extern "C" {
 
-HM_API void hm_ort_set_scan_threads(int num_threads)
-{
-    gScanThreads.store(num_threads);
-}
-
 HM_API OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
 {
     const OrtApi* api = base->GetApi(HM_ORT_API_VERSION);
@@ -375,7 +380,7 @@ HM_API OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase
         // CreateStatus is the first slot of every API version, so an older runtime can still be told.
         const OrtApi* oldest = base->GetApi(1);
         const std::string message = std::string("libhieramamba_plugins: the HydraScan kernel needs ONNX Runtime "
-                                                ">= 1.16 (C API version 16); this is ")
+                                                ">= 1.20 (C API version 20); this is ")
             + base->GetVersionString();
         return oldest != nullptr ? makeStatus(oldest, HM_ORT_FAIL, message) : nullptr;
     }
