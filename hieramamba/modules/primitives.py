@@ -40,7 +40,8 @@ def channel_mean(x: torch.Tensor) -> torch.Tensor:
     single-threaded and strided, 15× slower on the MAD level-0 shape (1, 512, 8192: 5.9 ms vs
     0.4 ms, 2 threads) and 16 % of the whole MAD graph's time. Same value up to fp32 rounding (the
     sum is taken in another order). fp16/bf16 graphs (the GPU formats) keep ReduceMean, the pattern
-    TensorRT fuses into its normalization layer."""
+    TensorRT fuses into its normalization layer: their statistics come from
+    ``export.onnx_export.fp32_islands``, which does not call this."""
     if x.dtype == torch.float32 and (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
         return torch.matmul(torch.full((1, x.shape[1]), 1.0 / x.shape[1], dtype=x.dtype, device=x.device), x)
     return x.mean(dim=1, keepdim=True)
