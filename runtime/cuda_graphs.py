@@ -91,7 +91,9 @@ class _TorchCudaGraph:
         self.graph, self.pool = torch.cuda.CUDAGraph(), pool
 
     def capture(self, fn: Callable[[], Any]):
-        with torch.cuda.graph(self.graph, pool=self.pool):
+        # thread_local: CUDA work of other threads (other calls on the runtime, outside the stage
+        # lock) must not invalidate this capture, and is not refused because of it.
+        with torch.cuda.graph(self.graph, pool=self.pool, capture_error_mode="thread_local"):
             return fn()
 
     def replay(self):
@@ -108,8 +110,8 @@ class _Captured:
 
 class StageGraphs:
     """Capture-on-repeat cache of stage graphs on one CUDA ``device`` (see the module text).
-    ``graph_factory(pool)``: a graph object with ``capture(fn) -> outputs`` and ``replay()``
-    (default ``torch.cuda.CUDAGraph``); ``warmup``: eager runs of a new key on a side stream
+    ``graph_factory()``: a new graph object with ``capture(fn) -> outputs`` and ``replay()``
+    (default ``torch.cuda.CUDAGraph`` in one pool shared by all graphs); ``warmup``: eager runs of a new key on a side stream
     before its capture (lazy library initialisation must not happen inside a capture)."""
 
     def __init__(self, device, capture_after: int = 2, max_graphs: int = 256, warmup: int = 1,
