@@ -38,6 +38,8 @@ ENGINES_MANIFEST = "engines.json"
 PLUGIN_LIBRARY_NAME = "libhieramamba_trt_plugin.so"
 PLUGIN_ENV = "HIERAMAMBA_TRT_PLUGIN"
 MIN_TRT_MAJOR = 10
+# IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment".
+TRT_ALIGNMENT = 256
 INDEX_MAX = 2 ** 31 - 1
 
 
@@ -349,6 +351,7 @@ class TrtBackend(StageGraphBackend):
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engines, self._lock = {}, threading.Lock()
+        self._side_streams = threading.local()
 
     # Device hooks (tests run the stand-in TensorRT on host memory through a subclass).
     def _check_device(self):
@@ -360,8 +363,40 @@ class TrtBackend(StageGraphBackend):
         major, minor = self.torch.cuda.get_device_capability(self.device)
         return f"{major}.{minor}"
 
-    def _stream_handle(self) -> int:
-        return self.torch.cuda.current_stream(self.device).cuda_stream
+    def _device_scope(self):
+        """TensorRT deserializes and runs on the current CUDA device: make it ``self.device``."""
+        return self.torch.cuda.device(self.device)
+
+    def _execute(self, ctx, inputs) -> bool:
+        """``execute_async_v3`` on torch's current stream, or, when that is the legacy default
+        stream (handle 0; TensorRT would then synchronise the device around every call), on a
+        per-thread side stream ordered after the current one, which then waits for it."""
+        torch = self.torch
+        current = torch.cuda.current_stream(self.device)
+        if current.cuda_stream != 0:
+            return ctx.execute_async_v3(current.cuda_stream)
+        side = getattr(self._side_streams, "stream", None)
+        if side is None:
+            side = self._side_streams.stream = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        ok = ctx.execute_async_v3(side.cuda_stream)
+        for t in inputs:  # their memory is not handed out again before TensorRT has read it
+            if t.is_cuda:
+                t.record_stream(side)
+        current.wait_stream(side)
+        return ok
+
+    def _aligned(self, t):
+        """``t`` itself when TensorRT may take its address, else a copy at a 256-byte boundary
+        (slices of a chunk, e.g. the scan inputs of a one-query window, start anywhere)."""
+        if t.data_ptr() % TRT_ALIGNMENT == 0:
+            return t
+        n = t.numel() * t.element_size()
+        buf = self.torch.empty(n + TRT_ALIGNMENT, dtype=self.torch.uint8, device=t.device)
+        start = (-buf.data_ptr()) % TRT_ALIGNMENT
+        out = buf[start:start + n].view(t.dtype).view(t.shape)
+        out.copy_(t)
+        return out
 
     # -- engines ---------------------------------------------------------------------------
     def _engine(self, stage) -> _Engine:
@@ -375,7 +410,8 @@ class TrtBackend(StageGraphBackend):
                 if file_sha256(path) != st["sha256"]:
                     raise CheckpointError(f"{path}: engine file is corrupt (checksum differs from "
                                           f"{ENGINES_MANIFEST}); rebuild the engines")
-                engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+                with self._device_scope():
+                    engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
                 if engine is None:
                     raise CheckpointError(f"{path}: TensorRT could not deserialize the engine (corrupt, or "
                                           "built by another TensorRT/plugin); rebuild the engines")
@@ -407,19 +443,28 @@ class TrtBackend(StageGraphBackend):
             t = feeds[name]
             t = torch.as_tensor(t).to(device="cpu" if host else self.device, dtype=dt).contiguous()
             if not host:
-                self._check_profile(stage, eng, name, t.shape)
+                t = self._aligned(t)
+                if -1 in tuple(eng.engine.get_tensor_shape(name)):  # static inputs have no profile
+                    self._check_profile(stage, eng, name, t.shape)
             if not ctx.set_input_shape(name, tuple(t.shape)):
                 raise InputError(f"stage {stage}: TensorRT rejected shape {tuple(t.shape)} for input {name}")
-            ctx.set_tensor_address(name, t.data_ptr())
+            self._bind(ctx, stage, name, t)
             keep.append(t)
         outs = []
         for name, dt in eng.outputs:
-            t = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=dt, device=self.device)
-            ctx.set_tensor_address(name, t.data_ptr())
+            t = self._aligned(torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=dt, device=self.device))
+            self._bind(ctx, stage, name, t)
             outs.append(t)
-        if not ctx.execute_async_v3(self._stream_handle()):
-            raise RuntimeError(f"TensorRT failed to run the engine of stage {stage} (see its log)")
+        with self._device_scope():
+            if not self._execute(ctx, keep):
+                raise RuntimeError(f"TensorRT failed to run the engine of stage {stage} (see its log)")
         return outs
+
+    @staticmethod
+    def _bind(ctx, stage, name, t):
+        if not ctx.set_tensor_address(name, t.data_ptr()):
+            raise RuntimeError(f"TensorRT refused the buffer of {name} (stage {stage}) at address "
+                               f"{t.data_ptr():#x}; see its log")
 
     def _dense(self, t):
         return t.contiguous() if hasattr(t, "contiguous") else np.ascontiguousarray(t)

@@ -105,7 +105,10 @@ def _graph_io(path):
 class _Input:
     def __init__(self, d):
         self.name, self.shape, self.dtype = d["name"], tuple(d["shape"]), DataType[d["dtype"]]
-        self.is_shape_tensor = len(self.shape) == 0 and self.dtype == DataType.INT64
+        # The bundles' 0-d int64 inputs (n_valid, slot_offset, pe_start, pe_total) feed values
+        # only (masks, position encoding), never a shape operand, so TensorRT makes them device
+        # execution tensors, not host shape tensors.
+        self.is_shape_tensor = False
 
 
 class _Network:
@@ -268,9 +271,13 @@ class _Engine:
         return mode == TensorIOMode.INPUT and t.is_shape_tensor
 
     def get_tensor_profile_shape(self, name, profile_index):
-        assert profile_index == 0
-        t = self.by_name[name][0]
-        return self.profile.get(name, [t.shape] * 3)
+        # Strict: only inputs with dynamic dims are in the profile (what TensorRT returns for
+        # the others is not documented, so the runtime must not ask).
+        assert profile_index == 0 and name in self.profile, name
+        return self.profile[name]
+
+    def get_tensor_shape(self, name):
+        return self.by_name[name][0].shape
 
     def create_execution_context(self):
         return _Context(self)
@@ -290,7 +297,7 @@ class _Context:
 
     def set_input_shape(self, name, shape):
         t = self.engine.by_name[name][0]
-        lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+        lo, _, hi = self.engine.profile.get(name, [t.shape] * 3)  # static: exactly its shape
         shape = tuple(int(s) for s in shape)
         if len(shape) != len(t.shape) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
             return False
@@ -298,6 +305,8 @@ class _Context:
         return True
 
     def set_tensor_address(self, name, ptr):
+        if int(ptr) % 256:  # "The pointer must have at least 256-byte alignment" (TensorRT 10)
+            return False
         self.addresses[name] = int(ptr)
         if self.engine.by_name[name][1] == TensorIOMode.INPUT:
             self.outputs = None
