@@ -136,7 +136,7 @@ def build_engine(onnx_path, engine_path, profile: ProfileSpec, *, plugin_library
     builder = trt.Builder(logger)
     cache = _timing_cache(builder, timing_cache)
     serialized = serialize_network(trt, builder, logger, onnx_path, lambda inp: shapes.get(inp.name),
-                                   workspace_gib, cache)
+                                   workspace_gib, cache, scan_nodes=man["hydra_scan"]["custom_nodes"])
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     engine_path.write_bytes(bytes(serialized))
     if cache is not None:
@@ -156,16 +156,24 @@ def _timing_cache(builder, path):
     return builder.create_builder_config().create_timing_cache(blob)
 
 
-def serialize_network(trt, builder, logger, onnx_path, profile_for, workspace_gib, cache=None):
+def serialize_network(trt, builder, logger, onnx_path, profile_for, workspace_gib, cache=None,
+                      scan_nodes: int = 0, log=None):
     """Parse ``onnx_path`` into a strongly typed network and build it with one optimization
     profile: ``profile_for(network input)`` gives ``(min, opt, max)`` shapes, or for a shape
     tensor input its value ranges (``None``: the input is static). Returns the serialized
-    engine; raises ExportError naming the file when TensorRT cannot parse or build it."""
+    engine; raises ExportError naming the file when TensorRT cannot parse or build it.
+    ``scan_nodes``: HydraScan nodes in the file; fewer plugin layers after parsing means this
+    TensorRT built them from their ONNX function body (correct, slower), which ``log`` is told."""
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT could not parse {onnx_path}: {errs}")
+    plugin_layers = sum(network.get_layer(i).type == trt.LayerType.PLUGIN_V3 for i in range(network.num_layers))
+    if plugin_layers < scan_nodes:
+        (log or print)(f"warning: {Path(onnx_path).name}: TensorRT {trt.__version__} made {plugin_layers} of "
+                       f"{scan_nodes} HydraScan nodes plugin layers; the others run their ONNX function "
+                       "body (same results, slower; TensorRT >= 10.7 picks the registered plugin)")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     opt_profile = builder.create_optimization_profile()
@@ -267,7 +275,7 @@ def build_bundle_engines(bundle_dir, limits, out_dir=None, *, plugin_library=Non
             blob = serialize_network(
                 trt, builder, logger, bundle_dir / man["stages"][name]["file"],
                 lambda inp: prof["values"].get(inp.name) if inp.is_shape_tensor else prof["shapes"].get(inp.name),
-                workspace_gib, cache)
+                workspace_gib, cache, scan_nodes=man["stages"][name].get("hydra_scan_nodes", 0), log=log)
             (tmp / f"{name}.engine").write_bytes(bytes(blob))
             stages[name] = {"file": f"{name}.engine", "sha256": file_sha256(tmp / f"{name}.engine"),
                             "profile": {k: [list(s) for s in v] for k, v in prof["shapes"].items()}}

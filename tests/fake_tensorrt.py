@@ -32,6 +32,9 @@ class Logger:
         self.level = level
 
 
+INLINE_FUNCTIONS = False  # tests set it to act as a TensorRT that inlines model-local functions
+
+
 class DataType(enum.Enum):
     FLOAT = 0
     HALF = 1
@@ -111,9 +114,27 @@ class _Input:
         self.is_shape_tensor = False
 
 
+class LayerType(enum.Enum):  # the members the project looks at
+    PLUGIN_V3 = "PLUGIN_V3"
+    OTHER = "OTHER"
+
+
+class _Layer:
+    def __init__(self, node, inline_plugins):
+        plugin = node.op_type == "HydraScan" and not inline_plugins
+        self.type = LayerType.PLUGIN_V3 if plugin else LayerType.OTHER
+
+
 class _Network:
     def __init__(self, flags):
-        self.flags, self.inputs, self.path = flags, [], None
+        self.flags, self.inputs, self.path, self.layers = flags, [], None, []
+
+    @property
+    def num_layers(self):
+        return len(self.layers)
+
+    def get_layer(self, i):
+        return self.layers[i]
 
     @property
     def num_inputs(self):
@@ -142,6 +163,8 @@ class OnnxParser:
                 return False
         self.network.inputs = [_Input(d) for d in ins]
         self.network.path = str(path)
+        # INLINE_FUNCTIONS=1: parse as a TensorRT that prefers the node's ONNX function (<= 10.6).
+        self.network.layers = [_Layer(n, INLINE_FUNCTIONS) for n in g.node]
         return True
 
 

@@ -177,6 +177,25 @@ def test_engine_and_bundle_mismatches_are_refused(engines, tmp_path):
         be.text(np.zeros((1, be.plan["text_in_dim"], 16), np.float32), np.ones((1, 1, 16), bool))
 
 
+def test_a_tensorrt_that_inlines_the_scan_function_is_reported(bundle, fake_trt, plugin, tmp_path, monkeypatch):
+    """TensorRT <= 10.6 builds a node with a model-local function from the function body: the
+    engines are right but the plugin is unused, which the build says per stage."""
+    from hieramamba.export import trt_build
+
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: {"name": "NVIDIA H200", "compute_capability": "9.0"})
+    for inline in (False, True):
+        monkeypatch.setattr(fake_trt, "INLINE_FUNCTIONS", inline)
+        lines = []
+        trt_build.build_bundle_engines(bundle[0], LIMITS, tmp_path / f"e{inline}", plugin_library=plugin,
+                                       progress=False, log=lines.append)
+        warned = [x for x in lines if x.startswith("warning:")]
+        stages = json.loads((bundle[0] / "manifest.json").read_text())["stages"]
+        scan_stages = [n for n, st in stages.items() if st.get("hydra_scan_nodes", 0)]
+        assert scan_stages
+        assert len(warned) == (len(scan_stages) if inline else 0), warned
+        assert all("ONNX function body" in x for x in warned)
+
+
 def test_plugin_library_is_required_and_checked(bundle, fake_trt, tmp_path):
     from hieramamba.export.trt_build import build_bundle_engines
 
