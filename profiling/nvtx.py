@@ -21,8 +21,8 @@ inside them, so ``hydra.scan`` inside ``amp3`` is reported as ``amp3.hydra.scan`
 
 While torch traces (``torch.export``, ``torch.onnx``, ``torch.compile``) or captures a CUDA graph
 an enabled range does nothing either: a graph must not contain profiler calls, and host timings
-of a trace or capture mean nothing. This module never imports torch itself: it asks torch only if torch is already loaded,
-so the torch-free runtime can use the same ranges.
+of a trace or capture mean nothing. This module never imports torch itself: it asks torch only
+if torch is already loaded, so the torch-free runtime can use the same ranges.
 """
 
 from __future__ import annotations

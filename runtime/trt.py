@@ -88,8 +88,8 @@ def load_scan_plugin(trt, path: Optional[str] = None, recorded: Optional[str] = 
     lib = find_plugin_library(path, recorded)
     registry = trt.get_plugin_registry()
     key = str(lib.resolve())
-    # Once per process and file: building engines then running them (bench, CLI) loads it twice,
-    # and a second registration of the same creators is refused by TensorRT.
+    # Once per process and file: building engines then running them (bench, CLI) would load it
+    # twice, and TensorRT may refuse a second registration of the same creators.
     if key not in _loaded_plugin_libraries:
         handle = registry.load_library(str(lib))
         if handle is None:
