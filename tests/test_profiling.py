@@ -278,3 +278,26 @@ def test_missing_cuda_device_is_a_clear_error(capsys):
     with pytest.raises(InputError, match="CUDA is not available"):
         from hieramamba.inference import Grounder
         Grounder(build_model(load_config("tiny")), load_config("tiny"), device="cuda")
+
+
+def test_gpu_check_script_selects_existing_tests_and_paths():
+    """scripts/gpu_checks.sh (run on a lent GPU, never in CI) must not rot: it parses, its
+    pytest selection finds the GPU tests, and every bench path it names is registered."""
+    import re
+
+    from hieramamba.profiling.paths import REGISTRY
+
+    root = Path(__file__).resolve().parent.parent
+    script = (root / "scripts" / "gpu_checks.sh").read_text()
+    for name in ("gpu_checks.sh", "prepare_gpu_carry.sh"):
+        subprocess.run(["bash", "-n", str(root / "scripts" / name)], check=True)
+    files = re.search(r"step gpu_tests \d+ python3 -m pytest [^\n]*\\\n\s+(\S+) (\S+) -k \"([^\"]+)\"", script)
+    assert files, "gpu_tests step not found"
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          files.group(1), files.group(2), "-k", files.group(3)],
+                         cwd=root, capture_output=True, text=True)
+    collected = out.stdout
+    for test in ("test_cuda_kernel_matches_float64_oracle", "test_real_cuda_graphs_match_eager_on_gpu"):
+        assert test in collected, collected[-2000:]
+    paths = re.search(r"--paths \\\n\s+(\S+)", script).group(1).split(",")
+    assert paths and all(p in REGISTRY for p in paths), paths
