@@ -33,7 +33,9 @@ from . import scan_node
 MIN_OPSET = 18  # the dynamo exporter's minimum; also first opset with ReduceMean axes as input
 DEFAULT_OPSET = 18
 SUPPORTED_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-MAX_PLUGIN_DSTATE = 512  # plugins/hydra_scan README: kCudaMaxDstate
+# Every headdim P and dstate N up to 128 fits the CUDA kernel's shared-memory plan for every dtype
+# (plugins/hydra_scan README "CUDA kernel"; checked by hydraScanLogicTest).
+MAX_PLUGIN_DIM = 128
 
 
 def dtype_name(dtype) -> str:
@@ -286,9 +288,10 @@ def check_model_supported(model) -> None:
                           f"{type(model).__name__}")
     hydras = [m for m in model.modules() if isinstance(m, Hydra)]
     for h in hydras:
-        if h.d_state > MAX_PLUGIN_DSTATE:
-            raise ExportError(f"unsupported config: mamba_dstate={h.d_state} exceeds the HydraScan "
-                              f"plugin's limit of {MAX_PLUGIN_DSTATE}")
+        for what, size in (("mamba_dstate", h.d_state), ("headdim", h.headdim)):
+            if size > MAX_PLUGIN_DIM:
+                raise ExportError(f"unsupported config: {what}={size} exceeds the HydraScan "
+                                  f"plugin's limit of {MAX_PLUGIN_DIM}")
         if h.nheads % h.ngroups:
             raise ExportError(f"unsupported config: {h.nheads} heads not divisible by "
                               f"{h.ngroups} groups")

@@ -270,10 +270,13 @@ def test_c_abi_validation_and_cuda_entry(lib):
     ok = native._HmScanShape(2, 10, 4, 8, 2, 16)
     assert lib.hm_hydra_scan_validate(ctypes.byref(ok), 1, 0, err, 256) == 0
     assert lib.hm_hydra_scan_validate(ctypes.byref(ok), 1, 2, err, 256) == 1  # fp16 x, bf16 dt
-    assert lib.hm_hydra_scan_workspace_size(ctypes.byref(ok), 0) == 0
-    assert lib.hm_hydra_scan_workspace_size(ctypes.byref(ok), 1) == 2560  # 2*10*4*8*4 bytes
-    # The CUDA entry is always exported; shapes beyond the kernel's limits (N > 512) or a build
-    # without CUDA are refused before any device work, so this is safe with or without a GPU.
+    # The CUDA kernel's per-chunk fp32 states and decays, both directions: L = 10 is one chunk;
+    # (2 directions * B 2 * H 4 * 1 chunk) * P 8 * N 16 * 4 = 8192 bytes of states, 16 decays padded
+    # to 256 bytes.
+    assert lib.hm_hydra_scan_workspace_size(ctypes.byref(ok), 0) == 8192 + 256
+    assert lib.hm_hydra_scan_workspace_size(ctypes.byref(ok), 1) == 8192 + 256
+    # The CUDA entry is always exported; shapes beyond the kernel's shared-memory plan (here N =
+    # 1024) or a build without CUDA are refused before any device work: safe with or without a GPU.
     big = native._HmScanShape(1, 1, 1, 1, 1, 1024)
     buf = (ctypes.c_float * 1024)()
     p = ctypes.cast(buf, ctypes.c_void_p)
@@ -473,10 +476,13 @@ def test_cuda_wrapper_rejects_host_tensors(lib):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (not measured on GPU here)")
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("L,G,states", [(1, 1, False), (300, 2, True), (5000, 1, True)])
-def test_cuda_kernel_matches_float64_oracle(lib, dtype, tol, L, G, states):
+# (P, N): tensor cores for 16-bit x when both are multiples of 16, else FMA; (64, 64) is Ego4D/MAD's
+# shape (64-step chunks on tensor cores, 32-step chunks in fp32).
+@pytest.mark.parametrize("P,N", [(16, 32), (64, 64), (8, 24)])
+def test_cuda_kernel_matches_float64_oracle(lib, dtype, tol, L, G, states, P, N):
     if not lib.hm_has_cuda():
         pytest.skip("library built without the CUDA kernel")
-    t = make_inputs(2, L, 4, 16, G, 32, states=states, seed=L, dtype=dtype)
+    t = make_inputs(2, L, 4, P, G, N, states=states, seed=L, dtype=dtype)
     want = oracle(*args(t))
     dev = {k: (None if v is None else v.cuda()) for k, v in t.items()}
     got = native.native_hydra_scan_cuda(*args(dev))

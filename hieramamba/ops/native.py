@@ -138,8 +138,8 @@ def native_hydra_scan_cpu(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
     tensors share one dtype (float32, float16 or bfloat16); ``y`` comes back in it, the states in
     float32. ``dt_f, dt_b, A, dt_bias`` are passed as they are when all four are float32 or all
     have x's dtype, otherwise they are converted to float32 (all math is fp32 anyway).
-    ``chunk_size`` is accepted for the op's calling convention; the sequential kernel does not
-    need it. ``num_threads`` defaults to ``torch.get_num_threads()``.
+    ``chunk_size`` is accepted for the op's calling convention; the CPU kernel runs the recurrence
+    and does not need it. ``num_threads`` defaults to ``torch.get_num_threads()``.
     Every tensor must be a contiguous CPU tensor; violations raise ``InputError``.
     """
     import torch
@@ -161,8 +161,11 @@ def native_hydra_scan_cpu(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
 
 def native_hydra_scan_cuda(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
                            state_f0=None, state_b0=None, chunk_size: int = 256):
-    """HydraScan on CUDA tensors with the CUDA kernel (one launch, both directions), enqueued on
-    torch's current stream; same contract as :func:`native_hydra_scan_cpu`. Raises
+    """HydraScan on CUDA tensors with the chunked CUDA kernel (both directions in each of its three
+    launches), enqueued on torch's current stream; same contract as :func:`native_hydra_scan_cpu`.
+    ``chunk_size`` is accepted for the calling convention: the kernel picks its own chunk length
+    (16-64 steps, from its shared-memory plan), which changes results only by rounding. The
+    workspace (per-chunk fp32 states) comes from torch's allocator. Raises
     ``BackendUnavailableError`` when the library was built without CUDA."""
     import torch
 

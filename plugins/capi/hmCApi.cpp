@@ -141,7 +141,7 @@ int hm_hydra_scan_cuda(const HmScanShape* shape, int dtype, int dt_dtype, const 
                     workspace_size, stream),
                 err, errlen);
         }
-        e = validateCudaShape(*shape);
+        e = validateCudaShape(*shape, static_cast<HmDType>(dtype));
         if (!e.empty())
         {
             return fail(HM_ERR_UNSUPPORTED, e, err, errlen);

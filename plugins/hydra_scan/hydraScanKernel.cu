@@ -1,5 +1,5 @@
-// CUDA HydraScan launcher: validates, picks the launch geometry for the current GPU and launches the
-// kernel of hydraScanKernelDevice.cuh (design notes there) once for both directions.
+// CUDA HydraScan launcher: validates, plans (planCuda) and launches the three kernels of
+// hydraScanKernelDevice.cuh (design notes there) on one stream.
 #include "hydraScanKernelDevice.cuh"
 
 namespace hieramamba
@@ -17,49 +17,89 @@ std::string cudaErrorText(const char* what, cudaError_t e)
         + cudaGetErrorString(e) + ")";
 }
 
-std::string makePlan(const HmScanShape& s, Plan* plan)
+// Dynamic shared memory above 48 KiB must be opted into per kernel; older GPUs may not have it.
+template <typename Kernel>
+std::string allowSharedMemory(Kernel kernel, size_t bytes)
 {
     int dev = 0;
-    int numSMs = 0;
+    int optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess)
     {
-        e = cudaDeviceGetAttribute(&numSMs, cudaDevAttrMultiProcessorCount, dev);
+        e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     }
     if (e != cudaSuccess)
     {
-        return cudaErrorText("querying the current device", e);
+        return cudaErrorText("querying the device's shared memory", e);
     }
-    return planFor(s, numSMs, plan);
+    if (bytes > static_cast<size_t>(optin))
+    {
+        return "HydraScan CUDA kernel: needs " + std::to_string(bytes) + " bytes of shared memory per block, this GPU "
+            + "allows " + std::to_string(optin) + " (the kernel targets sm_80 and newer)";
+    }
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    return e == cudaSuccess ? std::string() : cudaErrorText("cudaFuncSetAttribute (shared memory)", e);
 }
 
-template <typename T, typename Tdt>
-std::string launchTyped(const HmScanShape& s, const HmScanTensors& t, void* workspace, cudaStream_t stream)
+template <typename T, typename Tdt, bool kTensorCores>
+std::string launchPlan(const HmScanShape& s, const CudaPlan& plan, const HmScanTensors& t, void* workspace,
+    cudaStream_t stream)
 {
-    Plan plan{};
-    std::string err = makePlan(s, &plan);
+    const Args<T, Tdt> a = makeArgs<T, Tdt>(s, plan, t, workspace);
+    const int64_t heads = s.batch * s.heads;
+    const auto stateKernel = chunkStateKernel<T, Tdt, kTensorCores>;
+    const auto outputKernel = chunkOutputKernel<T, Tdt, kTensorCores>;
+    std::string err = allowSharedMemory(stateKernel, plan.stateSmem.total);
+    if (err.empty())
+    {
+        err = allowSharedMemory(outputKernel, plan.outputSmem.total);
+    }
     if (!err.empty())
     {
         return err;
     }
-    const Args<T, Tdt> a = makeArgs<T, Tdt>(s, t, workspace);
-
-    const dim3 grid(static_cast<unsigned>(s.batch * s.heads), static_cast<unsigned>(plan.pSlices));
-    const dim3 block(static_cast<unsigned>(2 * plan.threadsPerDir));
-    hydraScanSequentialKernel<T, Tdt><<<grid, block, plan.smemBytes, stream>>>(a, plan);
+    const dim3 chunkGrid(static_cast<unsigned>(heads * plan.numChunks), 1, 2);
+    if (plan.numChunks > 0)
+    {
+        stateKernel<<<chunkGrid, kBlockThreads, plan.stateSmem.total, stream>>>(a, plan.stateSmem);
+    }
+    const int stateSize = static_cast<int>(s.headdim * s.dstate);
+    const int blocksPerHead = (stateSize + kPassThreads - 1) / kPassThreads;
+    statePassingKernel<<<dim3(static_cast<unsigned>(heads * blocksPerHead), 1, 2), kPassThreads, 0, stream>>>(
+        a.chunkStates, a.chunkDecays, a.stateF0, a.stateB0, a.stateF, a.stateB, plan.numChunks, stateSize,
+        blocksPerHead);
+    if (plan.numChunks > 0)
+    {
+        outputKernel<<<dim3(static_cast<unsigned>(heads * plan.numChunks)), kBlockThreads, plan.outputSmem.total,
+            stream>>>(a, plan.outputSmem);
+    }
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? std::string() : cudaErrorText("kernel launch", e);
 }
 
+template <typename T, typename Tdt>
+std::string launchTyped(const HmScanShape& s, const CudaPlan& plan, const HmScanTensors& t, void* workspace,
+    cudaStream_t stream)
+{
+    if constexpr (!std::is_same<T, float>::value)
+    {
+        if (plan.tensorCores)
+        {
+            return launchPlan<T, Tdt, true>(s, plan, t, workspace, stream);
+        }
+    }
+    return launchPlan<T, Tdt, false>(s, plan, t, workspace, stream);
+}
+
 template <typename T>
-std::string dispatchDt(
-    const HmScanShape& s, HmDType dt, const HmScanTensors& t, void* workspace, cudaStream_t stream)
+std::string dispatchDt(const HmScanShape& s, const CudaPlan& plan, HmDType dt, const HmScanTensors& t,
+    void* workspace, cudaStream_t stream)
 {
     if (dt == HM_FLOAT32)
     {
-        return launchTyped<T, float>(s, t, workspace, stream);
+        return launchTyped<T, float>(s, plan, t, workspace, stream);
     }
-    return launchTyped<T, T>(s, t, workspace, stream);
+    return launchTyped<T, T>(s, plan, t, workspace, stream);
 }
 
 } // namespace
@@ -77,22 +117,24 @@ std::string launchCuda(const HmScanShape& s, HmDType act, HmDType dt, const HmSc
     {
         err = validateDtypes(act, dt);
     }
+    CudaPlan plan{};
     if (err.empty())
     {
-        err = validateCudaShape(s);
+        err = planCuda(s, act, &plan);
     }
     if (err.empty())
     {
         err = validatePointers(s, t);
     }
-    if (err.empty() && workspaceBytes < cudaWorkspaceSize(s, act))
+    if (err.empty() && workspaceBytes < plan.workspaceBytes)
     {
         err = "HydraScan CUDA kernel: workspace of " + std::to_string(workspaceBytes) + " bytes, need "
-            + std::to_string(cudaWorkspaceSize(s, act));
+            + std::to_string(plan.workspaceBytes);
     }
-    if (err.empty() && act != HM_FLOAT32 && cudaWorkspaceSize(s, act) > 0 && workspace == nullptr)
+    if (err.empty() && plan.workspaceBytes > 0 && workspace == nullptr)
     {
-        err = "HydraScan CUDA kernel: workspace is NULL but fp16/bf16 output needs an fp32 accumulator";
+        err = "HydraScan CUDA kernel: workspace is NULL but the per-chunk states need "
+            + std::to_string(plan.workspaceBytes) + " bytes";
     }
     if (!err.empty())
     {
@@ -105,9 +147,9 @@ std::string launchCuda(const HmScanShape& s, HmDType act, HmDType dt, const HmSc
     const cudaStream_t cs = reinterpret_cast<cudaStream_t>(stream);
     switch (act)
     {
-    case HM_FLOAT32: return dispatchDt<float>(s, dt, t, workspace, cs);
-    case HM_FLOAT16: return dispatchDt<__half>(s, dt, t, workspace, cs);
-    case HM_BFLOAT16: return dispatchDt<__nv_bfloat16>(s, dt, t, workspace, cs);
+    case HM_FLOAT32: return dispatchDt<float>(s, plan, dt, t, workspace, cs);
+    case HM_FLOAT16: return dispatchDt<__half>(s, plan, dt, t, workspace, cs);
+    case HM_BFLOAT16: return dispatchDt<__nv_bfloat16>(s, plan, dt, t, workspace, cs);
     }
     return "HydraScan CUDA kernel: unreachable dtype";
 }

@@ -79,9 +79,6 @@ namespace hieramamba
 namespace hydra_scan
 {
 
-// Largest state size N the CUDA kernel handles (32 lanes x 16 registers per state row).
-constexpr int64_t kCudaMaxDstate = 512;
-
 const char* dtypeName(HmDType t);
 
 // Empty string when the shape is valid, otherwise a message naming the field, the expected and the
@@ -95,11 +92,46 @@ std::string validateDtypes(int actDtype, int dtDtype);
 // and for the optional initial states).
 std::string validatePointers(const HmScanShape& s, const HmScanTensors& t);
 
-// Extra limits of the CUDA kernel beyond validateShape (N <= kCudaMaxDstate).
-std::string validateCudaShape(const HmScanShape& s);
+// Shared memory one block of the CUDA kernel may use: the opt-in limit of every sm_80+ GPU
+// (sm_86/sm_89 grant 99 KiB per block; sm_80 163 KiB, sm_90 227 KiB). A fixed budget keeps the
+// plan, and so the workspace size, a function of the shape and dtype alone.
+constexpr size_t kCudaSharedMemoryBudget = 99 * 1024;
 
-// Scratch bytes the CUDA kernel needs: an fp32 accumulator for y when y is fp16/bf16, none when y
-// is fp32 (it accumulates in place). Independent of the dt type and of the initial states.
+// Byte offsets of the buffers a kernel block carves out of its dynamic shared memory.
+struct CudaChunkStateSmem // phase 1: x scaled by its decay weight, B, the chunk's state
+{
+    size_t x, b, state, scan, total;
+};
+struct CudaChunkOutputSmem // phase 3: x, C (query rows), B, entering state, C.B^T, masked C.B^T, y, scans
+{
+    size_t x, c, b, state, g, m, y, scan, total;
+};
+
+// How the CUDA kernel runs one shape (pure host logic; hydraScanShape.cpp). The scan is the chunked
+// SSD algorithm in three launches, each covering both directions (hydraScanKernelDevice.cuh):
+// chunk states, state passing across chunks, chunk outputs.
+struct CudaPlan
+{
+    int chunk = 0;            // Q: time steps per chunk (64, 32 or 16: the largest that fits)
+    int64_t numChunks = 0;    // ceil(L / Q)
+    bool tensorCores = false; // 16-bit x and P, N multiples of 16: intra-chunk products on tensor cores
+    size_t operandBytes = 0;  // element size of the staged matrix operands (2 on tensor cores, else 4)
+    CudaChunkStateSmem stateSmem{};
+    CudaChunkOutputSmem outputSmem{};
+    size_t chunkStatesOffset = 0; // workspace: fp32 [2 dirs, B, H, chunks, P, N]
+    size_t chunkDecaysOffset = 0; // workspace: fp32 [2 dirs, B, H, chunks]
+    size_t workspaceBytes = 0;
+};
+
+// Fills *plan, or returns why the CUDA kernel cannot run this shape (it must already pass
+// validateShape). The limit is shared memory: P*N staged once plus Q-row tiles of x, B, C.
+std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan);
+
+// Extra limits of the CUDA kernel beyond validateShape: planCuda's verdict.
+std::string validateCudaShape(const HmScanShape& s, HmDType act);
+
+// Scratch bytes the CUDA kernel needs: per-chunk fp32 states and decays of both directions
+// (planCuda). 0 for invalid shapes and for L = 0 or B = 0.
 size_t cudaWorkspaceSize(const HmScanShape& s, HmDType act);
 
 // Element counts, for callers that allocate.
@@ -116,8 +148,8 @@ using HmTaskRunner = std::function<void(int64_t count, const std::function<void(
 std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, int numThreads,
     const HmTaskRunner* runner = nullptr);
 
-// CUDA kernel (hydraScanKernel.cu): one launch computes both directions with the one-step shift.
-// All pointers are device pointers; workspace must hold cudaWorkspaceSize() bytes (may be NULL when
+// CUDA kernel (hydraScanKernel.cu): the chunked SSD scan of planCuda, three launches on `stream`,
+// each covering both directions with the one-step shift (no flips, no batch doubling). All pointers are device pointers; workspace must hold cudaWorkspaceSize() bytes (may be NULL when
 // that is 0). Asynchronous on `stream`; returns "" when the launch succeeded.
 std::string launchCuda(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, void* workspace,
     size_t workspaceBytes, HmCudaStream stream);

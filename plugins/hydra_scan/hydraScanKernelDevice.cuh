@@ -1,22 +1,31 @@
-// Device code of the CUDA HydraScan kernel: both directions and the one-step shift in one launch.
+// Device code of the CUDA HydraScan kernel: the chunked SSD scan, both directions and the one-step
+// shift, without flips or batch doubling.
 //
-// Design (correctness first; a chunked tensor-core SSD version can replace the inner loop later):
-//  * grid.x = batch x head, grid.y = slices of the head dimension P (state rows are independent, so
-//    splitting P only repeats the cheap B/C/dt loads and gives the GPU enough blocks).
-//  * block = two halves of `threadsPerDir` threads: the first half scans forward, the second half
-//    backward, concurrently. No flips, no batch doubling.
-//  * a state row S[p, :] (N floats) is spread over a team of K lanes of one warp, 16 registers each;
-//    the contraction s_t[p] = S[p, :] . C_t is a register sum plus log2(K) shuffles.
-//  * time is processed in tiles: x, B, C, delta and exp(delta*A) of a tile are staged in shared memory
-//    (fp32), then every thread steps through the tile sequentially.
-//  * output rows receive exactly two terms (forward s_{t-1}, backward s_{t+1}) added with atomicAdd
-//    onto zero. Two addends onto an exact zero give fl(a+b) in either order, so the result is
-//    deterministic. fp32 y accumulates in place; fp16/bf16 y go through an fp32 workspace.
+// Math (per batch b, head h; REFERENCE §7, README "Chunked CUDA kernel"). Time is cut into chunks of
+// Q steps (CudaPlan::chunk). In chunk [t0, t0+Q), with a_i = A·Δ_i (0 past the end of the video),
+// pre_i = Σ_{r<=i} a_r and suf_i = Σ_{r>=i} a_r (both within the chunk):
+//   forward  y_fw[t0+i] = e^{pre_{i-1}} C^f_{t0+i-1}·S^f_in + Σ_{j<i} e^{pre_{i-1}-pre_j} (C^f_{t0+i-1}·B^f_j) Δ^f_j x_j
+//   backward y_bw[t0+i] = e^{suf_{i+1}} C^b_{t0+i+1}·S^b_in + Σ_{j>i} e^{suf_{i+1}-suf_j} (C^b_{t0+i+1}·B^b_j) Δ^b_j x_j
+// where S^f_in is the forward state entering the chunk from the left and S^b_in the backward state
+// entering from the right. The query row is C at the neighbouring step: that is the shift. Rows
+// whose neighbour lies outside [0, L) get a zero query (y_fw[0] = y_bw[L-1] = 0 as in the CPU kernel).
 //
-// This header holds the kernel and its launch geometry; hydraScanKernel.cu launches it. It is a
-// header so that plugins/tests/hydraScanCudaEmulationTest.cpp can also compile the very same kernel
-// for the host (HM_CUDA_EMULATION: one std::thread per CUDA thread) and check it against the CPU
-// kernel on machines without a GPU.
+// Three launches, each with blockIdx.z = direction (0 forward, 1 backward):
+//  1. chunkStateKernel, one block per (b·h, chunk): the state a chunk adds on its own,
+//     S_loc = Σ_j w_j x_j ⊗ B_j with w_j = Δ_j e^{suf_{j+1}} (forward) or Δ_j e^{pre_{j-1}} (backward),
+//     and the chunk's decay e^{Σ a}. Written to the workspace.
+//  2. statePassingKernel, one thread per state element: walks the chunks in scan order and replaces
+//     each S_loc by the state entering that chunk (S_in = decay·S_in + S_loc, fp32), then writes the
+//     final states. The only sequential part, O(L/Q) per element.
+//  3. chunkOutputKernel, one block per (b·h, chunk), both directions in turn: the formulas above,
+//     summed in shared memory and written to y once (no atomics, deterministic).
+// The intra-chunk products (X^T·W·B, C·B^T, M·X, C·S^T) are block GEMMs on staged shared-memory
+// tiles: wmma (tensor cores, fp32 accumulate) when x is fp16/bf16 and P, N are multiples of 16,
+// fp32 FMA otherwise. Δ, the cumulative sums, exponentials, decays and states stay fp32.
+//
+// This is a header so that plugins/tests/hydraScanCudaEmulationTest.cpp can compile the very same
+// kernels for the host (HM_CUDA_EMULATION: one std::thread per CUDA thread) and check them against
+// the CPU kernel on machines without a GPU.
 #pragma once
 
 #include "hydraScanKernel.h"
@@ -29,7 +38,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#define HM_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#include <mma.h>
+#define HM_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "the HydraScan CUDA kernel needs sm_80 or newer (bf16 wmma, 99 KiB of shared memory per block): set CMAKE_CUDA_ARCHITECTURES to 80 or above"
+#endif
 #endif
 
 namespace hieramamba
@@ -39,11 +52,9 @@ namespace hydra_scan
 namespace device
 {
 
-constexpr int kStatePerThread = 16; // state columns per thread: ~100 registers, no spills (ptxas -v)
-static_assert(32 * kStatePerThread == kCudaMaxDstate, "kCudaMaxDstate must match the register layout");
-constexpr int kMaxThreadsPerDir = 128;
-constexpr int kMaxBlock = 2 * kMaxThreadsPerDir;
-constexpr size_t kSmemBudget = 48 * 1024; // stay under the default limit: no opt-in attribute needed
+constexpr int kBlockThreads = 128; // chunk kernels: 4 warps
+constexpr int kPassThreads = 256;  // state passing: one thread per state element
+constexpr int kMaxChunk = 64;      // the prefix scans hold two steps per lane
 
 __device__ __forceinline__ float toF(float v)
 {
@@ -58,9 +69,13 @@ __device__ __forceinline__ float toF(__nv_bfloat16 v)
     return __bfloat162float(v);
 }
 
-// fp32 y is accumulated in place and never converted, so only the 16-bit types need fromF.
 template <typename T>
 __device__ __forceinline__ T fromF(float v);
+template <>
+__device__ __forceinline__ float fromF<float>(float v)
+{
+    return v;
+}
 template <>
 __device__ __forceinline__ __half fromF<__half>(float v)
 {
@@ -78,15 +93,9 @@ __device__ __forceinline__ float softplusF(float v)
     return v > 20.0f ? v : log1pf(expf(v));
 }
 
-struct Plan
-{
-    int team;          // K: lanes sharing one state row (power of two, <= 32)
-    int threadsPerDir; // multiple of 32
-    int rowsPerBlock;  // threadsPerDir / team
-    int pSlices;       // grid.y
-    int tileSteps;     // time steps staged per shared-memory tile
-    size_t smemBytes;
-};
+// Staged operand type: x's type on tensor cores, fp32 otherwise.
+template <typename T, bool kTensorCores>
+using Operand = typename std::conditional<kTensorCores, T, float>::type;
 
 template <typename T, typename Tdt>
 struct Args
@@ -103,166 +112,356 @@ struct Args
     const float* stateF0;
     const float* stateB0;
     T* y;
-    float* acc; // fp32 accumulator [B,L,H,P]: y itself when T is float, else the workspace
     float* stateF;
     float* stateB;
+    float* chunkStates; // workspace [2, B*H, chunks, P, N]
+    float* chunkDecays; // workspace [2, B*H, chunks]
     int64_t L;
+    int64_t numChunks;
     int H;
     int P;
     int G;
     int N;
+    int Q;
 };
 
-template <typename T, typename Tdt>
-__global__ void __launch_bounds__(kMaxBlock) hydraScanSequentialKernel(Args<T, Tdt> a, Plan plan)
+// Inclusive prefix sum over the 32 lanes of a warp.
+__device__ __forceinline__ float warpInclusiveScan(float v)
 {
-    const int tpd = plan.threadsPerDir;
-    const int dir = threadIdx.x / tpd; // warp-uniform: tpd is a multiple of 32
-    const int i = threadIdx.x - dir * tpd;
-    const int K = plan.team;
-    const int member = i & (K - 1);
-    const int rowLocal = i / K;
-    const int rowsPerBlock = plan.rowsPerBlock;
-
-    const int64_t bh = blockIdx.x;
-    const int64_t b = bh / a.H;
-    const int h = static_cast<int>(bh % a.H);
-    const int g = h / (a.H / a.G);
-    const int p0 = blockIdx.y * rowsPerBlock;
-    const int rowsHere = min(rowsPerBlock, a.P - p0);
-    const int p = p0 + rowLocal;
-    const bool rowActive = rowLocal < rowsHere;
-    const int64_t L = a.L;
-    const int N = a.N;
-
-    // Shared memory per direction: [delta TT][decay TT][x TT*rows][B TT*N][C TT*N].
-    const int TT = plan.tileSteps;
-    HM_DYNAMIC_SHARED(float, smem);
-    float* base = smem + static_cast<size_t>(dir) * TT * (2 + rowsPerBlock + 2 * N);
-    float* deltaS = base;
-    float* decayS = deltaS + TT;
-    float* xS = decayS + TT;
-    float* bS = xS + TT * rowsPerBlock;
-    float* cS = bS + TT * N;
-
-    // 1. Zero this block's slice of the accumulator (it owns rows p0..p0+rowsHere of head (b,h)).
-    const int64_t rowStride = static_cast<int64_t>(a.H) * a.P; // y[b, t+1, h, p] - y[b, t, h, p]
-    float* accBase = a.acc + (b * L * a.H + h) * a.P + p0;
-    for (int64_t e = threadIdx.x; e < L * rowsHere; e += blockDim.x)
-    {
-        accBase[(e / rowsHere) * rowStride + e % rowsHere] = 0.0f;
-    }
-
-    // 2. Initial state into registers.
-    const float* init = dir == 0 ? a.stateF0 : a.stateB0;
-    const int64_t stateRow = ((b * a.H + h) * a.P + p) * static_cast<int64_t>(N);
-    float S[kStatePerThread];
+    const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int j = 0; j < kStatePerThread; ++j)
+    for (int off = 1; off < 32; off <<= 1)
     {
-        const int n = member + j * K;
-        S[j] = (init != nullptr && rowActive && n < N) ? init[stateRow + n] : 0.0f;
-    }
-
-    const Tdt* dt = dir == 0 ? a.dtF : a.dtB;
-    const T* Bm = dir == 0 ? a.Bf : a.Bb;
-    const T* Cm = dir == 0 ? a.Cf : a.Cb;
-    const float A = toF(a.A[h]);
-    const float bias = toF(a.dtBias[h]);
-
-    __syncthreads(); // the zeroed accumulator must be visible before any atomicAdd of step 3
-
-    // 3. Scan. Both halves walk the same number of tiles, so __syncthreads stays uniform.
-    for (int64_t tileStart = 0; tileStart < L; tileStart += TT)
-    {
-        const int steps = static_cast<int>(min(static_cast<int64_t>(TT), L - tileStart));
-        // Step j of this tile is time t = tileStart + j (forward) or L-1-(tileStart + j) (backward).
-        for (int e = i; e < steps; e += tpd)
+        const float n = __shfl_up_sync(0xffffffffu, v, off);
+        if (lane >= off)
         {
-            const int64_t t = dir == 0 ? tileStart + e : L - 1 - (tileStart + e);
-            const float delta = softplusF(toF(dt[(b * L + t) * a.H + h]) + bias);
-            deltaS[e] = delta;
-            decayS[e] = expf(delta * A);
-        }
-        for (int e = i; e < steps * rowsHere; e += tpd)
-        {
-            const int j = e / rowsHere;
-            const int r = e - j * rowsHere;
-            const int64_t t = dir == 0 ? tileStart + j : L - 1 - (tileStart + j);
-            xS[j * rowsPerBlock + r] = toF(a.x[((b * L + t) * a.H + h) * a.P + p0 + r]);
-        }
-        for (int e = i; e < steps * N; e += tpd)
-        {
-            const int j = e / N;
-            const int n = e - j * N;
-            const int64_t t = dir == 0 ? tileStart + j : L - 1 - (tileStart + j);
-            const int64_t src = ((b * L + t) * a.G + g) * N + n;
-            bS[j * N + n] = toF(Bm[src]);
-            cS[j * N + n] = toF(Cm[src]);
-        }
-        __syncthreads();
-
-        for (int j = 0; j < steps; ++j)
-        {
-            const float decay = decayS[j];
-            const float u = rowActive ? deltaS[j] * xS[j * rowsPerBlock + rowLocal] : 0.0f;
-            const float* bRow = bS + j * N;
-            const float* cRow = cS + j * N;
-            float part = 0.0f;
-#pragma unroll
-            for (int jj = 0; jj < kStatePerThread; ++jj)
-            {
-                const int n = member + jj * K;
-                if (n < N)
-                {
-                    const float v = fmaf(decay, S[jj], u * bRow[n]);
-                    S[jj] = v;
-                    part = fmaf(v, cRow[n], part);
-                }
-            }
-            // Team reduction; every lane of the warp takes part (inactive rows carry zeros).
-            for (int off = K >> 1; off > 0; off >>= 1)
-            {
-                part += __shfl_xor_sync(0xffffffffu, part, off);
-            }
-            const int64_t t = dir == 0 ? tileStart + j : L - 1 - (tileStart + j);
-            const int64_t tOut = dir == 0 ? t + 1 : t - 1; // the one-step shift
-            if (member == 0 && rowActive && tOut >= 0 && tOut < L)
-            {
-                atomicAdd(accBase + tOut * rowStride + rowLocal, part);
-            }
-        }
-        __syncthreads(); // the next tile overwrites shared memory
-    }
-
-    // 4. Final states: S^f_{L-1} and S^b_0.
-    float* finalState = dir == 0 ? a.stateF : a.stateB;
-#pragma unroll
-    for (int j = 0; j < kStatePerThread; ++j)
-    {
-        const int n = member + j * K;
-        if (rowActive && n < N)
-        {
-            finalState[stateRow + n] = S[j];
+            v += n;
         }
     }
+    return v;
+}
 
-    // 5. fp16/bf16 output: convert the finished fp32 sums (the loop's last __syncthreads made every
-    // atomicAdd of this block visible to the whole block).
-    if constexpr (!std::is_same<T, float>::value)
+// Δ of the chunk's steps (0 past `valid`) and, with a = A·Δ, the inclusive prefix sums pre[i] and
+// suffix sums suf[i] over the chunk. Every thread of the block calls it (shuffles, __syncthreads);
+// every warp computes the same sums and warp 0 stores them.
+template <typename Tdt>
+__device__ void chunkScans(const Tdt* dt, int64_t firstIndex, int64_t stride, int valid, int Q, float A,
+    float bias, float* delta, float* pre, float* suf)
+{
+    for (int i = threadIdx.x; i < Q; i += blockDim.x)
     {
-        T* yBase = a.y + (b * L * a.H + h) * a.P + p0;
-        for (int64_t e = threadIdx.x; e < L * rowsHere; e += blockDim.x)
+        delta[i] = i < valid ? softplusF(toF(dt[firstIndex + i * stride]) + bias) : 0.0f;
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const bool lo = lane < Q;
+    const bool hi = lane + 32 < Q;
+    // prefix over steps lane and lane + 32; suffix over steps Q-1-lane and Q-33-lane
+    const float p0 = warpInclusiveScan(lo ? A * delta[lane] : 0.0f);
+    const float p1 = warpInclusiveScan(hi ? A * delta[lane + 32] : 0.0f) + __shfl_sync(0xffffffffu, p0, 31);
+    const float s0 = warpInclusiveScan(lo ? A * delta[Q - 1 - lane] : 0.0f);
+    const float s1 = warpInclusiveScan(hi ? A * delta[Q - 33 - lane] : 0.0f) + __shfl_sync(0xffffffffu, s0, 31);
+    if (threadIdx.x < 32)
+    {
+        if (lo)
         {
-            const int64_t off = (e / rowsHere) * rowStride + e % rowsHere;
-            yBase[off] = fromF<T>(accBase[off]);
+            pre[lane] = p0;
+            suf[Q - 1 - lane] = s0;
+        }
+        if (hi)
+        {
+            pre[lane + 32] = p1;
+            suf[Q - 33 - lane] = s1;
+        }
+    }
+    __syncthreads();
+}
+
+// C[M x Nc] (fp32, row-major, ldc) = (accumulate ? C : 0) + A[M x K] · B[K x Nc], all in shared
+// memory. A is row-major (element (i,k) at A[i*lda + k]) or column-major (A[k*lda + i]); likewise B.
+// Every thread of the block calls it; on tensor cores each warp owns whole 16x16 tiles of C, so two
+// calls that accumulate into the same C need no barrier between them.
+template <typename Op, bool kTensorCores, bool kARowMajor, bool kBRowMajor>
+__device__ void blockGemm(int M, int Nc, int K, const Op* A, int lda, const Op* B, int ldb, float* C, int ldc,
+    bool accumulate)
+{
+    if constexpr (kTensorCores)
+    {
+        namespace wmma = nvcuda::wmma;
+        using LayoutA = typename std::conditional<kARowMajor, wmma::row_major, wmma::col_major>::type;
+        using LayoutB = typename std::conditional<kBRowMajor, wmma::row_major, wmma::col_major>::type;
+        const int warp = threadIdx.x / 32;
+        const int warps = blockDim.x / 32;
+        const int tilesN = Nc / 16;
+        for (int tile = warp; tile < (M / 16) * tilesN; tile += warps)
+        {
+            const int i0 = tile / tilesN * 16;
+            const int j0 = tile % tilesN * 16;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            if (accumulate)
+            {
+                wmma::load_matrix_sync(acc, C + i0 * ldc + j0, ldc, wmma::mem_row_major);
+            }
+            else
+            {
+                wmma::fill_fragment(acc, 0.0f);
+            }
+            for (int k0 = 0; k0 < K; k0 += 16)
+            {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, Op, LayoutA> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, Op, LayoutB> fb;
+                wmma::load_matrix_sync(fa, kARowMajor ? A + i0 * lda + k0 : A + k0 * lda + i0, lda);
+                wmma::load_matrix_sync(fb, kBRowMajor ? B + k0 * ldb + j0 : B + j0 * ldb + k0, ldb);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(C + i0 * ldc + j0, acc, ldc, wmma::mem_row_major);
+        }
+    }
+    else
+    {
+        for (int e = threadIdx.x; e < M * Nc; e += blockDim.x)
+        {
+            const int i = e / Nc;
+            const int j = e - i * Nc;
+            float sum = accumulate ? C[i * ldc + j] : 0.0f;
+            for (int k = 0; k < K; ++k)
+            {
+                const float av = toF(kARowMajor ? A[i * lda + k] : A[k * lda + i]);
+                const float bv = toF(kBRowMajor ? B[k * ldb + j] : B[j * ldb + k]);
+                sum = fmaf(av, bv, sum);
+            }
+            C[i * ldc + j] = sum;
         }
     }
 }
 
-// Typed kernel arguments. fp32 y is its own accumulator; 16-bit y accumulates in the workspace.
+// Copies rows [t0, t0 + valid) of a [.., L, groups, width] tensor (the (b, group) slice starting at
+// `first`, `rowStride` elements between steps) into a Q x width tile, zero rows past `valid`.
+template <typename Op, typename T>
+__device__ void stageRows(Op* tile, const T* src, int64_t first, int64_t rowStride, int valid, int Q, int width)
+{
+    for (int e = threadIdx.x; e < Q * width; e += blockDim.x)
+    {
+        const int i = e / width;
+        const int k = e - i * width;
+        if constexpr (std::is_same<Op, T>::value)
+        {
+            tile[e] = i < valid ? src[first + i * rowStride + k] : fromF<Op>(0.0f);
+        }
+        else
+        {
+            tile[e] = fromF<Op>(i < valid ? toF(src[first + i * rowStride + k]) : 0.0f);
+        }
+    }
+}
+
+// Block (bh, chunk) of a (B*H) x chunks grid flattened onto grid.x.
+struct ChunkBlock
+{
+    int64_t b;
+    int h;
+    int g;
+    int64_t bh;
+    int64_t chunk;
+    int64_t t0;
+    int valid; // steps of this chunk inside [0, L)
+};
+
 template <typename T, typename Tdt>
-Args<T, Tdt> makeArgs(const HmScanShape& s, const HmScanTensors& t, void* workspace)
+__device__ ChunkBlock chunkBlock(const Args<T, Tdt>& a)
+{
+    ChunkBlock c;
+    c.bh = blockIdx.x / a.numChunks;
+    c.chunk = blockIdx.x - c.bh * a.numChunks;
+    c.b = c.bh / a.H;
+    c.h = static_cast<int>(c.bh - c.b * a.H);
+    c.g = c.h / (a.H / a.G);
+    c.t0 = c.chunk * a.Q;
+    c.valid = static_cast<int>(min(static_cast<int64_t>(a.Q), a.L - c.t0));
+    return c;
+}
+
+// Phase 1: the state chunk `chunk` adds in direction blockIdx.z, and its decay.
+template <typename T, typename Tdt, bool kTensorCores>
+__global__ void __launch_bounds__(kBlockThreads) chunkStateKernel(Args<T, Tdt> a, CudaChunkStateSmem smem)
+{
+    using Op = Operand<T, kTensorCores>;
+    HM_DYNAMIC_SHARED(raw);
+    Op* xw = reinterpret_cast<Op*>(raw + smem.x);
+    Op* bS = reinterpret_cast<Op*>(raw + smem.b);
+    float* stateS = reinterpret_cast<float*>(raw + smem.state);
+    float* delta = reinterpret_cast<float*>(raw + smem.scan);
+    float* pre = delta + a.Q;
+    float* suf = pre + a.Q;
+    float* weight = suf + a.Q;
+
+    const ChunkBlock c = chunkBlock(a);
+    const int dir = blockIdx.z;
+    const int Q = a.Q;
+    const Tdt* dt = dir == 0 ? a.dtF : a.dtB;
+    const T* Bm = dir == 0 ? a.Bf : a.Bb;
+
+    chunkScans(dt, (c.b * a.L + c.t0) * a.H + c.h, a.H, c.valid, Q, toF(a.A[c.h]), toF(a.dtBias[c.h]), delta, pre,
+        suf);
+    for (int j = threadIdx.x; j < Q; j += blockDim.x)
+    {
+        // decay from step j to the chunk's far end: the steps after j (forward) or before j (backward)
+        const float toEnd = dir == 0 ? (j + 1 < Q ? suf[j + 1] : 0.0f) : (j > 0 ? pre[j - 1] : 0.0f);
+        weight[j] = delta[j] * expf(toEnd);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < Q * a.P; e += blockDim.x)
+    {
+        const int j = e / a.P;
+        const int p = e - j * a.P;
+        const float xv = j < c.valid ? toF(a.x[((c.b * a.L + c.t0 + j) * a.H + c.h) * a.P + p]) : 0.0f;
+        xw[e] = fromF<Op>(weight[j] * xv);
+    }
+    stageRows(bS, Bm, (c.b * a.L + c.t0) * a.G * a.N + c.g * a.N, static_cast<int64_t>(a.G) * a.N, c.valid, Q, a.N);
+    __syncthreads();
+
+    // S_loc[P x N] = (W X)^T · B: the staged x tile read column-major is X^T.
+    blockGemm<Op, kTensorCores, false, true>(a.P, a.N, Q, xw, a.P, bS, a.N, stateS, a.N, false);
+    __syncthreads();
+
+    const int64_t chunkSlot = static_cast<int64_t>(dir) * gridDim.x + blockIdx.x; // [dir, bh, chunk]
+    float* dst = a.chunkStates + chunkSlot * a.P * a.N;
+    for (int e = threadIdx.x; e < a.P * a.N; e += blockDim.x)
+    {
+        dst[e] = stateS[e];
+    }
+    if (threadIdx.x == 0)
+    {
+        a.chunkDecays[chunkSlot] = expf(pre[Q - 1]);
+    }
+}
+
+// Phase 2: walk the chunks in scan order; each chunk's slot receives the state entering it.
+__global__ void __launch_bounds__(kPassThreads) statePassingKernel(float* chunkStates, const float* chunkDecays,
+    const float* stateF0, const float* stateB0, float* stateF, float* stateB, int64_t numChunks, int stateSize,
+    int blocksPerHead)
+{
+    const int64_t bh = blockIdx.x / blocksPerHead;
+    const int e = static_cast<int>(blockIdx.x - bh * blocksPerHead) * blockDim.x + threadIdx.x;
+    if (e >= stateSize)
+    {
+        return;
+    }
+    const int dir = blockIdx.z;
+    const int64_t heads = gridDim.x / blocksPerHead;
+    const float* init = dir == 0 ? stateF0 : stateB0;
+    float S = init != nullptr ? init[bh * stateSize + e] : 0.0f;
+    const int64_t first = (dir * heads + bh) * numChunks; // chunk slot of chunk 0
+    for (int64_t k = 0; k < numChunks; ++k)
+    {
+        const int64_t chunk = dir == 0 ? k : numChunks - 1 - k;
+        float* slot = chunkStates + (first + chunk) * stateSize + e;
+        const float local = *slot;
+        *slot = S;
+        S = fmaf(chunkDecays[first + chunk], S, local);
+    }
+    (dir == 0 ? stateF : stateB)[bh * stateSize + e] = S;
+}
+
+// Phase 3: y rows of one chunk, forward then backward contribution, written once.
+template <typename T, typename Tdt, bool kTensorCores>
+__global__ void __launch_bounds__(kBlockThreads) chunkOutputKernel(Args<T, Tdt> a, CudaChunkOutputSmem smem)
+{
+    using Op = Operand<T, kTensorCores>;
+    HM_DYNAMIC_SHARED(raw);
+    Op* xS = reinterpret_cast<Op*>(raw + smem.x);
+    Op* cS = reinterpret_cast<Op*>(raw + smem.c);
+    Op* bS = reinterpret_cast<Op*>(raw + smem.b);
+    Op* stateS = reinterpret_cast<Op*>(raw + smem.state);
+    float* gS = reinterpret_cast<float*>(raw + smem.g);
+    Op* mS = reinterpret_cast<Op*>(raw + smem.m);
+    float* yS = reinterpret_cast<float*>(raw + smem.y);
+    float* delta = reinterpret_cast<float*>(raw + smem.scan);
+    float* pre = delta + a.Q;
+    float* suf = pre + a.Q;
+
+    const ChunkBlock c = chunkBlock(a);
+    const int Q = a.Q;
+    const int P = a.P;
+    const int N = a.N;
+    const int64_t bcRowStride = static_cast<int64_t>(a.G) * N;
+    const int64_t bcFirst = (c.b * a.L + c.t0) * bcRowStride + c.g * N; // B/C element (t0, n = 0)
+    stageRows(xS, a.x, ((c.b * a.L + c.t0) * a.H + c.h) * P, static_cast<int64_t>(a.H) * P, c.valid, Q, P);
+
+    for (int dir = 0; dir < 2; ++dir)
+    {
+        const Tdt* dt = dir == 0 ? a.dtF : a.dtB;
+        const T* Bm = dir == 0 ? a.Bf : a.Bb;
+        const T* Cm = dir == 0 ? a.Cf : a.Cb;
+        chunkScans(dt, (c.b * a.L + c.t0) * a.H + c.h, a.H, c.valid, Q, toF(a.A[c.h]), toF(a.dtBias[c.h]), delta,
+            pre, suf);
+
+        // Query rows: C at t-1 (forward) or t+1 (backward); zero when that step is outside the video
+        // or row i is past the chunk's valid steps.
+        const int shift = dir == 0 ? -1 : 1;
+        for (int e = threadIdx.x; e < Q * N; e += blockDim.x)
+        {
+            const int i = e / N;
+            const int n = e - i * N;
+            const int64_t t = c.t0 + i + shift;
+            const bool inside = i < c.valid && t >= 0 && t < a.L;
+            cS[e] = inside ? fromF<Op>(toF(Cm[bcFirst + (i + shift) * bcRowStride + n])) : fromF<Op>(0.0f);
+        }
+        stageRows(bS, Bm, bcFirst, bcRowStride, c.valid, Q, N);
+        const float* entering = a.chunkStates + (static_cast<int64_t>(dir) * gridDim.x + blockIdx.x) * P * N;
+        for (int e = threadIdx.x; e < P * N; e += blockDim.x)
+        {
+            stateS[e] = fromF<Op>(entering[e]);
+        }
+        __syncthreads();
+
+        // G[i, j] = C_query_i · B_j
+        blockGemm<Op, kTensorCores, true, false>(Q, Q, N, cS, N, bS, N, gS, Q, false);
+        __syncthreads();
+
+        // M[i, j] = G[i, j] e^{decay from j to the query step} Δ_j on the strict lower (forward) or
+        // upper (backward) triangle; query rows scaled by the decay from the chunk edge.
+        for (int e = threadIdx.x; e < Q * Q; e += blockDim.x)
+        {
+            const int i = e / Q;
+            const int j = e - i * Q;
+            float v = 0.0f;
+            if (dir == 0 && j < i)
+            {
+                v = gS[e] * expf(pre[i - 1] - pre[j]) * delta[j];
+            }
+            else if (dir == 1 && j > i)
+            {
+                v = gS[e] * expf(suf[i + 1] - suf[j]) * delta[j];
+            }
+            mS[e] = fromF<Op>(v);
+        }
+        for (int e = threadIdx.x; e < Q * N; e += blockDim.x)
+        {
+            const int i = e / N;
+            const float edge = dir == 0 ? (i > 0 ? pre[i - 1] : 0.0f) : (i + 1 < Q ? suf[i + 1] : 0.0f);
+            cS[e] = fromF<Op>(toF(cS[e]) * expf(edge));
+        }
+        __syncthreads();
+
+        // y (+)= M · X + (scaled C) · S_in^T
+        blockGemm<Op, kTensorCores, true, true>(Q, P, Q, mS, Q, xS, P, yS, P, dir == 1);
+        blockGemm<Op, kTensorCores, true, false>(Q, P, N, cS, N, stateS, N, yS, P, true);
+        __syncthreads(); // the next direction restages cS, bS, stateS and the scans
+    }
+
+    T* yRow = a.y + ((c.b * a.L + c.t0) * a.H + c.h) * P;
+    for (int e = threadIdx.x; e < c.valid * P; e += blockDim.x)
+    {
+        const int i = e / P;
+        const int p = e - i * P;
+        yRow[static_cast<int64_t>(i) * a.H * P + p] = fromF<T>(yS[e]);
+    }
+}
+
+// Typed kernel arguments for a plan.
+template <typename T, typename Tdt>
+Args<T, Tdt> makeArgs(const HmScanShape& s, const CudaPlan& plan, const HmScanTensors& t, void* workspace)
 {
     Args<T, Tdt> a{};
     a.x = static_cast<const T*>(t.x);
@@ -277,55 +476,19 @@ Args<T, Tdt> makeArgs(const HmScanShape& s, const HmScanTensors& t, void* worksp
     a.stateF0 = t.state_f0;
     a.stateB0 = t.state_b0;
     a.y = static_cast<T*>(t.y);
-    a.acc = std::is_same<T, float>::value ? static_cast<float*>(t.y) : static_cast<float*>(workspace);
     a.stateF = t.state_f;
     a.stateB = t.state_b;
+    unsigned char* ws = static_cast<unsigned char*>(workspace);
+    a.chunkStates = ws == nullptr ? nullptr : reinterpret_cast<float*>(ws + plan.chunkStatesOffset);
+    a.chunkDecays = ws == nullptr ? nullptr : reinterpret_cast<float*>(ws + plan.chunkDecaysOffset);
     a.L = s.length;
+    a.numChunks = plan.numChunks;
     a.H = static_cast<int>(s.heads);
     a.P = static_cast<int>(s.headdim);
     a.G = static_cast<int>(s.groups);
     a.N = static_cast<int>(s.dstate);
+    a.Q = plan.chunk;
     return a;
-}
-
-// Launch geometry for a shape on a GPU with numSMs multiprocessors (pure host logic).
-inline std::string planFor(const HmScanShape& s, int numSMs, Plan* plan)
-{
-    int K = 1;
-    while (static_cast<int64_t>(K) * kStatePerThread < s.dstate)
-    {
-        K *= 2;
-    }
-    if (K > 32)
-    {
-        return "HydraScan CUDA kernel: dstate N=" + std::to_string(s.dstate) + " exceeds "
-            + std::to_string(32 * kStatePerThread);
-    }
-
-    // Start from 128 threads per direction; halve while that leaves SMs idle or rows empty.
-    const int64_t heads = s.batch * s.heads;
-    int tpd = kMaxThreadsPerDir;
-    auto slices = [&](int t) { return (s.headdim + t / K - 1) / (t / K); };
-    while (tpd > 32 && (heads * slices(tpd) < 2LL * numSMs || tpd / 2 / K >= s.headdim))
-    {
-        tpd /= 2;
-    }
-    const int rows = tpd / K;
-    int tile = 64;
-    auto smemFor = [&](int tt) {
-        return 2 * static_cast<size_t>(tt) * (2 + rows + 2 * static_cast<size_t>(s.dstate)) * sizeof(float);
-    };
-    while (tile > 1 && smemFor(tile) > kSmemBudget)
-    {
-        tile /= 2;
-    }
-    const int64_t pSlices = slices(tpd);
-    if (pSlices > 65535)
-    {
-        return "HydraScan CUDA kernel: headdim P=" + std::to_string(s.headdim) + " needs more than 65535 blocks";
-    }
-    *plan = Plan{K, tpd, rows, static_cast<int>(pSlices), tile, smemFor(tile)};
-    return {};
 }
 
 } // namespace device

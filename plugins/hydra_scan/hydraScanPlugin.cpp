@@ -323,7 +323,8 @@ size_t HydraScanPlugin::getWorkspaceSize(const nvinfer1::DynamicPluginTensorDesc
             return 0;
         }
         // Sized for the profile's largest x so one engine serves every length up to it.
-        return logic::workspaceSize(toDims(inputs[logic::kInX].max), toIoType(outputs[logic::kOutY].desc.type));
+        return logic::workspaceSize(toDims(inputs[logic::kInX].max), toDims(inputs[logic::kInBF].max),
+            toIoType(outputs[logic::kOutY].desc.type));
     }
     catch (...)
     {
@@ -353,7 +354,8 @@ int32_t HydraScanPlugin::onShapeChange(const nvinfer1::PluginTensorDesc* in, int
         }
         if (e.empty())
         {
-            e = hydra_scan::validateCudaShape(shape);
+            e = hydra_scan::validateCudaShape(
+                shape, static_cast<HmDType>(logic::toDtypeCode(toIoType(in[logic::kInX].type))));
         }
         if (!e.empty())
         {

@@ -396,21 +396,23 @@ std::string computeOutputDims(const std::vector<Dims>& inputs, std::vector<Dims>
     return {};
 }
 
-size_t workspaceSize(const Dims& xMaxDims, IoType yType)
+size_t workspaceSize(const Dims& xMaxDims, const Dims& bMaxDims, IoType yType)
 {
-    if (xMaxDims.size() != 4 || toDtypeCode(yType) < 0)
+    if (xMaxDims.size() != 4 || bMaxDims.size() != 4 || toDtypeCode(yType) < 0)
     {
         return 0;
     }
-    for (int64_t d : xMaxDims)
+    for (const Dims* dims : {&xMaxDims, &bMaxDims})
     {
-        if (d < 0)
+        for (int64_t d : *dims)
         {
-            return 0;
+            if (d < 0)
+            {
+                return 0;
+            }
         }
     }
-    // G and N do not enter the workspace (an fp32 copy of y); 1 keeps the shape valid.
-    const HmScanShape s{xMaxDims[0], xMaxDims[1], xMaxDims[2], xMaxDims[3], 1, 1};
+    const HmScanShape s{xMaxDims[0], xMaxDims[1], xMaxDims[2], xMaxDims[3], bMaxDims[2], bMaxDims[3]};
     return cudaWorkspaceSize(s, static_cast<HmDType>(toDtypeCode(yType)));
 }
 

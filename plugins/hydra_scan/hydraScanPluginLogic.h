@@ -173,8 +173,9 @@ std::string validateInputDims(const std::vector<Dims>& inputs, HmScanShape* shap
 
 std::string computeOutputDims(const std::vector<Dims>& inputs, std::vector<Dims>* outputs);
 
-// Workspace for the largest shapes of a profile: x's max dims and y's type.
-size_t workspaceSize(const Dims& xMaxDims, IoType yType);
+// Workspace for the largest shapes of a profile: x's and B_f's max dims and y's type (0 when a
+// dimension is unknown or the CUDA kernel cannot run the shape).
+size_t workspaceSize(const Dims& xMaxDims, const Dims& bMaxDims, IoType yType);
 
 } // namespace plugin
 } // namespace hydra_scan

@@ -1,6 +1,7 @@
 // Shape, dtype and workspace rules of HydraScan, shared by every implementation.
 #include "hydraScanKernel.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -154,29 +155,99 @@ std::string validatePointers(const HmScanShape& s, const HmScanTensors& t)
     return {};
 }
 
-std::string validateCudaShape(const HmScanShape& s)
+namespace
 {
-    if (s.dstate > kCudaMaxDstate)
+
+size_t alignUp(size_t bytes, size_t to)
+{
+    return (bytes + to - 1) / to * to;
+}
+
+// Buffers start 128-byte aligned (wmma needs 32 bytes; 128 keeps rows of tiles apart in banks).
+size_t carve(size_t* cursor, size_t bytes)
+{
+    const size_t at = *cursor;
+    *cursor += alignUp(bytes, 128);
+    return at;
+}
+
+// Shared-memory carve-ups for chunk length q (sizes in bytes; op = staged operand element size).
+void layoutSmem(CudaPlan* p, size_t q, size_t P, size_t N)
+{
+    const size_t op = p->operandBytes;
+    size_t c = 0;
+    p->stateSmem.x = carve(&c, q * P * op);
+    p->stateSmem.b = carve(&c, q * N * op);
+    p->stateSmem.state = carve(&c, P * N * sizeof(float));
+    p->stateSmem.scan = carve(&c, 4 * q * sizeof(float)); // delta, prefix, suffix, weight
+    p->stateSmem.total = c;
+
+    c = 0;
+    p->outputSmem.x = carve(&c, q * P * op);
+    p->outputSmem.c = carve(&c, q * N * op);
+    p->outputSmem.b = carve(&c, q * N * op);
+    p->outputSmem.state = carve(&c, P * N * op);
+    p->outputSmem.g = carve(&c, q * q * sizeof(float));
+    p->outputSmem.m = carve(&c, q * q * op);
+    p->outputSmem.y = carve(&c, q * P * sizeof(float));
+    p->outputSmem.scan = carve(&c, 4 * q * sizeof(float));
+    p->outputSmem.total = c;
+}
+
+} // namespace
+
+std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan)
+{
+    CudaPlan p{};
+    p.tensorCores = act != HM_FLOAT32 && s.headdim % 16 == 0 && s.dstate % 16 == 0;
+    p.operandBytes = p.tensorCores ? 2 : sizeof(float);
+    for (int q : {64, 32, 16})
     {
-        return "HydraScan CUDA kernel: dstate N must be <= " + std::to_string(kCudaMaxDstate) + ", got "
-            + std::to_string(s.dstate);
+        layoutSmem(&p, static_cast<size_t>(q), static_cast<size_t>(s.headdim), static_cast<size_t>(s.dstate));
+        if (std::max(p.stateSmem.total, p.outputSmem.total) <= kCudaSharedMemoryBudget)
+        {
+            p.chunk = q;
+            break;
+        }
     }
-    if (s.batch * s.heads > std::numeric_limits<int32_t>::max())
+    if (p.chunk == 0)
     {
-        return "HydraScan CUDA kernel: B*H must be < 2^31 (one block row per batch and head), got "
-            + std::to_string(s.batch * s.heads);
+        return "HydraScan CUDA kernel: headdim P=" + std::to_string(s.headdim) + " and dstate N="
+            + std::to_string(s.dstate) + " need " + std::to_string(p.outputSmem.total)
+            + " bytes of shared memory per block even with 16-step chunks; the budget is "
+            + std::to_string(kCudaSharedMemoryBudget) + " (P, N <= 128 always fit)";
     }
+    p.numChunks = (s.length + p.chunk - 1) / p.chunk;
+    // Blocks are numbered (batch*head, chunk) on grid.x, which holds up to 2^31 - 1.
+    const int64_t stateBlocks = (s.headdim * s.dstate + 255) / 256;
+    if (s.batch * s.heads > std::numeric_limits<int32_t>::max() / std::max<int64_t>({p.numChunks, stateBlocks, 1}))
+    {
+        return "HydraScan CUDA kernel: B*H*chunks = " + std::to_string(s.batch * s.heads) + "*"
+            + std::to_string(p.numChunks) + " blocks exceed the grid limit 2^31-1";
+    }
+    const size_t perDir = static_cast<size_t>(s.batch * s.heads * p.numChunks);
+    p.chunkStatesOffset = 0;
+    p.chunkDecaysOffset = alignUp(2 * perDir * static_cast<size_t>(s.headdim * s.dstate) * sizeof(float), 256);
+    // 256-byte multiples: TensorRT and cudaMalloc hand out 256-byte aligned blocks.
+    p.workspaceBytes = perDir == 0 ? 0 : p.chunkDecaysOffset + alignUp(2 * perDir * sizeof(float), 256);
+    *plan = p;
     return {};
+}
+
+std::string validateCudaShape(const HmScanShape& s, HmDType act)
+{
+    CudaPlan unused;
+    return planCuda(s, act, &unused);
 }
 
 size_t cudaWorkspaceSize(const HmScanShape& s, HmDType act)
 {
-    if (act == HM_FLOAT32 || !validateShape(s).empty())
+    CudaPlan p;
+    if (!validateShape(s).empty() || !planCuda(s, act, &p).empty())
     {
         return 0;
     }
-    const size_t bytes = static_cast<size_t>(s.batch * s.length * s.heads * s.headdim) * sizeof(float);
-    return (bytes + 255) / 256 * 256; // TensorRT and cudaMalloc hand out 256-byte aligned blocks
+    return p.workspaceBytes;
 }
 
 } // namespace hydra_scan

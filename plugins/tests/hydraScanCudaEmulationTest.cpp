@@ -1,14 +1,16 @@
-// Runs the CUDA HydraScan kernel (hydraScanKernelDevice.cuh, the very source nvcc compiles) on the
+// Runs the CUDA HydraScan kernels (hydraScanKernelDevice.cuh, the very source nvcc compiles) on the
 // host: every CUDA thread of a block is a std::thread, __syncthreads is a std::barrier, warp
-// shuffles go through a block-wide exchange buffer, atomicAdd is std::atomic_ref. Blocks run one
-// after another. The results are compared with the CPU kernel.
+// shuffles go through a block-wide exchange buffer, wmma tiles are computed whole by every lane.
+// Blocks run one after another, launches in stream order. The results are compared with the CPU
+// kernel.
 //
-// What this proves without a GPU: the kernel's indexing, tiling, P slicing, team reductions, the
-// one-step shift, the state in/out and the fp16/bf16 workspace path for a range of launch plans.
-// What it cannot prove: CUDA memory-model or performance behaviour, and real-hardware numerics
-// (expf/log1pf ULPs, FMA contraction); those need a GPU run.
+// What this proves without a GPU: the chunked algorithm (cumulative sums, decay masks, the one-step
+// shift across chunk edges, partial chunks, state passing in both directions, states in/out), the
+// indexing of every staged tile and GEMM operand layout, for tensor-core and FMA plans and chunk
+// lengths 16/32/64. What it cannot prove: CUDA memory-model or performance behaviour, wmma's
+// hardware rounding, and real-hardware numerics (expf/log1pf ULPs, FMA contraction); those need a
+// GPU run.
 #include <algorithm>
-#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdio>
@@ -22,9 +24,8 @@
 
 #include "../common/hmFloat16.h"
 
-// ---- Emulated CUDA vocabulary (only what the kernel uses) ---------------------------------------
 #define HM_CUDA_EMULATION 1
-#define __global__
+#define __global__ inline
 #define __device__
 #define __host__
 #define __forceinline__ inline
@@ -54,31 +55,60 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v)
     return __nv_bfloat16{hieramamba::floatToBf16(v)};
 }
 
+// ---- Emulated CUDA vocabulary (only what the kernels use) --------------------------------------
 namespace emu
 {
 
 struct Block
 {
-    explicit Block(unsigned threads, size_t smemBytes)
+    Block(unsigned threads, size_t smemBytes)
         : barrier(static_cast<std::ptrdiff_t>(threads))
-        , shared(smemBytes / sizeof(float) + 1)
+        , shared(smemBytes / sizeof(double) + 1)
         , exchange(threads)
     {
     }
     std::barrier<> barrier;
-    std::vector<float> shared;
+    std::vector<double> shared; // 8-byte aligned; the kernels' buffers start at 128-byte offsets
     std::vector<float> exchange;
 };
 
 thread_local dim3 threadIdx;
 thread_local dim3 blockIdx;
 thread_local dim3 blockDim;
+thread_local dim3 gridDim;
 thread_local Block* block = nullptr;
+
+inline float asFloat(float v)
+{
+    return v;
+}
+inline float asFloat(hieramamba::Half v)
+{
+    return hieramamba::toFloat(v);
+}
+inline float asFloat(hieramamba::BFloat16 v)
+{
+    return hieramamba::toFloat(v);
+}
+
+// A shuffle: every lane publishes v, then reads lane `src(lane)` of its own warp. Valid because
+// every thread of the block reaches each shuffle together (the kernels call them block-uniformly).
+template <typename Src>
+float shuffle(float v, Src src)
+{
+    block->exchange[threadIdx.x] = v;
+    block->barrier.arrive_and_wait();
+    const unsigned lane = threadIdx.x & 31u;
+    const float r = block->exchange[(threadIdx.x & ~31u) + src(lane)];
+    block->barrier.arrive_and_wait();
+    return r;
+}
 
 } // namespace emu
 
 using emu::blockDim;
 using emu::blockIdx;
+using emu::gridDim;
 using emu::threadIdx;
 
 inline void __syncthreads()
@@ -86,20 +116,14 @@ inline void __syncthreads()
     emu::block->barrier.arrive_and_wait();
 }
 
-// Valid because every thread of the block reaches each shuffle together (the kernel's control flow
-// around its shuffles is block-uniform); lanes xor'ed by < 32 stay inside their warp.
-inline float __shfl_xor_sync(unsigned /*mask*/, float v, int laneMask)
+inline float __shfl_up_sync(unsigned /*mask*/, float v, int delta)
 {
-    emu::block->exchange[threadIdx.x] = v;
-    __syncthreads();
-    const float r = emu::block->exchange[threadIdx.x ^ static_cast<unsigned>(laneMask)];
-    __syncthreads();
-    return r;
+    return emu::shuffle(v, [&](unsigned lane) { return lane >= static_cast<unsigned>(delta) ? lane - delta : lane; });
 }
 
-inline float atomicAdd(float* address, float v)
+inline float __shfl_sync(unsigned /*mask*/, float v, int srcLane)
 {
-    return std::atomic_ref<float>(*address).fetch_add(v);
+    return emu::shuffle(v, [&](unsigned) { return static_cast<unsigned>(srcLane); });
 }
 
 template <typename A, typename B>
@@ -108,7 +132,109 @@ inline std::common_type_t<A, B> min(A a, B b)
     return a < b ? a : b;
 }
 
-#define HM_DYNAMIC_SHARED(type, name) type* name = emu::block->shared.data()
+// wmma: every emulated lane holds the whole 16x16 tile (the real distribution over lanes is
+// unspecified, so the kernel cannot depend on it); lane 0 of the warp stores. Products are exact in
+// fp32 for fp16/bf16 operands and summed in fp32, as tensor cores do (up to summation order).
+namespace nvcuda
+{
+namespace wmma
+{
+struct row_major
+{
+};
+struct col_major
+{
+};
+struct matrix_a
+{
+};
+struct matrix_b
+{
+};
+struct accumulator
+{
+};
+enum layout_t
+{
+    mem_row_major,
+    mem_col_major
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment
+{
+    static_assert(M == 16 && N == 16 && K == 16, "the kernel uses m16n16k16 only");
+    float v[16 * 16];
+};
+
+template <typename Use, typename T, typename Layout, typename P>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const P* p, unsigned ldm)
+{
+    static_assert(std::is_same<T, P>::value, "wmma operand type mismatch");
+    for (unsigned r = 0; r < 16; ++r)
+    {
+        for (unsigned c = 0; c < 16; ++c)
+        {
+            f.v[r * 16 + c] = emu::asFloat(std::is_same<Layout, row_major>::value ? p[r * ldm + c] : p[c * ldm + r]);
+        }
+    }
+}
+
+inline void load_matrix_sync(
+    fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm, layout_t layout)
+{
+    for (unsigned r = 0; r < 16; ++r)
+    {
+        for (unsigned c = 0; c < 16; ++c)
+        {
+            f.v[r * 16 + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+        }
+    }
+}
+
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float value)
+{
+    std::fill(std::begin(f.v), std::end(f.v), value);
+}
+
+template <typename T, typename LA, typename LB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, LA>& a,
+    const fragment<matrix_b, 16, 16, 16, T, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c)
+{
+    float out[16 * 16];
+    for (int i = 0; i < 16; ++i)
+    {
+        for (int j = 0; j < 16; ++j)
+        {
+            float sum = c.v[i * 16 + j];
+            for (int k = 0; k < 16; ++k)
+            {
+                sum += a.v[i * 16 + k] * b.v[k * 16 + j];
+            }
+            out[i * 16 + j] = sum;
+        }
+    }
+    std::copy(std::begin(out), std::end(out), d.v);
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t layout)
+{
+    if ((threadIdx.x & 31u) != 0)
+    {
+        return;
+    }
+    for (unsigned r = 0; r < 16; ++r)
+    {
+        for (unsigned c = 0; c < 16; ++c)
+        {
+            (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r * 16 + c];
+        }
+    }
+}
+} // namespace wmma
+} // namespace nvcuda
+
+#define HM_DYNAMIC_SHARED(name) unsigned char* name = reinterpret_cast<unsigned char*>(emu::block->shared.data())
 
 #include "../hydra_scan/hydraScanKernelDevice.cuh"
 
@@ -120,29 +246,55 @@ using namespace hieramamba::hydra_scan;
 
 int gFailures = 0;
 
-void launch(dim3 grid, dim3 blockSize, size_t smemBytes, const std::function<void()>& kernel)
+// Runs every block of the grid, one after another; each block's threads run concurrently.
+void launch(dim3 grid, unsigned threads, size_t smemBytes, const std::function<void()>& kernel)
 {
-    for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bz = 0; bz < grid.z; ++bz)
     {
         for (unsigned bx = 0; bx < grid.x; ++bx)
         {
-            emu::Block blk(blockSize.x, smemBytes);
-            std::vector<std::thread> threads;
-            for (unsigned tx = 0; tx < blockSize.x; ++tx)
+            emu::Block blk(threads, smemBytes);
+            std::vector<std::thread> pool;
+            for (unsigned tx = 0; tx < threads; ++tx)
             {
-                threads.emplace_back([&, tx]() {
+                pool.emplace_back([&, tx]() {
                     emu::threadIdx = dim3{tx, 0, 0};
-                    emu::blockIdx = dim3{bx, by, 0};
-                    emu::blockDim = blockSize;
+                    emu::blockIdx = dim3{bx, 0, bz};
+                    emu::blockDim = dim3{threads, 1, 1};
+                    emu::gridDim = grid;
                     emu::block = &blk;
                     kernel();
                 });
             }
-            for (auto& t : threads)
+            for (auto& t : pool)
             {
                 t.join();
             }
         }
+    }
+}
+
+// The three launches of hydraScanKernel.cu's launchPlan.
+template <typename KT, typename KTdt, bool kTC>
+void runPlan(const HmScanShape& s, const CudaPlan& plan, const device::Args<KT, KTdt>& a)
+{
+    const unsigned heads = static_cast<unsigned>(s.batch * s.heads);
+    const dim3 chunkGrid{heads * static_cast<unsigned>(plan.numChunks), 1, 2};
+    if (plan.numChunks > 0)
+    {
+        launch(chunkGrid, device::kBlockThreads, plan.stateSmem.total,
+            [&]() { device::chunkStateKernel<KT, KTdt, kTC>(a, plan.stateSmem); });
+    }
+    const int stateSize = static_cast<int>(s.headdim * s.dstate);
+    const int blocksPerHead = (stateSize + device::kPassThreads - 1) / device::kPassThreads;
+    launch(dim3{heads * blocksPerHead, 1, 2}, device::kPassThreads, 0, [&]() {
+        device::statePassingKernel(a.chunkStates, a.chunkDecays, a.stateF0, a.stateB0, a.stateF, a.stateB,
+            plan.numChunks, stateSize, blocksPerHead);
+    });
+    if (plan.numChunks > 0)
+    {
+        launch(dim3{heads * static_cast<unsigned>(plan.numChunks), 1, 1}, device::kBlockThreads,
+            plan.outputSmem.total, [&]() { device::chunkOutputKernel<KT, KTdt, kTC>(a, plan.outputSmem); });
     }
 }
 
@@ -193,7 +345,7 @@ double relErr(const std::vector<float>& got, const std::vector<float>& want)
 // T: activation storage type (float, Half, BFloat16); Tdt: dt/A/dt_bias type; KT: the kernel's name
 // for T (float, __half, __nv_bfloat16).
 template <typename T, typename Tdt, typename KT, typename KTdt>
-void runCase(const char* name, HmScanShape s, bool withStates, int numSMs, double tol)
+void runCase(const char* name, HmScanShape s, bool withStates, int expectChunk, bool expectTensorCores, double tol)
 {
     std::mt19937 rng(static_cast<unsigned>(s.length * 131 + s.dstate * 7 + s.headdim));
     auto x = randomTensor<T>(numel(s, "x"), rng);
@@ -228,37 +380,52 @@ void runCase(const char* name, HmScanShape s, bool withStates, int numSMs, doubl
         return;
     }
 
-    // Emulated CUDA kernel, output pre-filled with garbage to catch rows it fails to write.
+    // Emulated CUDA kernels; outputs and workspace pre-filled with garbage to catch what they miss.
     std::vector<T> y(yRef.size(), fromFloat<T>(123.0f));
     std::vector<float> sf(sf0.size(), 7.0f), sb(sb0.size(), 7.0f);
-    std::vector<float> workspace(cudaWorkspaceSize(s, act) / sizeof(float) + 1, 99.0f);
-    HmScanTensors t = ref;
-    t.y = y.data();
-    t.state_f = sf.data();
-    t.state_b = sb.data();
-    device::Plan plan{};
-    e = device::planFor(s, numSMs, &plan);
+    CudaPlan plan{};
+    e = planCuda(s, act, &plan);
     if (!e.empty())
     {
         std::printf("FAIL %s: plan: %s\n", name, e.c_str());
         ++gFailures;
         return;
     }
-    const auto args = device::makeArgs<KT, KTdt>(s, t, workspace.data());
-    const dim3 grid{static_cast<unsigned>(s.batch * s.heads), static_cast<unsigned>(plan.pSlices), 1};
-    const dim3 blockSize{static_cast<unsigned>(2 * plan.threadsPerDir), 1, 1};
+    if (plan.chunk != expectChunk || plan.tensorCores != expectTensorCores)
+    {
+        std::printf("FAIL %s: plan chunk=%d tensorCores=%d, expected %d/%d\n", name, plan.chunk,
+            plan.tensorCores ? 1 : 0, expectChunk, expectTensorCores ? 1 : 0);
+        ++gFailures;
+    }
+    std::vector<float> workspace(plan.workspaceBytes / sizeof(float) + 1, 99.0f);
+    HmScanTensors t = ref;
+    t.y = y.data();
+    t.state_f = sf.data();
+    t.state_b = sb.data();
+    const auto args = device::makeArgs<KT, KTdt>(s, plan, t, workspace.data());
     if (s.batch > 0)
     {
-        launch(grid, blockSize, plan.smemBytes, [&]() { device::hydraScanSequentialKernel<KT, KTdt>(args, plan); });
+        bool tensorCores = false;
+        if constexpr (!std::is_same<KT, float>::value)
+        {
+            tensorCores = plan.tensorCores;
+            if (tensorCores)
+            {
+                runPlan<KT, KTdt, true>(s, plan, args);
+            }
+        }
+        if (!tensorCores)
+        {
+            runPlan<KT, KTdt, false>(s, plan, args);
+        }
     }
 
     const double ey = relErr(asFloat(y), asFloat(yRef));
     const double ef = relErr(sf, sfRef);
     const double eb = relErr(sb, sbRef);
     const bool ok = ey <= tol && ef <= tol && eb <= tol;
-    std::printf("%s %-34s plan(K=%d tpd=%d rows=%d slices=%d tile=%d) rel.err y=%.2e sf=%.2e sb=%.2e\n",
-        ok ? "ok  " : "FAIL", name, plan.team, plan.threadsPerDir, plan.rowsPerBlock, plan.pSlices, plan.tileSteps, ey,
-        ef, eb);
+    std::printf("%s %-40s plan(Q=%d chunks=%lld %s) rel.err y=%.2e sf=%.2e sb=%.2e\n", ok ? "ok  " : "FAIL", name,
+        plan.chunk, static_cast<long long>(plan.numChunks), plan.tensorCores ? "wmma" : "fma", ey, ef, eb);
     if (!ok)
     {
         ++gFailures;
@@ -271,20 +438,30 @@ int main()
 {
     using hieramamba::BFloat16;
     using hieramamba::Half;
-    // Plans: numSMs=1 keeps 128 threads per direction; a large numSMs shrinks blocks to 32 threads per
-    // direction and splits P over several blocks.
-    runCase<float, float, float, float>("fp32 G=1 N=16 P=8 L=37 states", {2, 37, 2, 8, 1, 16}, true, 1, 1e-5);
-    runCase<float, float, float, float>("fp32 G=2 N=40 P=70 L=150 slices", {1, 150, 2, 70, 2, 40}, true, 1000, 1e-5);
-    runCase<float, float, float, float>("fp32 G=2 N=64 P=32 L=130 (tpd 128)", {1, 130, 4, 32, 2, 64}, false, 1, 1e-5);
-    runCase<float, float, float, float>("fp32 N=512 P=3 L=9 (K=32)", {1, 9, 1, 3, 1, 512}, true, 1, 1e-5);
-    runCase<float, float, float, float>("fp32 L=1", {2, 1, 2, 4, 1, 8}, true, 1, 1e-6);
-    runCase<float, float, float, float>("fp32 L=2", {1, 2, 2, 4, 2, 8}, true, 1, 1e-6);
-    runCase<float, float, float, float>("fp32 L=0 (states pass through)", {2, 0, 2, 4, 1, 8}, true, 1, 0.0);
-    runCase<Half, float, __half, float>("fp16 x, fp32 dt, L=45", {2, 45, 2, 8, 1, 16}, true, 1000, 2e-3);
-    runCase<Half, Half, __half, __half>("fp16 x, fp16 dt, L=20", {1, 20, 4, 8, 2, 24}, false, 1, 2e-3);
-    runCase<BFloat16, float, __nv_bfloat16, float>("bf16 x, fp32 dt, L=33", {1, 33, 2, 12, 1, 16}, true, 1000, 1e-2);
-    runCase<BFloat16, BFloat16, __nv_bfloat16, __nv_bfloat16>("bf16 x, bf16 dt, L=17", {2, 17, 2, 8, 2, 8}, true, 1,
-        1e-2);
+    // Shapes {B, L, H, P, G, N}. Plans: fp32 (and 16-bit x with P or N not a multiple of 16) use FMA
+    // GEMMs with fp32 operands; P = N = 64 then fits 32-step chunks, small P/N 64-step chunks and
+    // P = N = 128 16-step chunks. 16-bit x with P, N multiples of 16 run on (emulated) tensor cores.
+    runCase<float, float, float, float>("fp32 G=1 N=16 P=8 L=37 states", {2, 37, 2, 8, 1, 16}, true, 64, false, 1e-5);
+    runCase<float, float, float, float>("fp32 G=2 N=40 P=70 L=150", {1, 150, 2, 70, 2, 40}, true, 64, false, 1e-5);
+    runCase<float, float, float, float>("fp32 G=2 N=64 P=64 L=130 (Q=32)", {1, 130, 4, 64, 2, 64}, false, 32, false,
+        1e-5);
+    runCase<float, float, float, float>("fp32 N=128 P=128 L=40 (Q=16)", {1, 40, 1, 128, 1, 128}, true, 16, false, 1e-5);
+    runCase<float, float, float, float>("fp32 N=5 P=3 L=64 (one full chunk)", {1, 64, 3, 3, 1, 5}, true, 64, false,
+        1e-5);
+    runCase<float, float, float, float>("fp32 L=65 (chunk of one step)", {1, 65, 2, 4, 2, 8}, true, 64, false, 1e-5);
+    runCase<float, float, float, float>("fp32 L=1", {2, 1, 2, 4, 1, 8}, true, 64, false, 1e-6);
+    runCase<float, float, float, float>("fp32 L=2", {1, 2, 2, 4, 2, 8}, true, 64, false, 1e-6);
+    runCase<float, float, float, float>("fp32 L=0 (states pass through)", {2, 0, 2, 4, 1, 8}, true, 64, false, 0.0);
+    runCase<Half, float, __half, float>("fp16 x, fp32 dt, P=N=64 L=150 wmma", {1, 150, 2, 64, 1, 64}, true, 64, true,
+        4e-3);
+    runCase<Half, Half, __half, __half>("fp16 x, fp16 dt, G=2 N=16 P=32 L=70 wmma", {2, 70, 4, 32, 2, 16}, false, 64,
+        true, 4e-3);
+    runCase<Half, float, __half, float>("fp16 x, P=8 N=16 L=45 (fma)", {2, 45, 2, 8, 1, 16}, true, 64, false, 2e-3);
+    runCase<Half, float, __half, float>("fp16 x, L=1 wmma", {1, 1, 2, 16, 1, 16}, true, 64, true, 4e-3);
+    runCase<BFloat16, float, __nv_bfloat16, float>("bf16 x, fp32 dt, P=N=32 L=100 wmma", {1, 100, 2, 32, 1, 32}, true,
+        64, true, 3e-2);
+    runCase<BFloat16, BFloat16, __nv_bfloat16, __nv_bfloat16>("bf16 x, bf16 dt, L=17 (fma)", {2, 17, 2, 8, 2, 8}, true,
+        64, false, 1e-2);
     std::printf("hydraScanCudaEmulationTest: %d failure(s)\n", gFailures);
     return gFailures == 0 ? 0 : 1;
 }

@@ -95,13 +95,47 @@ void testShapeValidation()
     CHECK(validateDtypes(HM_BFLOAT16, HM_BFLOAT16).empty());
     CHECK_ERR(validateDtypes(HM_FLOAT16, HM_BFLOAT16), "dt_f");
     CHECK_ERR(validateDtypes(7, HM_FLOAT32), "dtype");
-    CHECK(validateCudaShape(ok).empty());
-    CHECK_ERR(validateCudaShape(HmScanShape{1, 1, 1, 1, 1, 2048}), "dstate");
+    CHECK(validateCudaShape(ok, HM_FLOAT32).empty());
+    CHECK_ERR(validateCudaShape(HmScanShape{1, 1, 1, 1, 1, 2048}, HM_FLOAT16), "dstate N=2048");
+    CHECK_ERR(validateCudaShape(HmScanShape{1, 1, 1, 160, 1, 160}, HM_FLOAT32), "shared memory");
 
-    CHECK(cudaWorkspaceSize(ok, HM_FLOAT32) == 0);
-    const size_t raw = 2 * 17 * 8 * 4 * sizeof(float);
-    CHECK(cudaWorkspaceSize(ok, HM_FLOAT16) == (raw + 255) / 256 * 256);
-    CHECK(cudaWorkspaceSize(ok, HM_FLOAT16) % 256 == 0);
+    // The CUDA plan: tensor cores for 16-bit x with P, N multiples of 16; the largest chunk whose
+    // shared memory fits the budget; every P, N <= 128 fits for every dtype (the documented limit).
+    CudaPlan plan{};
+    CHECK(planCuda(HmScanShape{1, 130, 12, 64, 1, 64}, HM_FLOAT16, &plan).empty());
+    CHECK(plan.tensorCores && plan.chunk == 64 && plan.numChunks == 3);
+    CHECK(plan.outputSmem.total <= kCudaSharedMemoryBudget && plan.stateSmem.total <= kCudaSharedMemoryBudget);
+    CHECK(planCuda(HmScanShape{1, 130, 12, 64, 1, 64}, HM_FLOAT32, &plan).empty());
+    CHECK(!plan.tensorCores && plan.chunk == 32 && plan.numChunks == 5);
+    CHECK(planCuda(HmScanShape{1, 130, 12, 64, 1, 24}, HM_BFLOAT16, &plan).empty());
+    CHECK(!plan.tensorCores); // N = 24 is not a multiple of 16
+    for (HmDType act : {HM_FLOAT32, HM_FLOAT16, HM_BFLOAT16})
+    {
+        for (int64_t pn : {1, 15, 64, 100, 128})
+        {
+            CHECK(planCuda(HmScanShape{1, 10, 1, pn, 1, 128}, act, &plan).empty());
+            CHECK(planCuda(HmScanShape{1, 10, 1, 128, 1, pn}, act, &plan).empty());
+        }
+    }
+    // Every buffer of a carve-up starts 128-byte aligned (wmma needs 32) and none overlaps the next.
+    CHECK(planCuda(HmScanShape{1, 10, 2, 48, 1, 80}, HM_FLOAT16, &plan).empty());
+    const size_t offsets[] = {plan.outputSmem.x, plan.outputSmem.c, plan.outputSmem.b, plan.outputSmem.state,
+        plan.outputSmem.g, plan.outputSmem.m, plan.outputSmem.y, plan.outputSmem.scan, plan.outputSmem.total};
+    const size_t q = static_cast<size_t>(plan.chunk);
+    const size_t sizes[] = {q * 48 * 2, q * 80 * 2, q * 80 * 2, 48 * 80 * 2, q * q * 4, q * q * 2, q * 48 * 4, 4 * q * 4};
+    for (int i = 0; i < 8; ++i)
+    {
+        CHECK(offsets[i] % 128 == 0 && offsets[i] + sizes[i] <= offsets[i + 1]);
+    }
+
+    // Workspace: fp32 per-chunk states and decays of both directions, each part rounded up to 256.
+    const int64_t chunks = (17 + 63) / 64; // ok: P = 4, N = 16 fit 64-step chunks
+    const size_t states = 2 * 2 * 8 * chunks * 4 * 16 * sizeof(float);
+    const size_t decays = 2 * 2 * 8 * chunks * sizeof(float);
+    CHECK(cudaWorkspaceSize(ok, HM_FLOAT32) == (states + 255) / 256 * 256 + (decays + 255) / 256 * 256);
+    CHECK(cudaWorkspaceSize(ok, HM_FLOAT16) == cudaWorkspaceSize(ok, HM_FLOAT32));
+    CHECK(cudaWorkspaceSize(HmScanShape{2, 0, 8, 4, 2, 16}, HM_FLOAT16) == 0);
+    CHECK(cudaWorkspaceSize(HmScanShape{1, 1, 1, 160, 1, 160}, HM_FLOAT32) == 0); // no plan
 
     HmScanTensors t{};
     CHECK_ERR(validatePointers(ok, t), "'x'");
@@ -302,9 +336,13 @@ void testShapes()
     CHECK((out[1] == logic::Dims{2, 8, 64, 16}));
     CHECK((out[2] == logic::Dims{2, 8, 64, 16}));
 
-    CHECK(logic::workspaceSize({2, 300, 8, 64}, IoType::kFLOAT32) == 0);
-    CHECK(logic::workspaceSize({2, 300, 8, 64}, IoType::kFLOAT16) == 2 * 300 * 8 * 64 * 4);
-    CHECK(logic::workspaceSize({2, -1, 8, 64}, IoType::kFLOAT16) == 0);
+    // 300 steps in 64-step chunks (fp16, P = 64, N = 16 on tensor cores): 5 chunks of P*N fp32 states
+    // and one decay per direction, batch and head.
+    const size_t wsStates = 2u * 2 * 8 * 5 * 64 * 16 * 4;
+    const size_t wsDecays = (2u * 2 * 8 * 5 * 4 + 255) / 256 * 256;
+    CHECK(logic::workspaceSize({2, 300, 8, 64}, {2, 300, 2, 16}, IoType::kFLOAT16) == wsStates + wsDecays);
+    CHECK(logic::workspaceSize({2, -1, 8, 64}, {2, -1, 2, 16}, IoType::kFLOAT16) == 0);
+    CHECK(logic::workspaceSize({2, 300, 8, 64}, {2, 300, 2, -1}, IoType::kFLOAT16) == 0);
 }
 
 // Double-precision recurrence, independent of the kernel's code path.
