@@ -149,8 +149,9 @@ std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTe
     const HmTaskRunner* runner = nullptr);
 
 // CUDA kernel (hydraScanKernel.cu): the chunked SSD scan of planCuda, three launches on `stream`,
-// each covering both directions with the one-step shift (no flips, no batch doubling). All pointers are device pointers; workspace must hold cudaWorkspaceSize() bytes (may be NULL when
-// that is 0). Asynchronous on `stream`; returns "" when the launch succeeded.
+// each covering both directions with the one-step shift (no flips, no batch doubling). All
+// pointers are device pointers; workspace must hold cudaWorkspaceSize() bytes (may be NULL when
+// that is 0). Asynchronous on `stream`; returns "" when the launches succeeded.
 std::string launchCuda(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, void* workspace,
     size_t workspaceBytes, HmCudaStream stream);
 
