@@ -17,9 +17,11 @@ std::string cudaErrorText(const char* what, cudaError_t e)
         + cudaGetErrorString(e) + ")";
 }
 
-// Dynamic shared memory above 48 KiB must be opted into per kernel; older GPUs may not have it.
+// Dynamic shared memory above 48 KiB must be opted into per kernel. The limit is set to the plan
+// budget, not to this call's need: the attribute belongs to the kernel, so two threads enqueueing
+// different shapes (two TensorRT execution contexts) must not lower it under each other.
 template <typename Kernel>
-std::string allowSharedMemory(Kernel kernel, size_t bytes)
+std::string allowSharedMemory(Kernel kernel)
 {
     int dev = 0;
     int optin = 0;
@@ -32,12 +34,14 @@ std::string allowSharedMemory(Kernel kernel, size_t bytes)
     {
         return cudaErrorText("querying the device's shared memory", e);
     }
-    if (bytes > static_cast<size_t>(optin))
+    if (kCudaSharedMemoryBudget > static_cast<size_t>(optin))
     {
-        return "HydraScan CUDA kernel: needs " + std::to_string(bytes) + " bytes of shared memory per block, this GPU "
-            + "allows " + std::to_string(optin) + " (the kernel targets sm_80 and newer)";
+        return "HydraScan CUDA kernel: needs up to " + std::to_string(kCudaSharedMemoryBudget)
+            + " bytes of shared memory per block, this GPU allows " + std::to_string(optin)
+            + " (the kernel targets sm_80 and newer)";
     }
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    e = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kCudaSharedMemoryBudget));
     return e == cudaSuccess ? std::string() : cudaErrorText("cudaFuncSetAttribute (shared memory)", e);
 }
 
@@ -49,10 +53,10 @@ std::string launchPlan(const HmScanShape& s, const CudaPlan& plan, const HmScanT
     const int64_t heads = s.batch * s.heads;
     const auto stateKernel = chunkStateKernel<T, Tdt, kTensorCores>;
     const auto outputKernel = chunkOutputKernel<T, Tdt, kTensorCores>;
-    std::string err = allowSharedMemory(stateKernel, plan.stateSmem.total);
+    std::string err = allowSharedMemory(stateKernel);
     if (err.empty())
     {
-        err = allowSharedMemory(outputKernel, plan.outputSmem.total);
+        err = allowSharedMemory(outputKernel);
     }
     if (!err.empty())
     {

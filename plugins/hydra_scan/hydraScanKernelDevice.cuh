@@ -177,19 +177,57 @@ __device__ void chunkScans(const Tdt* dt, int64_t firstIndex, int64_t stride, in
     __syncthreads();
 }
 
-// C[M x Nc] (fp32, row-major, ldc) = (accumulate ? C : 0) + A[M x K] · B[K x Nc], all in shared
-// memory. A is row-major (element (i,k) at A[i*lda + k]) or column-major (A[k*lda + i]); likewise B.
-// Every thread of the block calls it; on tensor cores each warp owns whole 16x16 tiles of C, so two
-// calls that accumulate into the same C need no barrier between them.
-template <typename Op, bool kTensorCores, bool kARowMajor, bool kBRowMajor>
-__device__ void blockGemm(int M, int Nc, int K, const Op* A, int lda, const Op* B, int ldb, float* C, int ldc,
-    bool accumulate)
+// One product A[M x K] · B[K x Nc] of shared-memory tiles for blockGemm. A is row-major (element
+// (i,k) at A[i*lda + k]) or column-major (A[k*lda + i]); likewise B.
+template <typename Op, bool kARowMajor, bool kBRowMajor>
+struct Product
 {
-    if constexpr (kTensorCores)
+    const Op* A;
+    int lda;
+    const Op* B;
+    int ldb;
+    int K;
+
+    // Adds this product's 16x16 tile at (i0, j0) to a wmma accumulator (tensor cores).
+    template <typename Acc>
+    __device__ void mmaTile(Acc& acc, int i0, int j0) const
     {
         namespace wmma = nvcuda::wmma;
         using LayoutA = typename std::conditional<kARowMajor, wmma::row_major, wmma::col_major>::type;
         using LayoutB = typename std::conditional<kBRowMajor, wmma::row_major, wmma::col_major>::type;
+        for (int k0 = 0; k0 < K; k0 += 16)
+        {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, Op, LayoutA> fa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, Op, LayoutB> fb;
+            wmma::load_matrix_sync(fa, kARowMajor ? A + i0 * lda + k0 : A + k0 * lda + i0, lda);
+            wmma::load_matrix_sync(fb, kBRowMajor ? B + k0 * ldb + j0 : B + j0 * ldb + k0, ldb);
+            wmma::mma_sync(acc, fa, fb, acc);
+        }
+    }
+
+    // Element (i, j) of the product added to sum, in fp32 FMA.
+    __device__ float dot(float sum, int i, int j) const
+    {
+        for (int k = 0; k < K; ++k)
+        {
+            const float av = toF(kARowMajor ? A[i * lda + k] : A[k * lda + i]);
+            const float bv = toF(kBRowMajor ? B[k * ldb + j] : B[j * ldb + k]);
+            sum = fmaf(av, bv, sum);
+        }
+        return sum;
+    }
+};
+
+// C[M x Nc] (fp32, row-major, ldc, shared memory) = (accumulate ? C : 0) + the sum of the products.
+// Every thread of the block calls it. On tensor cores each warp owns whole 16x16 tiles of C and
+// keeps a tile's sum in registers until its single store (the lane layout of wmma fragments is
+// unspecified, so a tile is never re-read by the warp that stored it without a barrier).
+template <typename Op, bool kTensorCores, typename... Products>
+__device__ void blockGemm(int M, int Nc, float* C, int ldc, bool accumulate, const Products&... products)
+{
+    if constexpr (kTensorCores)
+    {
+        namespace wmma = nvcuda::wmma;
         const int warp = threadIdx.x / 32;
         const int warps = blockDim.x / 32;
         const int tilesN = Nc / 16;
@@ -206,14 +244,7 @@ __device__ void blockGemm(int M, int Nc, int K, const Op* A, int lda, const Op* 
             {
                 wmma::fill_fragment(acc, 0.0f);
             }
-            for (int k0 = 0; k0 < K; k0 += 16)
-            {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, Op, LayoutA> fa;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, Op, LayoutB> fb;
-                wmma::load_matrix_sync(fa, kARowMajor ? A + i0 * lda + k0 : A + k0 * lda + i0, lda);
-                wmma::load_matrix_sync(fb, kBRowMajor ? B + k0 * ldb + j0 : B + j0 * ldb + k0, ldb);
-                wmma::mma_sync(acc, fa, fb, acc);
-            }
+            (products.mmaTile(acc, i0, j0), ...);
             wmma::store_matrix_sync(C + i0 * ldc + j0, acc, ldc, wmma::mem_row_major);
         }
     }
@@ -224,12 +255,7 @@ __device__ void blockGemm(int M, int Nc, int K, const Op* A, int lda, const Op* 
             const int i = e / Nc;
             const int j = e - i * Nc;
             float sum = accumulate ? C[i * ldc + j] : 0.0f;
-            for (int k = 0; k < K; ++k)
-            {
-                const float av = toF(kARowMajor ? A[i * lda + k] : A[k * lda + i]);
-                const float bv = toF(kBRowMajor ? B[k * ldb + j] : B[j * ldb + k]);
-                sum = fmaf(av, bv, sum);
-            }
+            ((sum = products.dot(sum, i, j)), ...);
             C[i * ldc + j] = sum;
         }
     }
@@ -321,7 +347,7 @@ __global__ void __launch_bounds__(kBlockThreads) chunkStateKernel(Args<T, Tdt> a
     __syncthreads();
 
     // S_loc[P x N] = (W X)^T · B: the staged x tile read column-major is X^T.
-    blockGemm<Op, kTensorCores, false, true>(a.P, a.N, Q, xw, a.P, bS, a.N, stateS, a.N, false);
+    blockGemm<Op, kTensorCores>(a.P, a.N, stateS, a.N, false, Product<Op, false, true>{xw, a.P, bS, a.N, Q});
     __syncthreads();
 
     const int64_t chunkSlot = static_cast<int64_t>(dir) * gridDim.x + blockIdx.x; // [dir, bh, chunk]
@@ -416,7 +442,7 @@ __global__ void __launch_bounds__(kBlockThreads) chunkOutputKernel(Args<T, Tdt> 
         __syncthreads();
 
         // G[i, j] = C_query_i · B_j
-        blockGemm<Op, kTensorCores, true, false>(Q, Q, N, cS, N, bS, N, gS, Q, false);
+        blockGemm<Op, kTensorCores>(Q, Q, gS, Q, false, Product<Op, true, false>{cS, N, bS, N, N});
         __syncthreads();
 
         // M[i, j] = G[i, j] e^{decay from j to the query step} Δ_j on the strict lower (forward) or
@@ -445,8 +471,8 @@ __global__ void __launch_bounds__(kBlockThreads) chunkOutputKernel(Args<T, Tdt> 
         __syncthreads();
 
         // y (+)= M · X + (scaled C) · S_in^T
-        blockGemm<Op, kTensorCores, true, true>(Q, P, Q, mS, Q, xS, P, yS, P, dir == 1);
-        blockGemm<Op, kTensorCores, true, false>(Q, P, N, cS, N, stateS, N, yS, P, true);
+        blockGemm<Op, kTensorCores>(Q, P, yS, P, dir == 1, Product<Op, true, true>{mS, Q, xS, P, Q},
+            Product<Op, true, false>{cS, N, stateS, N, N});
         __syncthreads(); // the next direction restages cS, bS, stateS and the scans
     }
 

@@ -140,7 +140,7 @@ int opVariadicHomogeneity(const OrtCustomOp*)
     return 1;
 }
 
-OrtStatus* createKernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo*, void** kernel)
+OrtStatus* createKernel(const OrtCustomOp* /*op*/, const OrtApi* api, const OrtKernelInfo*, void** kernel)
 {
     try
     {

@@ -133,7 +133,7 @@ inline std::common_type_t<A, B> min(A a, B b)
 }
 
 // wmma: every emulated lane holds the whole 16x16 tile (the real distribution over lanes is
-// unspecified, so the kernel cannot depend on it); lane 0 of the warp stores. Products are exact in
+// unspecified, so the kernel cannot depend on it) and stores a 32nd of it. Products are exact in
 // fp32 for fp16/bf16 operands and summed in fp32, as tensor cores do (up to summation order).
 namespace nvcuda
 {
@@ -219,16 +219,14 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
 
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t layout)
 {
-    if ((threadIdx.x & 31u) != 0)
+    // Each lane writes its own share of the tile, as on hardware, so a kernel that re-reads a tile
+    // stored by other lanes without a barrier races here too.
+    const unsigned lane = threadIdx.x & 31u;
+    for (unsigned e = lane; e < 16 * 16; e += 32)
     {
-        return;
-    }
-    for (unsigned r = 0; r < 16; ++r)
-    {
-        for (unsigned c = 0; c < 16; ++c)
-        {
-            (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r * 16 + c];
-        }
+        const unsigned r = e / 16;
+        const unsigned c = e % 16;
+        (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[e];
     }
 }
 } // namespace wmma
