@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every check that needs a CUDA GPU, in one run sized for one device call (~8 min on an H200):
-# the CUDA HydraScan kernel vs the float64 oracle, real CUDA-graph capture of the runtime's
-# stages, the scan benchmark (reference / CUDA kernel / mamba-ssm Triton / copy bandwidth), the
-# eager vs fused vs CUDA-graph latency comparison, the per-NVTX-range breakdown with CUDA events,
-# then the whole test suite. A failing step is logged and the next one runs.
+# the CUDA HydraScan kernel vs the float64 oracle and under compute-sanitizer (racecheck,
+# synccheck), real CUDA-graph capture of the runtime's stages, the scan benchmark (reference /
+# CUDA kernel / mamba-ssm Triton / copy bandwidth), the eager vs fused vs CUDA-graph latency
+# comparison, the per-NVTX-range breakdown with CUDA events, then the whole test suite. A failing
+# step is logged and the next one runs.
 #
 # Prepare here first: bash scripts/setup.sh && bash scripts/prepare_gpu_carry.sh MAMBA_GIT_DIR
 # Device call: carry [".gpu_carry", "build/libhieramamba_plugins.so"], command
@@ -48,6 +49,18 @@ print(loaded_library_path(), 'has_cuda', bool(lib.hm_has_cuda()))"
 # Correctness first: the GPU-only tests.
 step gpu_tests 240 python3 -m pytest -q -p no:cacheprovider -rs \
     tests/test_native_scan.py tests/test_runtime_cuda_graphs.py -k "cuda or real"
+
+# Shared-memory races and barrier misuse in the CUDA scan kernel (the host emulation cannot see
+# them); a few small calls, each checked against the CPU kernel.
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    step sanitize_racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
+        python3 scripts/cuda_scan_smoke.py
+    step sanitize_synccheck 120 compute-sanitizer --tool synccheck --error-exitcode 3 \
+        python3 scripts/cuda_scan_smoke.py
+else
+    echo "=== sanitize: compute-sanitizer not on PATH; plain run instead" | tee -a "$LOG"
+    step scan_smoke 60 python3 scripts/cuda_scan_smoke.py
+fi
 
 # Speed (quiet machine: nothing else runs meanwhile).
 step bench_scan_fp16 150 python3 benchmarks/bench_scan.py --device cuda --dtype float16

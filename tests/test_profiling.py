@@ -299,5 +299,7 @@ def test_gpu_check_script_selects_existing_tests_and_paths():
     collected = out.stdout
     for test in ("test_cuda_kernel_matches_float64_oracle", "test_real_cuda_graphs_match_eager_on_gpu"):
         assert test in collected, collected[-2000:]
+    for used in re.findall(r"python3 (scripts/\S+\.py|benchmarks/\S+\.py)", script):
+        assert (root / used).is_file(), used
     paths = re.search(r"--paths \\\n\s+(\S+)", script).group(1).split(",")
     assert paths and all(p in REGISTRY for p in paths), paths

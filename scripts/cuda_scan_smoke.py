@@ -1,0 +1,57 @@
+"""One small call of the CUDA HydraScan kernel per plan kind, checked against the C++ CPU kernel.
+
+Meant to run under NVIDIA's compute-sanitizer (scripts/gpu_checks.sh does):
+
+    compute-sanitizer --tool racecheck python scripts/cuda_scan_smoke.py
+    compute-sanitizer --tool synccheck python scripts/cuda_scan_smoke.py
+
+Shapes are small (a few blocks) so the instrumented run stays short; L is not a multiple of the
+chunk so partial chunks and chunk edges are exercised. Exit status 1 when a result is off.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from hieramamba.ops import native
+
+# (name, x dtype, P, N): tensor cores (16-bit, multiples of 16) and the FMA plans.
+CASES = [("fp16 wmma Q=64", torch.float16, 64, 64), ("bf16 wmma", torch.bfloat16, 32, 16),
+         ("fp32 fma Q=32", torch.float32, 64, 64), ("fp16 fma", torch.float16, 8, 24)]
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+def inputs(dtype, P, N, L=150, B=1, H=2, G=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale  # noqa: E731
+    return {"x": r(B, L, H, P).to(dtype), "dt_f": r(B, L, H, scale=0.5) - 1, "dt_b": r(B, L, H, scale=0.5) - 1,
+            "A": -torch.rand(H, generator=g) - 0.5, "dt_bias": r(H, scale=0.1),
+            **{k: r(B, L, G, N, scale=N ** -0.5).to(dtype) for k in ("B_f", "C_f", "B_b", "C_b")},
+            "state_f0": r(B, H, P, N), "state_b0": r(B, H, P, N)}
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 2
+    worst_ok = True
+    for name, dtype, P, N in CASES:
+        t = inputs(dtype, P, N)
+        want = native.native_hydra_scan_cpu(**t)
+        got = native.native_hydra_scan_cuda(**{k: v.cuda() for k, v in t.items()})
+        torch.cuda.synchronize()
+        errs = []
+        for g, w in zip(got, want):
+            w = w.float()
+            errs.append(((g.cpu().float() - w).abs().max() / w.abs().max().clamp_min(1e-30)).item())
+        ok = max(errs) <= TOLERANCE[dtype]
+        worst_ok &= ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name:16s} rel. err y={errs[0]:.2e} state_f={errs[1]:.2e} "
+              f"state_b={errs[2]:.2e}")
+    return 0 if worst_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
