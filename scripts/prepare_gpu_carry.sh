@@ -17,6 +17,8 @@ if [ ! -f "$lib" ]; then
     echo "error: $lib not built; run bash scripts/setup.sh first" >&2
     exit 1
 fi
+# A stale library would test yesterday's kernel on the GPU: bring the build up to date first.
+cmake --build build -j2 >/dev/null
 python3 - "$lib" <<'EOF'
 import ctypes, sys
 lib = ctypes.CDLL(sys.argv[1])
