@@ -479,7 +479,7 @@ const nvinfer1::PluginFieldCollection* HydraScanPluginCreator::getFieldNames() n
 }
 
 nvinfer1::IPluginV3* HydraScanPluginCreator::createPlugin(
-    const char* name, const nvinfer1::PluginFieldCollection* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
+    const char* name, const nvinfer1::PluginFieldCollection* fc, nvinfer1::TensorRTPhase phase) noexcept
 {
     try
     {
@@ -493,7 +493,11 @@ nvinfer1::IPluginV3* HydraScanPluginCreator::createPlugin(
             }
         }
         logic::Attributes attrs;
-        const std::string e = logic::parseAttributes(fields.data(), static_cast<int32_t>(fields.size()), &attrs);
+        std::string e = logic::parseAttributes(fields.data(), static_cast<int32_t>(fields.size()), &attrs);
+        if (e.empty() && phase == nvinfer1::TensorRTPhase::kRUNTIME)
+        {
+            e = logic::checkSerializationVersion(attrs); // an engine built by another library
+        }
         if (!e.empty())
         {
             logError(std::string(e) + " (layer '" + (name != nullptr ? name : "") + "')");

@@ -16,6 +16,7 @@ namespace
 
 constexpr const char* kChunkSizeField = "chunk_size";
 constexpr const char* kHasStatesField = "has_initial_states";
+constexpr const char* kSerializationField = "serialization_version";
 
 const char* typeName(FieldType t)
 {
@@ -118,7 +119,8 @@ std::string checkIoCount(int32_t nbInputs, int32_t nbOutputs)
 const std::vector<FieldView>& attributeFieldSpecs()
 {
     static const std::vector<FieldView> specs
-        = {{kChunkSizeField, nullptr, FieldType::kINT32, 1}, {kHasStatesField, nullptr, FieldType::kINT32, 1}};
+        = {{kChunkSizeField, nullptr, FieldType::kINT32, 1}, {kHasStatesField, nullptr, FieldType::kINT32, 1},
+            {kSerializationField, nullptr, FieldType::kINT32, 1}};
     return specs;
 }
 
@@ -161,10 +163,24 @@ std::string parseAttributes(const FieldView* fields, int32_t nbFields, Attribute
             }
             attrs.hasInitialStates = static_cast<int32_t>(v);
         }
+        else if (name == kSerializationField)
+        {
+            std::string e = readInt(f, &v);
+            if (e.empty() && (v < 1 || v > std::numeric_limits<int32_t>::max()))
+            {
+                e = "HydraScan: field serialization_version must be a positive int32, got " + std::to_string(v);
+            }
+            if (!e.empty())
+            {
+                return e;
+            }
+            attrs.serializationVersion = static_cast<int32_t>(v);
+        }
         else
         {
             // Strict: a misspelt attribute would otherwise silently fall back to a default.
-            return "HydraScan: unknown attribute '" + name + "' (known: chunk_size, has_initial_states)";
+            return "HydraScan: unknown attribute '" + name
+                + "' (known: chunk_size, has_initial_states; engines also carry serialization_version)";
         }
     }
     *out = attrs;
@@ -182,12 +198,27 @@ std::string checkStatesAgree(const Attributes& attrs, int32_t nbInputs)
         + std::to_string(kNbInputsWithoutStates) + " without)";
 }
 
+std::string checkSerializationVersion(const Attributes& attrs)
+{
+    if (attrs.serializationVersion == kSerializationVersion)
+    {
+        return {};
+    }
+    const std::string theirs = attrs.serializationVersion == 0
+        ? std::string("an older library (no serialization_version field: version 1)")
+        : "serialization version " + std::to_string(attrs.serializationVersion);
+    return "HydraScan: this engine was serialized by " + theirs + ", this plugin library has serialization version "
+        + std::to_string(kSerializationVersion)
+        + " (its CUDA kernel needs another workspace); rebuild the engine with this library";
+}
+
 SerializedAttributes::SerializedAttributes(const Attributes& attrs)
     : mChunkSize(attrs.chunkSize)
     , mHasInitialStates(attrs.hasInitialStates)
 {
     mFields.push_back(FieldView{kChunkSizeField, &mChunkSize, FieldType::kINT32, 1});
     mFields.push_back(FieldView{kHasStatesField, &mHasInitialStates, FieldType::kINT32, 1});
+    mFields.push_back(FieldView{kSerializationField, &mSerializationVersion, FieldType::kINT32, 1});
 }
 
 void SerializedAttributes::update(const Attributes& attrs)

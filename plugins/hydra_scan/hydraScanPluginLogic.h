@@ -55,16 +55,30 @@ std::string checkIoCount(int32_t nbInputs, int32_t nbOutputs);
 
 // ---- Attributes ---------------------------------------------------------------------------------
 
+// What a serialized engine's plugin assumes about this library (the CUDA kernel's workspace layout
+// above all). Engines record it; a library with another value refuses them (createPlugin at
+// TensorRT's runtime phase) instead of running with a workspace sized for another kernel.
+// 1: the sequential kernel (fp32 y accumulator; engines of that era did not record it).
+// 2: the chunked kernel (per-chunk states and decays).
+constexpr int32_t kSerializationVersion = 2;
+
 struct Attributes
 {
-    // Time-chunk length of the chunked formulation (the portable ONNX function body and a future
-    // chunked CUDA kernel). The sequential CUDA kernel's result does not depend on it beyond rounding.
+    // Time-chunk length of the chunked formulation in the portable ONNX function body. The CUDA
+    // kernel picks its own chunk length (planCuda); results differ only by rounding.
     int32_t chunkSize = 256;
     // 1 with state_f0/state_b0 inputs (11 inputs), 0 without (9), -1 not stated. The plugin learns it
     // from the input count at build time and serializes it, because enqueue() is not told the count.
     // An ONNX node may state it; it must then agree with the node's input count.
     int32_t hasInitialStates = -1;
+    // kSerializationVersion of the library that serialized the engine; 0 when not given (an ONNX
+    // node at build time, or an engine serialized before the field existed).
+    int32_t serializationVersion = 0;
 };
+
+// At TensorRT's runtime phase (engine deserialization): error unless the engine was serialized by
+// a library with this kSerializationVersion.
+std::string checkSerializationVersion(const Attributes& attrs);
 
 // Values mirror nvinfer1::PluginFieldType (checked by static_assert in hydraScanPlugin.cpp).
 enum class FieldType : int32_t
@@ -119,6 +133,7 @@ public:
 private:
     int32_t mChunkSize;
     int32_t mHasInitialStates;
+    int32_t mSerializationVersion = kSerializationVersion;
     std::vector<FieldView> mFields;
 };
 

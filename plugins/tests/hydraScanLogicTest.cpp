@@ -184,9 +184,25 @@ void testAttributes()
     CHECK(logic::parseAttributes(ser.fields().data(), static_cast<int32_t>(ser.fields().size()), &out).empty());
     CHECK(out.hasInitialStates == 0);
 
+    // Engines record the library's serialization version; at the runtime phase another (or none:
+    // an engine of the sequential-kernel era) is refused, since its workspace was sized for another
+    // kernel.
+    CHECK(out.serializationVersion == logic::kSerializationVersion);
+    CHECK(logic::checkSerializationVersion(out).empty());
+    logic::Attributes oldEngine;
+    CHECK(logic::parseAttributes(ser.fields().data(), 2, &oldEngine).empty()); // chunk_size, has_initial_states only
+    CHECK_ERR(logic::checkSerializationVersion(oldEngine), "older library");
+    const int32_t future = logic::kSerializationVersion + 1;
+    logic::FieldView newer{"serialization_version", &future, logic::FieldType::kINT32, 1};
+    CHECK(logic::parseAttributes(&newer, 1, &oldEngine).empty());
+    CHECK_ERR(logic::checkSerializationVersion(oldEngine), "rebuild the engine");
+    const int32_t notAVersion = 0;
+    logic::FieldView badVersion{"serialization_version", &notAVersion, logic::FieldType::kINT32, 1};
+    CHECK_ERR(logic::parseAttributes(&badVersion, 1, &oldEngine), "serialization_version");
+
     // The advertised field names are exactly what the parser accepts.
     const auto& specs = logic::attributeFieldSpecs();
-    CHECK(specs.size() == 2);
+    CHECK(specs.size() == 3);
     for (const auto& s : specs)
     {
         const int32_t one = 1;

@@ -168,7 +168,7 @@ void testCreator()
     CHECK(std::string(creator.getPluginVersion()) == "1");
     CHECK(std::string(creator.getPluginNamespace()) == "hieramamba");
     const PluginFieldCollection* names = creator.getFieldNames();
-    CHECK(names != nullptr && names->nbFields == 2);
+    CHECK(names != nullptr && names->nbFields == 3); // chunk_size, has_initial_states, serialization_version
 
     int32_t nbCreators = 0;
     IPluginCreatorInterface* const* list = getCreators(nbCreators);
@@ -268,6 +268,15 @@ void testBuildAndRuntime()
     auto* art = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     CHECK(fieldValue(art->getFieldsToSerialize(), "has_initial_states") == 1);
 
+    // An engine serialized by the sequential-kernel library (no serialization_version) is refused at
+    // the runtime phase, but its fields still build a plugin at the build phase (ONNX attributes).
+    PluginFieldCollection oldFields{2, ser->fields};
+    CHECK(std::string(ser->fields[2].name) == "serialization_version");
+    std::fprintf(stderr, "(a 'rebuild the engine' error message is expected next)\n");
+    CHECK(creator.createPlugin("hydra", &oldFields, TensorRTPhase::kRUNTIME) == nullptr);
+    std::unique_ptr<IPluginV3> fromOnnx(creator.createPlugin("hydra", &oldFields, TensorRTPhase::kBUILD));
+    CHECK(fromOnnx != nullptr);
+
     // A 9-input graph contradicts the recorded has_initial_states=1.
     auto nine = dynDescs(shapes(2, 300, 8, 64, 1, 64, false), DataType::kHALF, DataType::kFLOAT, {2, 300, 8, 64});
     std::fprintf(stderr, "(a 'has_initial_states' error message is expected next)\n");
@@ -311,7 +320,7 @@ void testBuildAndRuntime()
     CHECK(art->enqueue(emptyIn.data(), emptyOutDesc.data(), inputs, outputs, nullptr, nullptr) == 0);
 
     // A plugin that was never configured does not know its input count: enqueue refuses.
-    std::unique_ptr<IPluginV3> fresh(creator.createPlugin("fresh", nullptr, TensorRTPhase::kRUNTIME));
+    std::unique_ptr<IPluginV3> fresh(creator.createPlugin("fresh", nullptr, TensorRTPhase::kBUILD));
     auto* frt = static_cast<IPluginV3OneRuntime*>(fresh->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     std::fprintf(stderr, "(an 'input count unknown' error message is expected next)\n");
     CHECK(frt->enqueue(emptyIn.data(), emptyOutDesc.data(), inputs, outputs, nullptr, nullptr) != 0);
