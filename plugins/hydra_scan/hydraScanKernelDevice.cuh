@@ -1,7 +1,7 @@
 // Device code of the CUDA HydraScan kernel: the chunked SSD scan, both directions and the one-step
 // shift, without flips or batch doubling.
 //
-// Math (per batch b, head h; REFERENCE §7, README "Chunked CUDA kernel"). Time is cut into chunks of
+// Math (per batch b, head h; REFERENCE §7, README "CUDA kernel"). Time is cut into chunks of
 // Q steps (CudaPlan::chunk). In chunk [t0, t0+Q), with a_i = A·Δ_i (0 past the end of the video),
 // pre_i = Σ_{r<=i} a_r and suf_i = Σ_{r>=i} a_r (both within the chunk):
 //   forward  y_fw[t0+i] = e^{pre_{i-1}} C^f_{t0+i-1}·S^f_in + Σ_{j<i} e^{pre_{i-1}-pre_j} (C^f_{t0+i-1}·B^f_j) Δ^f_j x_j
@@ -21,7 +21,8 @@
 //     summed in shared memory and written to y once (no atomics, deterministic).
 // The intra-chunk products (X^T·W·B, C·B^T, M·X, C·S^T) are block GEMMs on staged shared-memory
 // tiles: wmma (tensor cores, fp32 accumulate) when x is fp16/bf16 and P, N are multiples of 16,
-// fp32 FMA otherwise. Δ, the cumulative sums, exponentials, decays and states stay fp32.
+// fp32 FMA otherwise. Δ, the cumulative sums, exponentials, decays and states stay fp32 (on tensor
+// cores the entering state is rounded to x's type only as an operand of C·S^T, as in mamba-ssm).
 //
 // This is a header so that plugins/tests/hydraScanCudaEmulationTest.cpp can compile the very same
 // kernels for the host (HM_CUDA_EMULATION: one std::thread per CUDA thread) and check them against
@@ -54,7 +55,6 @@ namespace device
 
 constexpr int kBlockThreads = 128; // chunk kernels: 4 warps
 constexpr int kPassThreads = 256;  // state passing: one thread per state element
-constexpr int kMaxChunk = 64;      // the prefix scans hold two steps per lane
 
 __device__ __forceinline__ float toF(float v)
 {
@@ -142,8 +142,8 @@ __device__ __forceinline__ float warpInclusiveScan(float v)
 }
 
 // Δ of the chunk's steps (0 past `valid`) and, with a = A·Δ, the inclusive prefix sums pre[i] and
-// suffix sums suf[i] over the chunk. Every thread of the block calls it (shuffles, __syncthreads);
-// every warp computes the same sums and warp 0 stores them.
+// suffix sums suf[i] over the chunk (Q <= 64: two steps per lane). Every thread of the block calls
+// it (shuffles, __syncthreads); every warp computes the same sums and warp 0 stores them.
 template <typename Tdt>
 __device__ void chunkScans(const Tdt* dt, int64_t firstIndex, int64_t stride, int valid, int Q, float A,
     float bias, float* delta, float* pre, float* suf)

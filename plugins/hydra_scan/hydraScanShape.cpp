@@ -201,7 +201,7 @@ std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan)
     CudaPlan p{};
     p.tensorCores = act != HM_FLOAT32 && s.headdim % 16 == 0 && s.dstate % 16 == 0;
     p.operandBytes = p.tensorCores ? 2 : sizeof(float);
-    for (int q : {64, 32, 16})
+    for (int q : {64, 32, 16}) // at most 64: the device's chunk scans hold two steps per warp lane
     {
         layoutSmem(&p, static_cast<size_t>(q), static_cast<size_t>(s.headdim), static_cast<size_t>(s.dstate));
         if (std::max(p.stateSmem.total, p.outputSmem.total) <= kCudaSharedMemoryBudget)
