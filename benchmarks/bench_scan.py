@@ -225,6 +225,13 @@ def main(argv=None) -> int:
           f"chunk={a.chunk}; median of {a.repeats} after {a.warmup} warm-up")
     print(f"{'L':>6s} {'path':10s} {'ms':>9s} {'GB/s':>8s} {'% copy':>7s} {'× triton':>8s} {'rel err':>9s}")
     for L in (int(x) for x in a.lengths.split(",")):
+        if "native" in runners and device.startswith("cuda"):
+            from hieramamba.ops.native import cuda_scan_plan
+
+            plan = cuda_scan_plan(a.batch, L, a.heads, a.headdim, a.groups, a.dstate, dtype)
+            print(f"{L:>6d} native plan: {plan['chunk']}-step chunks, "
+                  f"{'tensor cores' if plan['tensor_cores'] else 'fp32 FMA'}, "
+                  f"workspace {plan['workspace_bytes'] / 2**20:.1f} MiB")
         t = make_inputs(a.batch, L, a.heads, a.headdim, a.groups, a.dstate, dtype, device)
         nbytes = minimal_bytes(t)
         copy_gbs = copy_bandwidth(nbytes, device, a.warmup, a.repeats)

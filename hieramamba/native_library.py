@@ -24,7 +24,7 @@ from typing import Optional
 
 from .errors import BackendUnavailableError
 
-ABI_VERSION = 3  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
+ABI_VERSION = 4  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
 LIBRARY_ENV = "HIERAMAMBA_PLUGIN_LIB"
 BUILD_COMMAND = "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j"
 
@@ -72,6 +72,9 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.hm_hydra_scan_validate.restype = i32
     lib.hm_hydra_scan_workspace_size.argtypes = [shape_p, i32]
     lib.hm_hydra_scan_workspace_size.restype = ctypes.c_size_t
+    lib.hm_hydra_scan_cuda_plan.argtypes = [shape_p, i32, ctypes.POINTER(i32), ctypes.POINTER(i32),
+                                            ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p, i32]
+    lib.hm_hydra_scan_cuda_plan.restype = i32
     # shape, dtype, dt_dtype, 9 inputs, 2 initial states, y, 2 states, threads, err, errlen
     lib.hm_hydra_scan_cpu.argtypes = [shape_p, i32, i32] + [vp] * 14 + [i32, ctypes.c_char_p, i32]
     lib.hm_hydra_scan_cpu.restype = i32

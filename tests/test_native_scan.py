@@ -285,6 +285,31 @@ def test_c_abi_validation_and_cuda_entry(lib):
     assert (b"dstate" in err.value) if lib.hm_has_cuda() else (b"without CUDA" in err.value)
 
 
+def test_cuda_scan_plan_needs_no_gpu(lib):
+    # Planned on the host, so it answers in CPU-only builds too. Ego4D's Hydra shape: 16-bit x runs
+    # 64-step chunks on tensor cores, fp32 32-step chunks with FMA (shared-memory budget); the
+    # workspace holds fp32 per-chunk states and decays of both directions, each part padded to 256.
+    def workspace(B, L, H, P, N, Q):
+        chunks = -(-L // Q)
+        pad = lambda n: -(-n // 256) * 256  # noqa: E731
+        return pad(2 * B * H * chunks * P * N * 4) + pad(2 * B * H * chunks * 4)
+
+    plan = native.cuda_scan_plan(2, 1000, 12, 64, 1, 64, torch.float16)
+    assert plan == {"chunk": 64, "tensor_cores": True, "workspace_bytes": workspace(2, 1000, 12, 64, 64, 64)}
+    assert plan["workspace_bytes"] == lib.hm_hydra_scan_workspace_size(
+        ctypes.byref(native._HmScanShape(2, 1000, 12, 64, 1, 64)), 1)
+    plan = native.cuda_scan_plan(1, 1000, 12, 64, 1, 64, torch.float32)
+    assert plan == {"chunk": 32, "tensor_cores": False, "workspace_bytes": workspace(1, 1000, 12, 64, 64, 32)}
+    assert not native.cuda_scan_plan(1, 10, 2, 8, 1, 24, torch.bfloat16)["tensor_cores"]  # P, N not multiples of 16
+    assert native.cuda_scan_plan(1, 0, 2, 8, 1, 24, torch.float16)["workspace_bytes"] == 0
+    with pytest.raises(BackendUnavailableError, match="shared memory"):
+        native.cuda_scan_plan(1, 10, 1, 200, 1, 200, torch.float32)
+    with pytest.raises(InputError, match="divisible"):
+        native.cuda_scan_plan(1, 10, 6, 4, 4, 8, torch.float32)
+    with pytest.raises(InputError, match="dtype"):
+        native.cuda_scan_plan(1, 10, 2, 4, 1, 8, torch.float64)
+
+
 def _no_library(monkeypatch, tmp_path):
     """Make libhieramamba_plugins unfindable for one test (the loader caches the loaded file)."""
     monkeypatch.setattr(native_library, "_lib", None)

@@ -39,6 +39,7 @@ __all__ = [
     "native_library_info",
     "native_hydra_scan_cpu",
     "native_hydra_scan_cuda",
+    "cuda_scan_plan",
     "register_native_cpu_kernel",
     "register_native_cuda_kernel",
 ]
@@ -189,6 +190,28 @@ def native_hydra_scan_cuda(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
     if code != _HM_OK:
         _raise_for(code, err)
     return y, state_f, state_b
+
+
+def cuda_scan_plan(batch: int, length: int, heads: int, headdim: int, groups: int, dstate: int,
+                   dtype) -> dict:
+    """How the CUDA kernel would run this shape (planned on the host: no GPU needed):
+    ``{"chunk": time steps per chunk, "tensor_cores": bool, "workspace_bytes": int}``.
+    ``dtype`` is x's torch dtype. Raises ``InputError`` for a bad shape or dtype and
+    ``BackendUnavailableError`` when the CUDA kernel cannot run the shape (the message says why)."""
+    import torch
+
+    codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+    if dtype not in codes:
+        raise InputError(f"cuda_scan_plan: dtype must be float32, float16 or bfloat16, got {dtype}")
+    lib = load_native_library(required=True)
+    shape = _HmScanShape(batch, length, heads, headdim, groups, dstate)
+    chunk, tensor_cores, workspace = ctypes.c_int(), ctypes.c_int(), ctypes.c_size_t()
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    code = lib.hm_hydra_scan_cuda_plan(ctypes.byref(shape), codes[dtype], ctypes.byref(chunk),
+                                       ctypes.byref(tensor_cores), ctypes.byref(workspace), err, _ERR_LEN)
+    if code != _HM_OK:
+        _raise_for(code, err)
+    return {"chunk": chunk.value, "tensor_cores": bool(tensor_cores.value), "workspace_bytes": workspace.value}
 
 
 def register_native_cpu_kernel(required: bool = False) -> bool:

@@ -93,6 +93,35 @@ size_t hm_hydra_scan_workspace_size(const HmScanShape* shape, int dtype)
     return cudaWorkspaceSize(*shape, static_cast<HmDType>(dtype));
 }
 
+int hm_hydra_scan_cuda_plan(const HmScanShape* shape, int dtype, int* chunk, int* tensor_cores,
+    size_t* workspace_size, char* err, int errlen)
+{
+    const std::string e = checkCall(shape, dtype, HM_FLOAT32, nullptr);
+    if (!e.empty())
+    {
+        return fail(HM_ERR_INVALID_ARGUMENT, e, err, errlen);
+    }
+    CudaPlan plan{};
+    const std::string why = planCuda(*shape, static_cast<HmDType>(dtype), &plan);
+    if (!why.empty())
+    {
+        return fail(HM_ERR_UNSUPPORTED, why, err, errlen);
+    }
+    if (chunk != nullptr)
+    {
+        *chunk = plan.chunk;
+    }
+    if (tensor_cores != nullptr)
+    {
+        *tensor_cores = plan.tensorCores ? 1 : 0;
+    }
+    if (workspace_size != nullptr)
+    {
+        *workspace_size = plan.workspaceBytes;
+    }
+    return HM_OK;
+}
+
 int hm_hydra_scan_cpu(const HmScanShape* shape, int dtype, int dt_dtype, const void* x, const void* dt_f,
     const void* dt_b, const void* A, const void* dt_bias, const void* B_f, const void* C_f, const void* B_b,
     const void* C_b, const float* state_f0, const float* state_b0, void* y, float* state_f, float* state_b,

@@ -10,7 +10,7 @@
 
 #include "../hydra_scan/hydraScanKernel.h"
 
-#define HM_ABI_VERSION 3
+#define HM_ABI_VERSION 4
 
 #if defined(_WIN32)
 #define HM_API __declspec(dllexport)
@@ -33,8 +33,16 @@ HM_API int hm_has_cuda(void);
 /* Checks shape and dtype codes without running anything. */
 HM_API int hm_hydra_scan_validate(const HmScanShape* shape, int dtype, int dt_dtype, char* err, int errlen);
 
-/* Bytes of device workspace hm_hydra_scan_cuda needs (0 for float32 y). */
+/* Bytes of device workspace hm_hydra_scan_cuda needs (its per-chunk states; 0 when L or B is 0 or
+ * the shape is invalid). */
 HM_API size_t hm_hydra_scan_workspace_size(const HmScanShape* shape, int dtype);
+
+/* How hm_hydra_scan_cuda would run this shape (host-side planning: needs no GPU and works in builds
+ * without CUDA): time steps per chunk, 1 when the intra-chunk products run on tensor cores, and the
+ * workspace bytes. HM_ERR_INVALID_ARGUMENT for a bad shape or dtype, HM_ERR_UNSUPPORTED when the
+ * CUDA kernel cannot run the shape (the message says why). */
+HM_API int hm_hydra_scan_cuda_plan(const HmScanShape* shape, int dtype, int* chunk, int* tensor_cores,
+    size_t* workspace_size, char* err, int errlen);
 
 /* CPU kernel, host pointers. dtype: x, B_*, C_*, y; dt_dtype: dt_f, dt_b, A, dt_bias (float32 or dtype).
  * state_f0 / state_b0 may be NULL (zero initial state). num_threads <= 0: all hardware threads. */
