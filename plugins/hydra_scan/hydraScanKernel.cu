@@ -2,6 +2,9 @@
 // hydraScanKernelDevice.cuh (design notes there) on one stream.
 #include "hydraScanKernelDevice.cuh"
 
+#include <atomic>
+#include <cstdint>
+
 namespace hieramamba
 {
 namespace hydra_scan
@@ -17,19 +20,26 @@ std::string cudaErrorText(const char* what, cudaError_t e)
         + cudaGetErrorString(e) + ")";
 }
 
-// Dynamic shared memory above 48 KiB must be opted into per kernel. The limit is set to the plan
-// budget, not to this call's need: the attribute belongs to the kernel, so two threads enqueueing
-// different shapes (two TensorRT execution contexts) must not lower it under each other.
-template <typename Kernel>
-std::string allowSharedMemory(Kernel kernel)
+// Dynamic shared memory above 48 KiB must be opted into per kernel and device. The limit is set to
+// the plan budget, not to one call's need: the attribute belongs to the kernel, so two threads
+// enqueueing different shapes (two TensorRT execution contexts) cannot lower it under each other.
+// Done once per device and kernel instantiation (`ready` bit d: device d is set up), so calls made
+// later during a CUDA graph capture do not touch function attributes.
+std::string allowSharedMemory(const void* const* kernels, int count, std::atomic<uint64_t>* ready)
 {
     int dev = 0;
-    int optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
-    if (e == cudaSuccess)
+    if (e != cudaSuccess)
     {
-        e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+        return cudaErrorText("querying the current device", e);
     }
+    const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+    if (bit != 0 && (ready->load(std::memory_order_acquire) & bit) != 0)
+    {
+        return {};
+    }
+    int optin = 0;
+    e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (e != cudaSuccess)
     {
         return cudaErrorText("querying the device's shared memory", e);
@@ -40,9 +50,17 @@ std::string allowSharedMemory(Kernel kernel)
             + " bytes of shared memory per block, this GPU allows " + std::to_string(optin)
             + " (the kernel targets sm_80 and newer)";
     }
-    e = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kCudaSharedMemoryBudget));
-    return e == cudaSuccess ? std::string() : cudaErrorText("cudaFuncSetAttribute (shared memory)", e);
+    for (int i = 0; i < count; ++i)
+    {
+        e = cudaFuncSetAttribute(
+            kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kCudaSharedMemoryBudget));
+        if (e != cudaSuccess)
+        {
+            return cudaErrorText("cudaFuncSetAttribute (shared memory)", e);
+        }
+    }
+    ready->fetch_or(bit, std::memory_order_release);
+    return {};
 }
 
 template <typename T, typename Tdt, bool kTensorCores>
@@ -53,11 +71,9 @@ std::string launchPlan(const HmScanShape& s, const CudaPlan& plan, const HmScanT
     const int64_t heads = s.batch * s.heads;
     const auto stateKernel = chunkStateKernel<T, Tdt, kTensorCores>;
     const auto outputKernel = chunkOutputKernel<T, Tdt, kTensorCores>;
-    std::string err = allowSharedMemory(stateKernel);
-    if (err.empty())
-    {
-        err = allowSharedMemory(outputKernel);
-    }
+    static std::atomic<uint64_t> ready{0}; // one per instantiation, i.e. per kernel pair
+    const void* kernels[] = {reinterpret_cast<const void*>(stateKernel), reinterpret_cast<const void*>(outputKernel)};
+    const std::string err = allowSharedMemory(kernels, 2, &ready);
     if (!err.empty())
     {
         return err;
