@@ -363,6 +363,11 @@ __global__ void __launch_bounds__(kBlockThreads) chunkStateKernel(Args<T, Tdt> a
 }
 
 // Phase 2: walk the chunks in scan order; each chunk's slot receives the state entering it.
+// Batches of kPassAhead chunks are loaded before any is stored: the compiler cannot move a load
+// above the previous chunk's store (it cannot tell they never alias), and one load in flight per
+// thread would make the walk latency-bound.
+constexpr int kPassAhead = 8;
+
 __global__ void __launch_bounds__(kPassThreads) statePassingKernel(float* chunkStates, const float* chunkDecays,
     const float* stateF0, const float* stateB0, float* stateF, float* stateB, int64_t numChunks, int stateSize,
     int blocksPerHead)
@@ -378,13 +383,29 @@ __global__ void __launch_bounds__(kPassThreads) statePassingKernel(float* chunkS
     const float* init = dir == 0 ? stateF0 : stateB0;
     float S = init != nullptr ? init[bh * stateSize + e] : 0.0f;
     const int64_t first = (dir * heads + bh) * numChunks; // chunk slot of chunk 0
-    for (int64_t k = 0; k < numChunks; ++k)
+    for (int64_t k0 = 0; k0 < numChunks; k0 += kPassAhead)
     {
-        const int64_t chunk = dir == 0 ? k : numChunks - 1 - k;
-        float* slot = chunkStates + (first + chunk) * stateSize + e;
-        const float local = *slot;
-        *slot = S;
-        S = fmaf(chunkDecays[first + chunk], S, local);
+        float local[kPassAhead];
+        float decay[kPassAhead];
+#pragma unroll
+        for (int u = 0; u < kPassAhead; ++u)
+        {
+            const int64_t k = k0 + u;
+            const int64_t chunk = dir == 0 ? k : numChunks - 1 - k;
+            local[u] = k < numChunks ? chunkStates[(first + chunk) * stateSize + e] : 0.0f;
+            decay[u] = k < numChunks ? chunkDecays[first + chunk] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kPassAhead; ++u)
+        {
+            const int64_t k = k0 + u;
+            if (k < numChunks)
+            {
+                const int64_t chunk = dir == 0 ? k : numChunks - 1 - k;
+                chunkStates[(first + chunk) * stateSize + e] = S;
+                S = fmaf(decay[u], S, local[u]);
+            }
+        }
     }
     (dir == 0 ? stateF : stateB)[bh * stateSize + e] = S;
 }

@@ -447,6 +447,9 @@ int main()
     runCase<float, float, float, float>("fp32 N=5 P=3 L=64 (one full chunk)", {1, 64, 3, 3, 1, 5}, true, 64, false,
         1e-5);
     runCase<float, float, float, float>("fp32 L=65 (chunk of one step)", {1, 65, 2, 4, 2, 8}, true, 64, false, 1e-5);
+    runCase<float, float, float, float>("fp32 L=700 (11 chunks: batched passing)", {1, 700, 2, 4, 1, 8}, true, 64,
+        false, 1e-5);
+    runCase<Half, float, __half, float>("fp16 L=1100 wmma (18 chunks)", {1, 1100, 1, 16, 1, 16}, true, 64, true, 4e-3);
     runCase<float, float, float, float>("fp32 L=1", {2, 1, 2, 4, 1, 8}, true, 64, false, 1e-6);
     runCase<float, float, float, float>("fp32 L=2", {1, 2, 2, 4, 2, 8}, true, 64, false, 1e-6);
     runCase<float, float, float, float>("fp32 L=0 (states pass through)", {2, 0, 2, 4, 1, 8}, true, 64, false, 0.0);
