@@ -51,6 +51,22 @@ std::string readInt(const FieldView& f, int64_t* v)
     return {};
 }
 
+// One integer field within [lo, hi] into *out; `allowed` words the range for the message.
+std::string readIntIn(const FieldView& f, int64_t lo, int64_t hi, const char* allowed, int32_t* out)
+{
+    int64_t v = 0;
+    std::string e = readInt(f, &v);
+    if (e.empty() && (v < lo || v > hi))
+    {
+        e = std::string("HydraScan: attribute ") + f.name + " must be " + allowed + ", got " + std::to_string(v);
+    }
+    if (e.empty())
+    {
+        *out = static_cast<int32_t>(v);
+    }
+    return e;
+}
+
 bool isFloatType(IoType t)
 {
     return t == IoType::kFLOAT32 || t == IoType::kFLOAT16 || t == IoType::kBFLOAT16;
@@ -131,56 +147,33 @@ std::string parseAttributes(const FieldView* fields, int32_t nbFields, Attribute
     {
         return "HydraScan: malformed plugin field collection";
     }
+    constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
     for (int32_t i = 0; i < nbFields; ++i)
     {
         const FieldView& f = fields[i];
         const std::string name = f.name != nullptr ? f.name : "";
-        int64_t v = 0;
+        std::string e;
         if (name == kChunkSizeField)
         {
-            std::string e = readInt(f, &v);
-            if (e.empty() && (v < 1 || v > std::numeric_limits<int32_t>::max()))
-            {
-                e = "HydraScan: attribute chunk_size must be a positive int32, got " + std::to_string(v);
-            }
-            if (!e.empty())
-            {
-                return e;
-            }
-            attrs.chunkSize = static_cast<int32_t>(v);
+            e = readIntIn(f, 1, kInt32Max, "a positive int32", &attrs.chunkSize);
         }
         else if (name == kHasStatesField)
         {
-            std::string e = readInt(f, &v);
-            if (e.empty() && (v < -1 || v > 1))
-            {
-                e = "HydraScan: attribute has_initial_states must be 0, 1 (or -1: from the input count), got "
-                    + std::to_string(v);
-            }
-            if (!e.empty())
-            {
-                return e;
-            }
-            attrs.hasInitialStates = static_cast<int32_t>(v);
+            e = readIntIn(f, -1, 1, "0, 1 (or -1: from the input count)", &attrs.hasInitialStates);
         }
         else if (name == kSerializationField)
         {
-            std::string e = readInt(f, &v);
-            if (e.empty() && (v < 1 || v > std::numeric_limits<int32_t>::max()))
-            {
-                e = "HydraScan: field serialization_version must be a positive int32, got " + std::to_string(v);
-            }
-            if (!e.empty())
-            {
-                return e;
-            }
-            attrs.serializationVersion = static_cast<int32_t>(v);
+            e = readIntIn(f, 1, kInt32Max, "a positive int32", &attrs.serializationVersion);
         }
         else
         {
             // Strict: a misspelt attribute would otherwise silently fall back to a default.
-            return "HydraScan: unknown attribute '" + name
+            e = "HydraScan: unknown attribute '" + name
                 + "' (known: chunk_size, has_initial_states; engines also carry serialization_version)";
+        }
+        if (!e.empty())
+        {
+            return e;
         }
     }
     *out = attrs;
