@@ -5,6 +5,8 @@ Not a CI test. Paths (each skipped with its reason when it cannot run here):
 * ``reference``  ``hydra_scan_reference`` (pure PyTorch, chunked SSD) on the device;
 * ``native``     the C++ CPU kernel (``--device cpu``) or the CUDA kernel (``--device cuda``) of
                  ``plugins/`` through ``hieramamba.ops.native`` (library built by CMake);
+                 ``--tiles-per-chunk 1,2,4`` adds ``native_t1`` ... (the CUDA kernel's state chunk
+                 of 1, 2, 4 tiles);
 * ``triton``     mamba-ssm's ``mamba_chunk_scan_combined`` run the way Hydra runs it: forward and
                  time-flipped backward problems stacked on the batch axis, one scan with
                  ``dt_softplus``, the backward half flipped back, both shifted one step and added
@@ -82,6 +84,30 @@ def native_runner(device):
         fn = native.native_hydra_scan_cuda
     native.load_native_library(required=True)
     return lambda t, chunk: fn(*args_of(t), None, None, chunk_size=chunk)[0]
+
+
+def native_tiles_runner(device, tiles):
+    """The CUDA kernel with ``tiles`` tiles per state chunk (``$HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK``,
+    read by the kernel's planner on every call)."""
+    import os
+
+    from hieramamba.ops.native import TILES_PER_CHUNK_ENV
+
+    if device == "cpu":
+        raise RuntimeError("tiles per chunk are a setting of the CUDA kernel")
+    run = native_runner(device)
+
+    def with_tiles(t, chunk):
+        before = os.environ.get(TILES_PER_CHUNK_ENV)
+        os.environ[TILES_PER_CHUNK_ENV] = str(tiles)
+        try:
+            return run(t, chunk)
+        finally:
+            if before is None:
+                del os.environ[TILES_PER_CHUNK_ENV]
+            else:
+                os.environ[TILES_PER_CHUNK_ENV] = before
+    return with_tiles
 
 
 def triton_runner(device):
@@ -202,6 +228,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--tiles-per-chunk", default="",
+                    help="CUDA kernel: also time it with these tiles per state chunk, e.g. 1,2,4 "
+                         "(paths native_t1, native_t2, ...)")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
     if a.threads:
@@ -218,6 +247,11 @@ def main(argv=None) -> int:
                              "ort_native": ort_runner("native")}[name](device)
         except Exception as exc:  # reported, never dropped
             print(f"{name}: skipped ({type(exc).__name__}: {exc})")
+    for tiles in (int(x) for x in a.tiles_per_chunk.split(",") if x):
+        try:
+            runners[f"native_t{tiles}"] = native_tiles_runner(device, tiles)
+        except Exception as exc:
+            print(f"native_t{tiles}: skipped ({type(exc).__name__}: {exc})")
     env = f"torch {torch.__version__}, device {device}"
     if device.startswith("cuda"):
         env += f" ({torch.cuda.get_device_name()}, CUDA {torch.version.cuda})"
@@ -229,7 +263,7 @@ def main(argv=None) -> int:
             from hieramamba.ops.native import cuda_scan_plan
 
             plan = cuda_scan_plan(a.batch, L, a.heads, a.headdim, a.groups, a.dstate, dtype)
-            print(f"{L:>6d} native plan: {plan['chunk']}-step chunks, "
+            print(f"{L:>6d} native plan: {plan['tile']}-step tiles, {plan['chunk']}-step state chunks, "
                   f"{'tensor cores' if plan['tensor_cores'] else 'fp32 FMA'}, "
                   f"workspace {plan['workspace_bytes'] / 2**20:.1f} MiB")
         t = make_inputs(a.batch, L, a.heads, a.headdim, a.groups, a.dstate, dtype, device)

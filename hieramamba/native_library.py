@@ -72,8 +72,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.hm_hydra_scan_validate.restype = i32
     lib.hm_hydra_scan_workspace_size.argtypes = [shape_p, i32]
     lib.hm_hydra_scan_workspace_size.restype = ctypes.c_size_t
-    lib.hm_hydra_scan_cuda_plan.argtypes = [shape_p, i32, ctypes.POINTER(i32), ctypes.POINTER(i32),
-                                            ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p, i32]
+    lib.hm_hydra_scan_cuda_plan.argtypes = [shape_p, i32] + [ctypes.POINTER(i32)] * 3 + [
+        ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p, i32]
     lib.hm_hydra_scan_cuda_plan.restype = i32
     # shape, dtype, dt_dtype, 9 inputs, 2 initial states, y, 2 states, threads, err, errlen
     lib.hm_hydra_scan_cpu.argtypes = [shape_p, i32, i32] + [vp] * 14 + [i32, ctypes.c_char_p, i32]

@@ -11,6 +11,7 @@ chunk so partial chunks and chunk edges are exercised. Exit status 1 when a resu
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -37,7 +38,10 @@ def main() -> int:
         print("no CUDA device")
         return 2
     worst_ok = True
-    for name, dtype, P, N in CASES:
+    # The first case again with 4 tiles per state chunk (several column tiles per block).
+    runs = [(name, dtype, P, N, "1") for name, dtype, P, N in CASES] + [(CASES[0][0] + " T=4", *CASES[0][1:], "4")]
+    for name, dtype, P, N, tiles in runs:
+        os.environ[native.TILES_PER_CHUNK_ENV] = tiles
         t = inputs(dtype, P, N)
         want = native.native_hydra_scan_cpu(**t)
         got = native.native_hydra_scan_cuda(**{k: v.cuda() for k, v in t.items()})
@@ -48,7 +52,7 @@ def main() -> int:
             errs.append(((g.cpu().float() - w).abs().max() / w.abs().max().clamp_min(1e-30)).item())
         ok = max(errs) <= TOLERANCE[dtype]
         worst_ok &= ok
-        print(f"{'ok  ' if ok else 'FAIL'} {name:16s} rel. err y={errs[0]:.2e} state_f={errs[1]:.2e} "
+        print(f"{'ok  ' if ok else 'FAIL'} {name:20s} rel. err y={errs[0]:.2e} state_f={errs[1]:.2e} "
               f"state_b={errs[2]:.2e}")
     return 0 if worst_ok else 1
 

@@ -63,7 +63,7 @@ else
 fi
 
 # Speed (quiet machine: nothing else runs meanwhile).
-step bench_scan_fp16 150 python3 benchmarks/bench_scan.py --device cuda --dtype float16
+step bench_scan_fp16 180 python3 benchmarks/bench_scan.py --device cuda --dtype float16 --tiles-per-chunk 1,2,4
 step bench_scan_fp32 90 python3 benchmarks/bench_scan.py --device cuda --dtype float32 --lengths 1024,16384
 step bench_ego4d 240 python3 -m hieramamba.cli bench --config ego4d --device cuda --clips 2304,16384 \
     --queries 1,8 --warmup 2 --repeats 5 --no-memory --paths \

@@ -285,23 +285,34 @@ def test_c_abi_validation_and_cuda_entry(lib):
     assert (b"dstate" in err.value) if lib.hm_has_cuda() else (b"without CUDA" in err.value)
 
 
-def test_cuda_scan_plan_needs_no_gpu(lib):
+def test_cuda_scan_plan_needs_no_gpu(lib, monkeypatch):
     # Planned on the host, so it answers in CPU-only builds too. Ego4D's Hydra shape: 16-bit x runs
-    # 64-step chunks on tensor cores, fp32 32-step chunks with FMA (shared-memory budget); the
-    # workspace holds fp32 per-chunk states and decays of both directions, each part padded to 256.
+    # 64-step tiles on tensor cores, fp32 32-step tiles with FMA (shared-memory budget); the
+    # workspace holds fp32 per-chunk states and decays of both directions for one tile per chunk
+    # (the most chunks, so it fits any tiles-per-chunk setting), each part padded to 256 bytes.
     def workspace(B, L, H, P, N, Q):
         chunks = -(-L // Q)
         pad = lambda n: -(-n // 256) * 256  # noqa: E731
         return pad(2 * B * H * chunks * P * N * 4) + pad(2 * B * H * chunks * 4)
 
+    monkeypatch.delenv(native.TILES_PER_CHUNK_ENV, raising=False)
+    ws16 = workspace(2, 1000, 12, 64, 64, 64)
     plan = native.cuda_scan_plan(2, 1000, 12, 64, 1, 64, torch.float16)
-    assert plan == {"chunk": 64, "tensor_cores": True, "workspace_bytes": workspace(2, 1000, 12, 64, 64, 64)}
-    assert plan["workspace_bytes"] == lib.hm_hydra_scan_workspace_size(
-        ctypes.byref(native._HmScanShape(2, 1000, 12, 64, 1, 64)), 1)
+    assert plan == {"tile": 64, "chunk": 64, "tensor_cores": True, "workspace_bytes": ws16}
+    assert ws16 == lib.hm_hydra_scan_workspace_size(ctypes.byref(native._HmScanShape(2, 1000, 12, 64, 1, 64)), 1)
     plan = native.cuda_scan_plan(1, 1000, 12, 64, 1, 64, torch.float32)
-    assert plan == {"chunk": 32, "tensor_cores": False, "workspace_bytes": workspace(1, 1000, 12, 64, 64, 32)}
+    assert plan == {"tile": 32, "chunk": 32, "tensor_cores": False,
+                    "workspace_bytes": workspace(1, 1000, 12, 64, 64, 32)}
     assert not native.cuda_scan_plan(1, 10, 2, 8, 1, 24, torch.bfloat16)["tensor_cores"]  # P, N not multiples of 16
     assert native.cuda_scan_plan(1, 0, 2, 8, 1, 24, torch.float16)["workspace_bytes"] == 0
+    # Longer state chunks: same tiles and workspace, chunk = 4 tiles.
+    monkeypatch.setenv(native.TILES_PER_CHUNK_ENV, "4")
+    assert native.cuda_scan_plan(2, 1000, 12, 64, 1, 64, torch.float16) == {
+        "tile": 64, "chunk": 256, "tensor_cores": True, "workspace_bytes": ws16}
+    monkeypatch.setenv(native.TILES_PER_CHUNK_ENV, "3")
+    with pytest.raises(BackendUnavailableError, match="must be 1, 2 or 4, got '3'"):
+        native.cuda_scan_plan(2, 1000, 12, 64, 1, 64, torch.float16)
+    monkeypatch.delenv(native.TILES_PER_CHUNK_ENV)
     with pytest.raises(BackendUnavailableError, match="shared memory"):
         native.cuda_scan_plan(1, 10, 1, 200, 1, 200, torch.float32)
     with pytest.raises(InputError, match="divisible"):
@@ -511,6 +522,22 @@ def test_cuda_kernel_matches_float64_oracle(lib, dtype, tol, L, G, states, P, N)
     want = oracle(*args(t))
     dev = {k: (None if v is None else v.cuda()) for k, v in t.items()}
     got = native.native_hydra_scan_cuda(*args(dev))
+    torch.cuda.synchronize()
+    for g, w, name in zip(got, want, ("y", "state_f", "state_b")):
+        assert rel_err(g.cpu(), w) <= tol, f"{name}: {rel_err(g.cpu(), w):.2e} > {tol}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (not measured on GPU here)")
+@pytest.mark.parametrize("tiles", ["2", "4"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-2)])
+def test_cuda_kernel_longer_state_chunks_match_oracle(lib, monkeypatch, tiles, dtype, tol):
+    # Several tiles per state chunk (the tuning knob): the same results up to rounding.
+    if not lib.hm_has_cuda():
+        pytest.skip("library built without the CUDA kernel")
+    monkeypatch.setenv(native.TILES_PER_CHUNK_ENV, tiles)
+    t = make_inputs(2, 1000, 4, 64, 1, 64, states=True, seed=3, dtype=dtype)
+    want = oracle(*args(t))
+    got = native.native_hydra_scan_cuda(*args({k: (None if v is None else v.cuda()) for k, v in t.items()}))
     torch.cuda.synchronize()
     for g, w, name in zip(got, want, ("y", "state_f", "state_b")):
         assert rel_err(g.cpu(), w) <= tol, f"{name}: {rel_err(g.cpu(), w):.2e} > {tol}"

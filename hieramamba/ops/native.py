@@ -30,6 +30,8 @@ from ..native_library import (  # noqa: F401  (re-exported: this module's public
     native_library_info,
 )
 
+TILES_PER_CHUNK_ENV = "HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK"  # plugins/hydra_scan/hydraScanKernel.h
+
 __all__ = [
     "ABI_VERSION",
     "LIBRARY_ENV",
@@ -40,6 +42,7 @@ __all__ = [
     "native_hydra_scan_cpu",
     "native_hydra_scan_cuda",
     "cuda_scan_plan",
+    "TILES_PER_CHUNK_ENV",
     "register_native_cpu_kernel",
     "register_native_cuda_kernel",
 ]
@@ -195,9 +198,11 @@ def native_hydra_scan_cuda(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
 def cuda_scan_plan(batch: int, length: int, heads: int, headdim: int, groups: int, dstate: int,
                    dtype) -> dict:
     """How the CUDA kernel would run this shape (planned on the host: no GPU needed):
-    ``{"chunk": time steps per chunk, "tensor_cores": bool, "workspace_bytes": int}``.
-    ``dtype`` is x's torch dtype. Raises ``InputError`` for a bad shape or dtype and
-    ``BackendUnavailableError`` when the CUDA kernel cannot run the shape (the message says why)."""
+    ``{"tile": steps per block tile, "chunk": steps per state chunk, "tensor_cores": bool,
+    "workspace_bytes": int}``. ``dtype`` is x's torch dtype; ``chunk`` follows
+    ``$HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK`` (1, 2 or 4 tiles; default 1). Raises ``InputError``
+    for a bad shape or dtype and ``BackendUnavailableError`` when the CUDA kernel cannot run the
+    shape or the setting is invalid (the message says why)."""
     import torch
 
     codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -205,13 +210,14 @@ def cuda_scan_plan(batch: int, length: int, heads: int, headdim: int, groups: in
         raise InputError(f"cuda_scan_plan: dtype must be float32, float16 or bfloat16, got {dtype}")
     lib = load_native_library(required=True)
     shape = _HmScanShape(batch, length, heads, headdim, groups, dstate)
-    chunk, tensor_cores, workspace = ctypes.c_int(), ctypes.c_int(), ctypes.c_size_t()
+    tile, chunk, tensor_cores, workspace = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_size_t()
     err = ctypes.create_string_buffer(_ERR_LEN)
-    code = lib.hm_hydra_scan_cuda_plan(ctypes.byref(shape), codes[dtype], ctypes.byref(chunk),
+    code = lib.hm_hydra_scan_cuda_plan(ctypes.byref(shape), codes[dtype], ctypes.byref(tile), ctypes.byref(chunk),
                                        ctypes.byref(tensor_cores), ctypes.byref(workspace), err, _ERR_LEN)
     if code != _HM_OK:
         _raise_for(code, err)
-    return {"chunk": chunk.value, "tensor_cores": bool(tensor_cores.value), "workspace_bytes": workspace.value}
+    return {"tile": tile.value, "chunk": chunk.value, "tensor_cores": bool(tensor_cores.value),
+            "workspace_bytes": workspace.value}
 
 
 def register_native_cpu_kernel(required: bool = False) -> bool:

@@ -93,7 +93,7 @@ size_t hm_hydra_scan_workspace_size(const HmScanShape* shape, int dtype)
     return cudaWorkspaceSize(*shape, static_cast<HmDType>(dtype));
 }
 
-int hm_hydra_scan_cuda_plan(const HmScanShape* shape, int dtype, int* chunk, int* tensor_cores,
+int hm_hydra_scan_cuda_plan(const HmScanShape* shape, int dtype, int* tile, int* chunk, int* tensor_cores,
     size_t* workspace_size, char* err, int errlen)
 {
     const std::string e = checkCall(shape, dtype, HM_FLOAT32, nullptr);
@@ -106,6 +106,10 @@ int hm_hydra_scan_cuda_plan(const HmScanShape* shape, int dtype, int* chunk, int
     if (!why.empty())
     {
         return fail(HM_ERR_UNSUPPORTED, why, err, errlen);
+    }
+    if (tile != nullptr)
+    {
+        *tile = plan.tile;
     }
     if (chunk != nullptr)
     {

@@ -38,10 +38,11 @@ HM_API int hm_hydra_scan_validate(const HmScanShape* shape, int dtype, int dt_dt
 HM_API size_t hm_hydra_scan_workspace_size(const HmScanShape* shape, int dtype);
 
 /* How hm_hydra_scan_cuda would run this shape (host-side planning: needs no GPU and works in builds
- * without CUDA): time steps per chunk, 1 when the intra-chunk products run on tensor cores, and the
- * workspace bytes. HM_ERR_INVALID_ARGUMENT for a bad shape or dtype, HM_ERR_UNSUPPORTED when the
- * CUDA kernel cannot run the shape (the message says why). */
-HM_API int hm_hydra_scan_cuda_plan(const HmScanShape* shape, int dtype, int* chunk, int* tensor_cores,
+ * without CUDA): time steps per tile and per state chunk, 1 when the intra-chunk products run on
+ * tensor cores, and the workspace bytes. HM_ERR_INVALID_ARGUMENT for a bad shape or dtype,
+ * HM_ERR_UNSUPPORTED when the CUDA kernel cannot run the shape or the tiles-per-chunk setting
+ * (HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK) is invalid; the message says why. */
+HM_API int hm_hydra_scan_cuda_plan(const HmScanShape* shape, int dtype, int* tile, int* chunk, int* tensor_cores,
     size_t* workspace_size, char* err, int errlen);
 
 /* CPU kernel, host pointers. dtype: x, B_*, C_*, y; dt_dtype: dt_f, dt_b, A, dt_bias (float32 or dtype).

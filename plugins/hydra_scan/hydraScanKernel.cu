@@ -90,8 +90,8 @@ std::string launchPlan(const HmScanShape& s, const CudaPlan& plan, const HmScanT
         blocksPerHead);
     if (plan.numChunks > 0)
     {
-        outputKernel<<<dim3(static_cast<unsigned>(heads * plan.numChunks)), kBlockThreads, plan.outputSmem.total,
-            stream>>>(a, plan.outputSmem);
+        const unsigned tiles = static_cast<unsigned>(heads * plan.numChunks * plan.tilesPerChunk);
+        outputKernel<<<dim3(tiles), kBlockThreads, plan.outputSmem.total, stream>>>(a, plan.outputSmem);
     }
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? std::string() : cudaErrorText("kernel launch", e);

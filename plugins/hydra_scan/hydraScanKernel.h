@@ -107,13 +107,21 @@ struct CudaChunkOutputSmem // phase 3: x, C (query rows), B, entering state, C.B
     size_t x, c, b, state, g, m, y, scan, total;
 };
 
+// Tiles per state chunk (1, 2 or 4; default 1), a tuning knob read by planCuda: longer chunks pass
+// fewer states through the workspace, at the price of more intra-chunk products. Results differ
+// only by rounding; the workspace is sized for 1, so it fits every setting.
+constexpr const char* kTilesPerChunkEnv = "HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK";
+
 // How the CUDA kernel runs one shape (pure host logic; hydraScanShape.cpp). The scan is the chunked
 // SSD algorithm in three launches, each covering both directions (hydraScanKernelDevice.cuh):
-// chunk states, state passing across chunks, chunk outputs.
+// chunk states, state passing across chunks, chunk outputs. A block works on tiles of Q steps;
+// states are kept per chunk of T tiles.
 struct CudaPlan
 {
-    int chunk = 0;            // Q: time steps per chunk (64, 32 or 16: the largest that fits)
-    int64_t numChunks = 0;    // ceil(L / Q)
+    int tile = 0;             // Q: time steps per tile (64, 32 or 16: the largest that fits)
+    int tilesPerChunk = 1;    // T (kTilesPerChunkEnv)
+    int chunk = 0;            // T*Q: time steps per state chunk
+    int64_t numChunks = 0;    // ceil(L / chunk)
     bool tensorCores = false; // 16-bit x and P, N multiples of 16: intra-chunk products on tensor cores
     size_t operandBytes = 0;  // element size of the staged matrix operands (2 on tensor cores, else 4)
     CudaChunkStateSmem stateSmem{};
@@ -124,7 +132,8 @@ struct CudaPlan
 };
 
 // Fills *plan, or returns why the CUDA kernel cannot run this shape (it must already pass
-// validateShape). The limit is shared memory: P*N staged once plus Q-row tiles of x, B, C.
+// validateShape) or why kTilesPerChunkEnv is invalid. The limit is shared memory: P*N staged once
+// plus Q-row tiles of x, B, C.
 std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan);
 
 // Extra limits of the CUDA kernel beyond validateShape: planCuda's verdict.

@@ -2,8 +2,8 @@
 // shift, without flips or batch doubling.
 //
 // Math (per batch b, head h; REFERENCE §7, README "CUDA kernel"). Time is cut into chunks of
-// Q steps (CudaPlan::chunk). In chunk [t0, t0+Q), with a_i = A·Δ_i (0 past the end of the video),
-// pre_i = Σ_{r<=i} a_r and suf_i = Σ_{r>=i} a_r (both within the chunk):
+// CudaPlan::chunk steps (T tiles of Q steps). In chunk [t0, t0+T·Q), with a_i = A·Δ_i (0 past the
+// end of the video), pre_i = Σ_{r<=i} a_r and suf_i = Σ_{r>=i} a_r (both within the chunk):
 //   forward  y_fw[t0+i] = e^{pre_{i-1}} C^f_{t0+i-1}·S^f_in + Σ_{j<i} e^{pre_{i-1}-pre_j} (C^f_{t0+i-1}·B^f_j) Δ^f_j x_j
 //   backward y_bw[t0+i] = e^{suf_{i+1}} C^b_{t0+i+1}·S^b_in + Σ_{j>i} e^{suf_{i+1}-suf_j} (C^b_{t0+i+1}·B^b_j) Δ^b_j x_j
 // where S^f_in is the forward state entering the chunk from the left and S^b_in the backward state
@@ -13,12 +13,13 @@
 // Three launches, each with blockIdx.z = direction (0 forward, 1 backward):
 //  1. chunkStateKernel, one block per (b·h, chunk): the state a chunk adds on its own,
 //     S_loc = Σ_j w_j x_j ⊗ B_j with w_j = Δ_j e^{suf_{j+1}} (forward) or Δ_j e^{pre_{j-1}} (backward),
-//     and the chunk's decay e^{Σ a}. Written to the workspace.
+//     tile by tile, and the chunk's decay e^{Σ a}. Written to the workspace.
 //  2. statePassingKernel, one thread per state element: walks the chunks in scan order and replaces
 //     each S_loc by the state entering that chunk (S_in = decay·S_in + S_loc, fp32), then writes the
-//     final states. The only sequential part, O(L/Q) per element.
-//  3. chunkOutputKernel, one block per (b·h, chunk), both directions in turn: the formulas above,
-//     summed in shared memory and written to y once (no atomics, deterministic).
+//     final states. The only sequential part, O(L/(T·Q)) per element.
+//  3. chunkOutputKernel, one block per (b·h, tile), both directions in turn: the formulas above for
+//     the tile's rows, the sum over j one column tile at a time, summed in shared memory and
+//     written to y once (no atomics, deterministic).
 // The intra-chunk products (X^T·W·B, C·B^T, M·X, C·S^T) are block GEMMs on staged shared-memory
 // tiles: wmma (tensor cores, fp32 accumulate) when x is fp16/bf16 and P, N are multiples of 16,
 // fp32 FMA otherwise. Δ, the cumulative sums, exponentials, decays and states stay fp32 (on tensor
@@ -122,7 +123,9 @@ struct Args
     int P;
     int G;
     int N;
-    int Q;
+    int Q;             // steps per tile
+    int tilesPerChunk; // T
+    int chunk;         // steps per chunk, T*Q
 };
 
 // Inclusive prefix sum over the 32 lanes of a warp.
@@ -142,39 +145,63 @@ __device__ __forceinline__ float warpInclusiveScan(float v)
 }
 
 // Δ of the chunk's steps (0 past `valid`) and, with a = A·Δ, the inclusive prefix sums pre[i] and
-// suffix sums suf[i] over the chunk (Q <= 64: two steps per lane). Every thread of the block calls
-// it (shuffles, __syncthreads); every warp computes the same sums and warp 0 stores them.
+// suffix sums suf[i] over the chunk's T tiles of Q <= 64 steps. Warp w scans tile w (two steps per
+// lane, so T <= warps), then every step adds the totals of the tiles before (pre) or after (suf) it.
+// Every thread of the block calls it (shuffles, __syncthreads); totals has room for T floats.
 template <typename Tdt>
-__device__ void chunkScans(const Tdt* dt, int64_t firstIndex, int64_t stride, int valid, int Q, float A,
-    float bias, float* delta, float* pre, float* suf)
+__device__ void chunkScans(const Tdt* dt, int64_t firstIndex, int64_t stride, int valid, int Q, int T, float A,
+    float bias, float* delta, float* pre, float* suf, float* totals)
 {
-    for (int i = threadIdx.x; i < Q; i += blockDim.x)
+    const int steps = Q * T;
+    for (int i = threadIdx.x; i < steps; i += blockDim.x)
     {
         delta[i] = i < valid ? softplusF(toF(dt[firstIndex + i * stride]) + bias) : 0.0f;
     }
     __syncthreads();
     const int lane = threadIdx.x & 31;
-    const bool lo = lane < Q;
-    const bool hi = lane + 32 < Q;
-    // prefix over steps lane and lane + 32; suffix over steps Q-1-lane and Q-33-lane
-    const float p0 = warpInclusiveScan(lo ? A * delta[lane] : 0.0f);
-    const float p1 = warpInclusiveScan(hi ? A * delta[lane + 32] : 0.0f) + __shfl_sync(0xffffffffu, p0, 31);
-    const float s0 = warpInclusiveScan(lo ? A * delta[Q - 1 - lane] : 0.0f);
-    const float s1 = warpInclusiveScan(hi ? A * delta[Q - 33 - lane] : 0.0f) + __shfl_sync(0xffffffffu, s0, 31);
-    if (threadIdx.x < 32)
+    const int warp = threadIdx.x / 32;
+    const int base = warp * Q; // this warp's tile; warps past T scan zeros (the shuffles are block-wide)
+    const bool lo = warp < T && lane < Q;
+    const bool hi = warp < T && lane + 32 < Q;
+    // prefix over steps lane and lane + 32 of the tile; suffix over steps Q-1-lane and Q-33-lane
+    const float p0 = warpInclusiveScan(lo ? A * delta[base + lane] : 0.0f);
+    const float p1 = warpInclusiveScan(hi ? A * delta[base + lane + 32] : 0.0f) + __shfl_sync(0xffffffffu, p0, 31);
+    const float s0 = warpInclusiveScan(lo ? A * delta[base + Q - 1 - lane] : 0.0f);
+    const float s1
+        = warpInclusiveScan(hi ? A * delta[base + Q - 33 - lane] : 0.0f) + __shfl_sync(0xffffffffu, s0, 31);
+    if (lo)
     {
-        if (lo)
-        {
-            pre[lane] = p0;
-            suf[Q - 1 - lane] = s0;
-        }
-        if (hi)
-        {
-            pre[lane + 32] = p1;
-            suf[Q - 33 - lane] = s1;
-        }
+        pre[base + lane] = p0;
+        suf[base + Q - 1 - lane] = s0;
+    }
+    if (hi)
+    {
+        pre[base + lane + 32] = p1;
+        suf[base + Q - 33 - lane] = s1;
     }
     __syncthreads();
+    if (T > 1)
+    {
+        if (static_cast<int>(threadIdx.x) < T)
+        {
+            totals[threadIdx.x] = pre[threadIdx.x * Q + Q - 1];
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < steps; i += blockDim.x)
+        {
+            const int tile = i / Q;
+            float before = 0.0f;
+            float after = 0.0f;
+            for (int t = 0; t < T; ++t)
+            {
+                before += t < tile ? totals[t] : 0.0f;
+                after += t > tile ? totals[t] : 0.0f;
+            }
+            pre[i] += before;
+            suf[i] += after;
+        }
+        __syncthreads();
+    }
 }
 
 // One product A[M x K] · B[K x Nc] of shared-memory tiles for blockGemm. A is row-major (element
@@ -281,7 +308,7 @@ __device__ void stageRows(Op* tile, const T* src, int64_t first, int64_t rowStri
     }
 }
 
-// Block (bh, chunk) of a (B*H) x chunks grid flattened onto grid.x.
+// Where a block works: (batch*head, chunk[, tile]) flattened onto grid.x.
 struct ChunkBlock
 {
     int64_t b;
@@ -289,22 +316,28 @@ struct ChunkBlock
     int g;
     int64_t bh;
     int64_t chunk;
-    int64_t t0;
-    int valid; // steps of this chunk inside [0, L)
+    int64_t t0; // first step of the chunk
+    int valid;  // steps of the chunk inside [0, L)
 };
 
 template <typename T, typename Tdt>
-__device__ ChunkBlock chunkBlock(const Args<T, Tdt>& a)
+__device__ ChunkBlock chunkBlock(const Args<T, Tdt>& a, int64_t chunkIndex)
 {
     ChunkBlock c;
-    c.bh = blockIdx.x / a.numChunks;
-    c.chunk = blockIdx.x - c.bh * a.numChunks;
+    c.bh = chunkIndex / a.numChunks;
+    c.chunk = chunkIndex - c.bh * a.numChunks;
     c.b = c.bh / a.H;
     c.h = static_cast<int>(c.bh - c.b * a.H);
     c.g = c.h / (a.H / a.G);
-    c.t0 = c.chunk * a.Q;
-    c.valid = static_cast<int>(min(static_cast<int64_t>(a.Q), a.L - c.t0));
+    c.t0 = c.chunk * a.chunk;
+    c.valid = static_cast<int>(min(static_cast<int64_t>(a.chunk), a.L - c.t0));
     return c;
+}
+
+// Steps of tile k of the chunk inside [0, L) (0 for a tile wholly past the end).
+__device__ __forceinline__ int tileValid(int chunkValid, int k, int Q)
+{
+    return max(0, min(Q, chunkValid - k * Q));
 }
 
 // Phase 1: the state chunk `chunk` adds in direction blockIdx.z, and its decay.
@@ -317,38 +350,45 @@ __global__ void __launch_bounds__(kBlockThreads) chunkStateKernel(Args<T, Tdt> a
     Op* bS = reinterpret_cast<Op*>(raw + smem.b);
     float* stateS = reinterpret_cast<float*>(raw + smem.state);
     float* delta = reinterpret_cast<float*>(raw + smem.scan);
-    float* pre = delta + a.Q;
-    float* suf = pre + a.Q;
-    float* weight = suf + a.Q;
+    float* pre = delta + a.chunk;
+    float* suf = pre + a.chunk;
+    float* weight = suf + a.chunk;
+    float* totals = weight + a.chunk;
 
-    const ChunkBlock c = chunkBlock(a);
+    const ChunkBlock c = chunkBlock(a, blockIdx.x);
     const int dir = blockIdx.z;
     const int Q = a.Q;
+    const int steps = a.chunk;
     const Tdt* dt = dir == 0 ? a.dtF : a.dtB;
     const T* Bm = dir == 0 ? a.Bf : a.Bb;
 
-    chunkScans(dt, (c.b * a.L + c.t0) * a.H + c.h, a.H, c.valid, Q, toF(a.A[c.h]), toF(a.dtBias[c.h]), delta, pre,
-        suf);
-    for (int j = threadIdx.x; j < Q; j += blockDim.x)
+    chunkScans(dt, (c.b * a.L + c.t0) * a.H + c.h, a.H, c.valid, Q, a.tilesPerChunk, toF(a.A[c.h]), toF(a.dtBias[c.h]), delta,
+        pre, suf, totals);
+    for (int j = threadIdx.x; j < steps; j += blockDim.x)
     {
         // decay from step j to the chunk's far end: the steps after j (forward) or before j (backward)
-        const float toEnd = dir == 0 ? (j + 1 < Q ? suf[j + 1] : 0.0f) : (j > 0 ? pre[j - 1] : 0.0f);
+        const float toEnd = dir == 0 ? (j + 1 < steps ? suf[j + 1] : 0.0f) : (j > 0 ? pre[j - 1] : 0.0f);
         weight[j] = delta[j] * expf(toEnd);
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < Q * a.P; e += blockDim.x)
-    {
-        const int j = e / a.P;
-        const int p = e - j * a.P;
-        const float xv = j < c.valid ? toF(a.x[((c.b * a.L + c.t0 + j) * a.H + c.h) * a.P + p]) : 0.0f;
-        xw[e] = fromF<Op>(weight[j] * xv);
-    }
-    stageRows(bS, Bm, (c.b * a.L + c.t0) * a.G * a.N + c.g * a.N, static_cast<int64_t>(a.G) * a.N, c.valid, Q, a.N);
-    __syncthreads();
 
-    // S_loc[P x N] = (W X)^T · B: the staged x tile read column-major is X^T.
-    blockGemm<Op, kTensorCores>(a.P, a.N, stateS, a.N, false, Product<Op, false, true>{xw, a.P, bS, a.N, Q});
-    __syncthreads();
+    // S_loc[P x N] = sum over the chunk's tiles of (W X)^T · B: a staged x tile read column-major is X^T.
+    for (int k = 0; k < a.tilesPerChunk && tileValid(c.valid, k, Q) > 0; ++k)
+    {
+        const int valid = tileValid(c.valid, k, Q);
+        const int64_t tk = c.t0 + static_cast<int64_t>(k) * Q;
+        for (int e = threadIdx.x; e < Q * a.P; e += blockDim.x)
+        {
+            const int j = e / a.P;
+            const int p = e - j * a.P;
+            const float xv = j < valid ? toF(a.x[((c.b * a.L + tk + j) * a.H + c.h) * a.P + p]) : 0.0f;
+            xw[e] = fromF<Op>(weight[k * Q + j] * xv);
+        }
+        stageRows(bS, Bm, (c.b * a.L + tk) * a.G * a.N + c.g * a.N, static_cast<int64_t>(a.G) * a.N, valid, Q, a.N);
+        __syncthreads();
+        blockGemm<Op, kTensorCores>(a.P, a.N, stateS, a.N, k > 0, Product<Op, false, true>{xw, a.P, bS, a.N, Q});
+        __syncthreads(); // the next tile restages xw and bS
+    }
 
     const int64_t chunkSlot = static_cast<int64_t>(dir) * gridDim.x + blockIdx.x; // [dir, bh, chunk]
     float* dst = a.chunkStates + chunkSlot * a.P * a.N;
@@ -358,7 +398,7 @@ __global__ void __launch_bounds__(kBlockThreads) chunkStateKernel(Args<T, Tdt> a
     }
     if (threadIdx.x == 0)
     {
-        a.chunkDecays[chunkSlot] = expf(pre[Q - 1]);
+        a.chunkDecays[chunkSlot] = expf(pre[steps - 1]);
     }
 }
 
@@ -410,7 +450,8 @@ __global__ void __launch_bounds__(kPassThreads) statePassingKernel(float* chunkS
     (dir == 0 ? stateF : stateB)[bh * stateSize + e] = S;
 }
 
-// Phase 3: y rows of one chunk, forward then backward contribution, written once.
+// Phase 3: y rows of one tile, forward then backward contribution, written once. Block =
+// (batch*head, chunk, tile r); column tiles k <= r (forward) or k >= r (backward) of its chunk feed it.
 template <typename T, typename Tdt, bool kTensorCores>
 __global__ void __launch_bounds__(kBlockThreads) chunkOutputKernel(Args<T, Tdt> a, CudaChunkOutputSmem smem)
 {
@@ -424,85 +465,107 @@ __global__ void __launch_bounds__(kBlockThreads) chunkOutputKernel(Args<T, Tdt> 
     Op* mS = reinterpret_cast<Op*>(raw + smem.m);
     float* yS = reinterpret_cast<float*>(raw + smem.y);
     float* delta = reinterpret_cast<float*>(raw + smem.scan);
-    float* pre = delta + a.Q;
-    float* suf = pre + a.Q;
+    float* pre = delta + a.chunk;
+    float* suf = pre + a.chunk;
+    float* totals = suf + a.chunk;
 
-    const ChunkBlock c = chunkBlock(a);
+    const int64_t chunkSlots = gridDim.x / a.tilesPerChunk; // B*H*chunks: the slots of one direction
+    const int64_t chunkIndex = blockIdx.x / a.tilesPerChunk;
+    const int r = static_cast<int>(blockIdx.x - chunkIndex * a.tilesPerChunk);
+    const ChunkBlock c = chunkBlock(a, chunkIndex);
     const int Q = a.Q;
     const int P = a.P;
     const int N = a.N;
+    const int steps = a.chunk;
+    const int rows = tileValid(c.valid, r, Q);
+    if (rows == 0)
+    {
+        return; // a tile wholly past the end of the video (the whole block leaves, before any barrier)
+    }
+    const int lastTile = (c.valid - 1) / Q; // tiles after it hold no steps
+    const int64_t xRowStride = static_cast<int64_t>(a.H) * P;
+    const int64_t xFirst = ((c.b * a.L + c.t0) * a.H + c.h) * P;        // x element (t0, p = 0)
     const int64_t bcRowStride = static_cast<int64_t>(a.G) * N;
     const int64_t bcFirst = (c.b * a.L + c.t0) * bcRowStride + c.g * N; // B/C element (t0, n = 0)
-    stageRows(xS, a.x, ((c.b * a.L + c.t0) * a.H + c.h) * P, static_cast<int64_t>(a.H) * P, c.valid, Q, P);
+    bool first = true;                                                  // yS not written yet
 
     for (int dir = 0; dir < 2; ++dir)
     {
         const Tdt* dt = dir == 0 ? a.dtF : a.dtB;
         const T* Bm = dir == 0 ? a.Bf : a.Bb;
         const T* Cm = dir == 0 ? a.Cf : a.Cb;
-        chunkScans(dt, (c.b * a.L + c.t0) * a.H + c.h, a.H, c.valid, Q, toF(a.A[c.h]), toF(a.dtBias[c.h]), delta,
-            pre, suf);
+        chunkScans(dt, (c.b * a.L + c.t0) * a.H + c.h, a.H, c.valid, Q, a.tilesPerChunk, toF(a.A[c.h]), toF(a.dtBias[c.h]),
+            delta, pre, suf, totals);
 
         // Query rows: C at t-1 (forward) or t+1 (backward); zero when that step is outside the video
-        // or row i is past the chunk's valid steps.
+        // or the row is past the video's end.
         const int shift = dir == 0 ? -1 : 1;
         for (int e = threadIdx.x; e < Q * N; e += blockDim.x)
         {
             const int i = e / N;
             const int n = e - i * N;
-            const int64_t t = c.t0 + i + shift;
-            const bool inside = i < c.valid && t >= 0 && t < a.L;
-            cS[e] = inside ? fromF<Op>(toF(Cm[bcFirst + (i + shift) * bcRowStride + n])) : fromF<Op>(0.0f);
+            const int row = r * Q + i + shift; // step within the chunk
+            const int64_t t = c.t0 + row;
+            const bool inside = i < rows && t >= 0 && t < a.L;
+            cS[e] = inside ? fromF<Op>(toF(Cm[bcFirst + row * bcRowStride + n])) : fromF<Op>(0.0f);
         }
-        stageRows(bS, Bm, bcFirst, bcRowStride, c.valid, Q, N);
-        const float* entering = a.chunkStates + (static_cast<int64_t>(dir) * gridDim.x + blockIdx.x) * P * N;
+        const float* entering = a.chunkStates + (dir * chunkSlots + chunkIndex) * P * N; // slot [dir, bh, chunk]
         for (int e = threadIdx.x; e < P * N; e += blockDim.x)
         {
             stateS[e] = fromF<Op>(entering[e]);
         }
-        __syncthreads();
 
-        // G[i, j] = C_query_i · B_j
-        blockGemm<Op, kTensorCores>(Q, Q, gS, Q, false, Product<Op, true, false>{cS, N, bS, N, N});
-        __syncthreads();
-
-        // M[i, j] = G[i, j] e^{decay from j to the query step} Δ_j on the strict lower (forward) or
-        // upper (backward) triangle; query rows scaled by the decay from the chunk edge.
-        for (int e = threadIdx.x; e < Q * Q; e += blockDim.x)
+        // Column tiles of the same chunk: M[i, j] = (C_query_i · B_j) e^{decay from j to the query
+        // step} Δ_j on the strict lower (forward) or upper (backward) triangle; y += M · X.
+        const int kBegin = dir == 0 ? 0 : r;
+        const int kEnd = dir == 0 ? r : lastTile;
+        for (int k = kBegin; k <= kEnd; ++k)
         {
-            const int i = e / Q;
-            const int j = e - i * Q;
-            float v = 0.0f;
-            if (dir == 0 && j < i)
+            const int valid = tileValid(c.valid, k, Q);
+            stageRows(bS, Bm, bcFirst + static_cast<int64_t>(k) * Q * bcRowStride, bcRowStride, valid, Q, N);
+            stageRows(xS, a.x, xFirst + static_cast<int64_t>(k) * Q * xRowStride, xRowStride, valid, Q, P);
+            __syncthreads();
+            blockGemm<Op, kTensorCores>(Q, Q, gS, Q, false, Product<Op, true, false>{cS, N, bS, N, N});
+            __syncthreads();
+            for (int e = threadIdx.x; e < Q * Q; e += blockDim.x)
             {
-                v = gS[e] * expf(pre[i - 1] - pre[j]) * delta[j];
+                const int I = r * Q + e / Q; // query step within the chunk
+                const int J = k * Q + e % Q; // source step within the chunk
+                float v = 0.0f;
+                if (dir == 0 && J < I)
+                {
+                    v = gS[e] * expf(pre[I - 1] - pre[J]) * delta[J];
+                }
+                else if (dir == 1 && J > I)
+                {
+                    v = gS[e] * expf(suf[I + 1] - suf[J]) * delta[J];
+                }
+                mS[e] = fromF<Op>(v);
             }
-            else if (dir == 1 && j > i)
-            {
-                v = gS[e] * expf(suf[i + 1] - suf[j]) * delta[j];
-            }
-            mS[e] = fromF<Op>(v);
+            __syncthreads();
+            blockGemm<Op, kTensorCores>(Q, P, yS, P, !first, Product<Op, true, true>{mS, Q, xS, P, Q});
+            first = false;
+            __syncthreads(); // the next column tile restages bS, xS and mS
         }
+
+        // The entering state's share: query rows scaled by the decay from the chunk edge.
         for (int e = threadIdx.x; e < Q * N; e += blockDim.x)
         {
-            const int i = e / N;
-            const float edge = dir == 0 ? (i > 0 ? pre[i - 1] : 0.0f) : (i + 1 < Q ? suf[i + 1] : 0.0f);
+            const int I = r * Q + e / N;
+            const float edge = dir == 0 ? (I > 0 ? pre[I - 1] : 0.0f) : (I + 1 < steps ? suf[I + 1] : 0.0f);
             cS[e] = fromF<Op>(toF(cS[e]) * expf(edge));
         }
         __syncthreads();
-
-        // y (+)= M · X + (scaled C) · S_in^T
-        blockGemm<Op, kTensorCores>(Q, P, yS, P, dir == 1, Product<Op, true, true>{mS, Q, xS, P, Q},
-            Product<Op, true, false>{cS, N, stateS, N, N});
-        __syncthreads(); // the next direction restages cS, bS, stateS and the scans
+        blockGemm<Op, kTensorCores>(Q, P, yS, P, true, Product<Op, true, false>{cS, N, stateS, N, N});
+        __syncthreads(); // the next direction restages cS, stateS and the scans
     }
 
-    T* yRow = a.y + ((c.b * a.L + c.t0) * a.H + c.h) * P;
-    for (int e = threadIdx.x; e < c.valid * P; e += blockDim.x)
+    T* yRow = a.y + xFirst + static_cast<int64_t>(r) * Q * xRowStride;
+    for (int e = threadIdx.x; e < rows * P; e += blockDim.x)
     {
         const int i = e / P;
         const int p = e - i * P;
-        yRow[static_cast<int64_t>(i) * a.H * P + p] = fromF<T>(yS[e]);
+        yRow[static_cast<int64_t>(i) * xRowStride + p] = fromF<T>(yS[e]);
     }
 }
 
@@ -534,7 +597,9 @@ Args<T, Tdt> makeArgs(const HmScanShape& s, const CudaPlan& plan, const HmScanTe
     a.P = static_cast<int>(s.headdim);
     a.G = static_cast<int>(s.groups);
     a.N = static_cast<int>(s.dstate);
-    a.Q = plan.chunk;
+    a.Q = plan.tile;
+    a.tilesPerChunk = plan.tilesPerChunk;
+    a.chunk = plan.chunk;
     return a;
 }
 

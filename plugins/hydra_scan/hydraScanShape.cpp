@@ -2,6 +2,7 @@
 #include "hydraScanKernel.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -171,15 +172,17 @@ size_t carve(size_t* cursor, size_t bytes)
     return at;
 }
 
-// Shared-memory carve-ups for chunk length q (sizes in bytes; op = staged operand element size).
-void layoutSmem(CudaPlan* p, size_t q, size_t P, size_t N)
+// Shared-memory carve-ups for tile length q and chunk length `steps` (sizes in bytes; op = staged
+// operand element size).
+void layoutSmem(CudaPlan* p, size_t q, size_t steps, size_t P, size_t N)
 {
     const size_t op = p->operandBytes;
+    const size_t totals = 4 * sizeof(float); // one per tile, at most 4 tiles per chunk
     size_t c = 0;
     p->stateSmem.x = carve(&c, q * P * op);
     p->stateSmem.b = carve(&c, q * N * op);
     p->stateSmem.state = carve(&c, P * N * sizeof(float));
-    p->stateSmem.scan = carve(&c, 4 * q * sizeof(float)); // delta, prefix, suffix, weight
+    p->stateSmem.scan = carve(&c, 4 * steps * sizeof(float) + totals); // delta, prefix, suffix, weight
     p->stateSmem.total = c;
 
     c = 0;
@@ -190,8 +193,27 @@ void layoutSmem(CudaPlan* p, size_t q, size_t P, size_t N)
     p->outputSmem.g = carve(&c, q * q * sizeof(float));
     p->outputSmem.m = carve(&c, q * q * op);
     p->outputSmem.y = carve(&c, q * P * sizeof(float));
-    p->outputSmem.scan = carve(&c, 4 * q * sizeof(float));
+    p->outputSmem.scan = carve(&c, 3 * steps * sizeof(float) + totals); // delta, prefix, suffix
     p->outputSmem.total = c;
+}
+
+std::string tilesPerChunkSetting(int* tiles)
+{
+    const char* env = std::getenv(kTilesPerChunkEnv);
+    const std::string value = env != nullptr ? env : "";
+    if (value.empty() || value == "1")
+    {
+        *tiles = 1;
+    }
+    else if (value == "2" || value == "4")
+    {
+        *tiles = value == "2" ? 2 : 4;
+    }
+    else
+    {
+        return std::string("HydraScan CUDA kernel: ") + kTilesPerChunkEnv + " must be 1, 2 or 4, got '" + value + "'";
+    }
+    return {};
 }
 
 } // namespace
@@ -199,33 +221,44 @@ void layoutSmem(CudaPlan* p, size_t q, size_t P, size_t N)
 std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan)
 {
     CudaPlan p{};
+    std::string err = tilesPerChunkSetting(&p.tilesPerChunk);
+    if (!err.empty())
+    {
+        return err;
+    }
     p.tensorCores = act != HM_FLOAT32 && s.headdim % 16 == 0 && s.dstate % 16 == 0;
     p.operandBytes = p.tensorCores ? 2 : sizeof(float);
-    for (int q : {64, 32, 16}) // at most 64: the device's chunk scans hold two steps per warp lane
+    // Tiles of at most 64 steps: the device's scans hold two steps per warp lane, one warp per tile.
+    for (int q : {64, 32, 16})
     {
-        layoutSmem(&p, static_cast<size_t>(q), static_cast<size_t>(s.headdim), static_cast<size_t>(s.dstate));
+        layoutSmem(&p, static_cast<size_t>(q), static_cast<size_t>(q * p.tilesPerChunk),
+            static_cast<size_t>(s.headdim), static_cast<size_t>(s.dstate));
         if (std::max(p.stateSmem.total, p.outputSmem.total) <= kCudaSharedMemoryBudget)
         {
-            p.chunk = q;
+            p.tile = q;
             break;
         }
     }
-    if (p.chunk == 0)
+    if (p.tile == 0)
     {
         return "HydraScan CUDA kernel: headdim P=" + std::to_string(s.headdim) + " and dstate N="
             + std::to_string(s.dstate) + " need " + std::to_string(p.outputSmem.total)
-            + " bytes of shared memory per block even with 16-step chunks; the budget is "
+            + " bytes of shared memory per block even with 16-step tiles; the budget is "
             + std::to_string(kCudaSharedMemoryBudget) + " (P, N <= 128 always fit)";
     }
+    p.chunk = p.tile * p.tilesPerChunk;
     p.numChunks = (s.length + p.chunk - 1) / p.chunk;
-    // Blocks are numbered (batch*head, chunk) on grid.x, which holds up to 2^31 - 1.
+    // Blocks are numbered (batch*head, tile) on grid.x, which holds up to 2^31 - 1.
+    const int64_t tiles = (s.length + p.tile - 1) / p.tile;
     const int64_t stateBlocks = (s.headdim * s.dstate + 255) / 256;
-    if (s.batch * s.heads > std::numeric_limits<int32_t>::max() / std::max<int64_t>({p.numChunks, stateBlocks, 1}))
+    if (s.batch * s.heads > std::numeric_limits<int32_t>::max() / std::max<int64_t>({tiles, stateBlocks, 1}))
     {
-        return "HydraScan CUDA kernel: B*H*chunks = " + std::to_string(s.batch * s.heads) + "*"
-            + std::to_string(p.numChunks) + " blocks exceed the grid limit 2^31-1";
+        return "HydraScan CUDA kernel: B*H*tiles = " + std::to_string(s.batch * s.heads) + "*"
+            + std::to_string(tiles) + " blocks exceed the grid limit 2^31-1";
     }
-    const size_t perDir = static_cast<size_t>(s.batch * s.heads * p.numChunks);
+    // Sized for one tile per chunk (the most chunks), so a workspace sized by one process fits the
+    // plan of another with a different kTilesPerChunkEnv (a TensorRT engine built and run apart).
+    const size_t perDir = static_cast<size_t>(s.batch * s.heads * tiles);
     p.chunkStatesOffset = 0;
     p.chunkDecaysOffset = alignUp(2 * perDir * static_cast<size_t>(s.headdim * s.dstate) * sizeof(float), 256);
     // 256-byte multiples: TensorRT and cudaMalloc hand out 256-byte aligned blocks.

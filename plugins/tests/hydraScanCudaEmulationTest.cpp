@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -132,6 +133,12 @@ inline std::common_type_t<A, B> min(A a, B b)
     return a < b ? a : b;
 }
 
+template <typename A, typename B>
+inline std::common_type_t<A, B> max(A a, B b)
+{
+    return a < b ? b : a;
+}
+
 // wmma: every emulated lane holds the whole 16x16 tile (the real distribution over lanes is
 // unspecified, so the kernel cannot depend on it) and stores a 32nd of it. Products are exact in
 // fp32 for fp16/bf16 operands and summed in fp32, as tensor cores do (up to summation order).
@@ -243,6 +250,7 @@ using namespace hieramamba;
 using namespace hieramamba::hydra_scan;
 
 int gFailures = 0;
+bool gMultiTileOnly = false; // skip shapes of a single tile (the T > 1 runs)
 
 // Runs every block of the grid, one after another; each block's threads run concurrently.
 void launch(dim3 grid, unsigned threads, size_t smemBytes, const std::function<void()>& kernel)
@@ -291,8 +299,9 @@ void runPlan(const HmScanShape& s, const CudaPlan& plan, const device::Args<KT, 
     });
     if (plan.numChunks > 0)
     {
-        launch(dim3{heads * static_cast<unsigned>(plan.numChunks), 1, 1}, device::kBlockThreads,
-            plan.outputSmem.total, [&]() { device::chunkOutputKernel<KT, KTdt, kTC>(a, plan.outputSmem); });
+        const unsigned tiles = heads * static_cast<unsigned>(plan.numChunks * plan.tilesPerChunk);
+        launch(dim3{tiles, 1, 1}, device::kBlockThreads, plan.outputSmem.total,
+            [&]() { device::chunkOutputKernel<KT, KTdt, kTC>(a, plan.outputSmem); });
     }
 }
 
@@ -343,7 +352,7 @@ double relErr(const std::vector<float>& got, const std::vector<float>& want)
 // T: activation storage type (float, Half, BFloat16); Tdt: dt/A/dt_bias type; KT: the kernel's name
 // for T (float, __half, __nv_bfloat16).
 template <typename T, typename Tdt, typename KT, typename KTdt>
-void runCase(const char* name, HmScanShape s, bool withStates, int expectChunk, bool expectTensorCores, double tol)
+void runCase(const char* name, HmScanShape s, bool withStates, int expectTile, bool expectTensorCores, double tol)
 {
     std::mt19937 rng(static_cast<unsigned>(s.length * 131 + s.dstate * 7 + s.headdim));
     auto x = randomTensor<T>(numel(s, "x"), rng);
@@ -389,11 +398,15 @@ void runCase(const char* name, HmScanShape s, bool withStates, int expectChunk, 
         ++gFailures;
         return;
     }
-    if (plan.chunk != expectChunk || plan.tensorCores != expectTensorCores)
+    if (plan.tile != expectTile || plan.tensorCores != expectTensorCores)
     {
-        std::printf("FAIL %s: plan chunk=%d tensorCores=%d, expected %d/%d\n", name, plan.chunk,
-            plan.tensorCores ? 1 : 0, expectChunk, expectTensorCores ? 1 : 0);
+        std::printf("FAIL %s: plan tile=%d tensorCores=%d, expected %d/%d\n", name, plan.tile,
+            plan.tensorCores ? 1 : 0, expectTile, expectTensorCores ? 1 : 0);
         ++gFailures;
+    }
+    if (gMultiTileOnly && (s.length + plan.tile - 1) / plan.tile < 2)
+    {
+        return;
     }
     std::vector<float> workspace(plan.workspaceBytes / sizeof(float) + 1, 99.0f);
     HmScanTensors t = ref;
@@ -422,25 +435,24 @@ void runCase(const char* name, HmScanShape s, bool withStates, int expectChunk, 
     const double ef = relErr(sf, sfRef);
     const double eb = relErr(sb, sbRef);
     const bool ok = ey <= tol && ef <= tol && eb <= tol;
-    std::printf("%s %-40s plan(Q=%d chunks=%lld %s) rel.err y=%.2e sf=%.2e sb=%.2e\n", ok ? "ok  " : "FAIL", name,
-        plan.chunk, static_cast<long long>(plan.numChunks), plan.tensorCores ? "wmma" : "fma", ey, ef, eb);
+    std::printf("%s %-40s plan(Q=%d T=%d chunks=%lld %s) rel.err y=%.2e sf=%.2e sb=%.2e\n", ok ? "ok  " : "FAIL",
+        name, plan.tile, plan.tilesPerChunk, static_cast<long long>(plan.numChunks), plan.tensorCores ? "wmma" : "fma",
+        ey, ef, eb);
     if (!ok)
     {
         ++gFailures;
     }
 }
 
-} // namespace
-
-int main()
+void runCases()
 {
     using hieramamba::BFloat16;
     using hieramamba::Half;
     // Shapes {B, L, H, P, G, N}. Plans: fp32 (and 16-bit x with P or N not a multiple of 16) use FMA
-    // GEMMs with fp32 operands; P = N = 64 then fits 32-step chunks, small P/N 64-step chunks and
-    // P = N = 128 16-step chunks. 16-bit x with P, N multiples of 16 run on (emulated) tensor cores.
+    // GEMMs with fp32 operands; P = N = 64 then fits 32-step tiles, small P/N 64-step tiles and
+    // P = N = 128 16-step tiles. 16-bit x with P, N multiples of 16 run on (emulated) tensor cores.
     runCase<float, float, float, float>("fp32 G=1 N=16 P=8 L=37 states", {2, 37, 2, 8, 1, 16}, true, 64, false, 1e-5);
-    runCase<float, float, float, float>("fp32 G=2 N=40 P=70 L=150", {1, 150, 2, 70, 2, 40}, true, 64, false, 1e-5);
+    runCase<float, float, float, float>("fp32 G=2 N=40 P=60 L=150", {1, 150, 2, 60, 2, 40}, true, 64, false, 1e-5);
     runCase<float, float, float, float>("fp32 G=2 N=64 P=64 L=130 (Q=32)", {1, 130, 4, 64, 2, 64}, false, 32, false,
         1e-5);
     runCase<float, float, float, float>("fp32 N=128 P=128 L=40 (Q=16)", {1, 40, 1, 128, 1, 128}, true, 16, false, 1e-5);
@@ -463,6 +475,28 @@ int main()
         64, true, 3e-2);
     runCase<BFloat16, BFloat16, __nv_bfloat16, __nv_bfloat16>("bf16 x, bf16 dt, L=17 (fma)", {2, 17, 2, 8, 2, 8}, true,
         64, false, 1e-2);
+}
+
+} // namespace
+
+int main()
+{
+    // Every case with 1 tile per state chunk, then the shapes of several tiles with 2 and 4 (the
+    // tuning knob planCuda reads).
+    for (const char* tiles : {"1", "2", "4"})
+    {
+        setenv(kTilesPerChunkEnv, tiles, 1);
+        gMultiTileOnly = std::string(tiles) != "1";
+        std::printf("-- %s=%s\n", kTilesPerChunkEnv, tiles);
+        runCases();
+    }
+    setenv(kTilesPerChunkEnv, "3", 1);
+    CudaPlan unused;
+    if (planCuda(HmScanShape{1, 10, 1, 4, 1, 8}, HM_FLOAT32, &unused).find(kTilesPerChunkEnv) == std::string::npos)
+    {
+        std::printf("FAIL an invalid %s is not refused\n", kTilesPerChunkEnv);
+        ++gFailures;
+    }
     std::printf("hydraScanCudaEmulationTest: %d failure(s)\n", gFailures);
     return gFailures == 0 ? 0 : 1;
 }

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -103,26 +104,40 @@ void testShapeValidation()
     // shared memory fits the budget; every P, N <= 128 fits for every dtype (the documented limit).
     CudaPlan plan{};
     CHECK(planCuda(HmScanShape{1, 130, 12, 64, 1, 64}, HM_FLOAT16, &plan).empty());
-    CHECK(plan.tensorCores && plan.chunk == 64 && plan.numChunks == 3);
+    CHECK(plan.tensorCores && plan.tile == 64 && plan.tilesPerChunk == 1 && plan.chunk == 64 && plan.numChunks == 3);
     CHECK(plan.outputSmem.total <= kCudaSharedMemoryBudget && plan.stateSmem.total <= kCudaSharedMemoryBudget);
     CHECK(planCuda(HmScanShape{1, 130, 12, 64, 1, 64}, HM_FLOAT32, &plan).empty());
-    CHECK(!plan.tensorCores && plan.chunk == 32 && plan.numChunks == 5);
+    CHECK(!plan.tensorCores && plan.tile == 32 && plan.chunk == 32 && plan.numChunks == 5);
+    // Two tiles per state chunk (the tuning knob): half the chunks, the same workspace (sized for one).
+    const size_t oneTileWorkspace = plan.workspaceBytes;
+    setenv(kTilesPerChunkEnv, "2", 1);
+    CHECK(planCuda(HmScanShape{1, 130, 12, 64, 1, 64}, HM_FLOAT32, &plan).empty());
+    CHECK(plan.tile == 32 && plan.tilesPerChunk == 2 && plan.chunk == 64 && plan.numChunks == 3);
+    CHECK(plan.workspaceBytes == oneTileWorkspace);
+    setenv(kTilesPerChunkEnv, "8", 1);
+    CHECK_ERR(planCuda(HmScanShape{1, 130, 12, 64, 1, 64}, HM_FLOAT32, &plan), "must be 1, 2 or 4, got '8'");
+    unsetenv(kTilesPerChunkEnv);
     CHECK(planCuda(HmScanShape{1, 130, 12, 64, 1, 24}, HM_BFLOAT16, &plan).empty());
     CHECK(!plan.tensorCores); // N = 24 is not a multiple of 16
-    for (HmDType act : {HM_FLOAT32, HM_FLOAT16, HM_BFLOAT16})
+    for (const char* tiles : {"1", "2", "4"})
     {
-        for (int64_t pn : {1, 15, 64, 100, 128})
+        setenv(kTilesPerChunkEnv, tiles, 1);
+        for (HmDType act : {HM_FLOAT32, HM_FLOAT16, HM_BFLOAT16})
         {
-            CHECK(planCuda(HmScanShape{1, 10, 1, pn, 1, 128}, act, &plan).empty());
-            CHECK(planCuda(HmScanShape{1, 10, 1, 128, 1, pn}, act, &plan).empty());
+            for (int64_t pn : {1, 15, 64, 100, 128})
+            {
+                CHECK(planCuda(HmScanShape{1, 10, 1, pn, 1, 128}, act, &plan).empty());
+                CHECK(planCuda(HmScanShape{1, 10, 1, 128, 1, pn}, act, &plan).empty());
+            }
         }
     }
+    unsetenv(kTilesPerChunkEnv);
     // Every buffer of a carve-up starts 128-byte aligned (wmma needs 32) and none overlaps the next.
     CHECK(planCuda(HmScanShape{1, 10, 2, 48, 1, 80}, HM_FLOAT16, &plan).empty());
     const size_t offsets[] = {plan.outputSmem.x, plan.outputSmem.c, plan.outputSmem.b, plan.outputSmem.state,
         plan.outputSmem.g, plan.outputSmem.m, plan.outputSmem.y, plan.outputSmem.scan, plan.outputSmem.total};
-    const size_t q = static_cast<size_t>(plan.chunk);
-    const size_t sizes[] = {q * 48 * 2, q * 80 * 2, q * 80 * 2, 48 * 80 * 2, q * q * 4, q * q * 2, q * 48 * 4, 4 * q * 4};
+    const size_t q = static_cast<size_t>(plan.tile);
+    const size_t sizes[] = {q * 48 * 2, q * 80 * 2, q * 80 * 2, 48 * 80 * 2, q * q * 4, q * q * 2, q * 48 * 4, 3 * q * 4 + 16};
     for (int i = 0; i < 8; ++i)
     {
         CHECK(offsets[i] % 128 == 0 && offsets[i] + sizes[i] <= offsets[i + 1]);
