@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, in one run sized for one device call (~8 min on an H200):
+# Every check that needs a CUDA GPU, in one run sized for one device call (8-10 min on an H200;
+# steps run in order of priority, so the device call's 600 s cap only cuts the last ones):
 # the CUDA HydraScan kernel vs the float64 oracle and under compute-sanitizer (racecheck,
 # synccheck), real CUDA-graph capture of the runtime's stages, the scan benchmark (reference /
 # CUDA kernel / mamba-ssm Triton / copy bandwidth), the eager vs fused vs CUDA-graph latency
@@ -50,21 +51,23 @@ print(loaded_library_path(), 'has_cuda', bool(lib.hm_has_cuda()))"
 step gpu_tests 240 python3 -m pytest -q -p no:cacheprovider -rs \
     tests/test_native_scan.py tests/test_runtime_cuda_graphs.py -k "cuda or real"
 
+# Speed (quiet machine: nothing else runs meanwhile).
+step bench_scan_fp16 180 python3 benchmarks/bench_scan.py --device cuda --dtype float16 --tiles-per-chunk 1,2,4
+step bench_scan_fp32 90 python3 benchmarks/bench_scan.py --device cuda --dtype float32 --lengths 1024,16384
+
 # Shared-memory races and barrier misuse in the CUDA scan kernel (the host emulation cannot see
 # them); a few small calls, each checked against the CPU kernel.
 if command -v compute-sanitizer >/dev/null 2>&1; then
-    step sanitize_racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    step sanitize_racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 3 \
         python3 scripts/cuda_scan_smoke.py
-    step sanitize_synccheck 120 compute-sanitizer --tool synccheck --error-exitcode 3 \
+    step sanitize_synccheck 90 compute-sanitizer --tool synccheck --error-exitcode 3 \
         python3 scripts/cuda_scan_smoke.py
 else
     echo "=== sanitize: compute-sanitizer not on PATH; plain run instead" | tee -a "$LOG"
     step scan_smoke 60 python3 scripts/cuda_scan_smoke.py
 fi
 
-# Speed (quiet machine: nothing else runs meanwhile).
-step bench_scan_fp16 180 python3 benchmarks/bench_scan.py --device cuda --dtype float16 --tiles-per-chunk 1,2,4
-step bench_scan_fp32 90 python3 benchmarks/bench_scan.py --device cuda --dtype float32 --lengths 1024,16384
+# The model: eager vs fused kernel vs CUDA graphs, then the per-range profile.
 step bench_ego4d 240 python3 -m hieramamba.cli bench --config ego4d --device cuda --clips 2304,16384 \
     --queries 1,8 --warmup 2 --repeats 5 --no-memory --paths \
     eager_fp32,eager_fp16,eager_fused,eager_cuda_graphs,runtime_chunked,runtime_chunked_cuda_graphs \
