@@ -38,11 +38,14 @@ def main() -> int:
         print("no CUDA device")
         return 2
     worst_ok = True
-    # The first case again with 4 tiles per state chunk (several column tiles per block).
-    runs = [(name, dtype, P, N, "1") for name, dtype, P, N in CASES] + [(CASES[0][0] + " T=4", *CASES[0][1:], "4")]
-    for name, dtype, P, N, tiles in runs:
+    # Then longer state chunks (several column tiles per block) over several chunks.
+    runs = [(name, dtype, P, N, 150, "1") for name, dtype, P, N in CASES] + [
+        ("fp16 wmma L=700 T=4", torch.float16, 64, 64, 700, "4"),
+        ("fp16 wmma L=700 T=2", torch.float16, 64, 64, 700, "2"),
+        ("fp32 fma L=700 T=2", torch.float32, 64, 64, 700, "2")]
+    for name, dtype, P, N, L, tiles in runs:
         os.environ[native.TILES_PER_CHUNK_ENV] = tiles
-        t = inputs(dtype, P, N)
+        t = inputs(dtype, P, N, L=L)
         want = native.native_hydra_scan_cpu(**t)
         got = native.native_hydra_scan_cuda(**{k: v.cuda() for k, v in t.items()})
         torch.cuda.synchronize()

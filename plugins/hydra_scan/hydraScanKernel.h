@@ -111,6 +111,7 @@ struct CudaChunkOutputSmem // phase 3: x, C (query rows), B, entering state, C.B
 // fewer states through the workspace, at the price of more intra-chunk products. Results differ
 // only by rounding; the workspace is sized for 1, so it fits every setting.
 constexpr const char* kTilesPerChunkEnv = "HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK";
+constexpr int kCudaMaxTilesPerChunk = 4; // one warp scans each tile of a chunk
 
 // How the CUDA kernel runs one shape (pure host logic; hydraScanShape.cpp). The scan is the chunked
 // SSD algorithm in three launches, each covering both directions (hydraScanKernelDevice.cuh):

@@ -55,6 +55,7 @@ namespace device
 {
 
 constexpr int kBlockThreads = 128; // chunk kernels: 4 warps
+static_assert(kBlockThreads / 32 >= kCudaMaxTilesPerChunk, "chunkScans needs a warp per tile of a chunk");
 constexpr int kPassThreads = 256;  // state passing: one thread per state element
 
 __device__ __forceinline__ float toF(float v)

@@ -177,7 +177,7 @@ size_t carve(size_t* cursor, size_t bytes)
 void layoutSmem(CudaPlan* p, size_t q, size_t steps, size_t P, size_t N)
 {
     const size_t op = p->operandBytes;
-    const size_t totals = 4 * sizeof(float); // one per tile, at most 4 tiles per chunk
+    const size_t totals = kCudaMaxTilesPerChunk * sizeof(float); // one per tile of the chunk
     size_t c = 0;
     p->stateSmem.x = carve(&c, q * P * op);
     p->stateSmem.b = carve(&c, q * N * op);
@@ -248,13 +248,15 @@ std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan)
     }
     p.chunk = p.tile * p.tilesPerChunk;
     p.numChunks = (s.length + p.chunk - 1) / p.chunk;
-    // Blocks are numbered (batch*head, tile) on grid.x, which holds up to 2^31 - 1.
+    // Blocks are numbered (batch*head, tile) on grid.x, which holds up to 2^31 - 1; the output
+    // kernel has a block for every tile of every chunk, the last chunk's past-the-end tiles included.
     const int64_t tiles = (s.length + p.tile - 1) / p.tile;
+    const int64_t outputBlocks = p.numChunks * p.tilesPerChunk;
     const int64_t stateBlocks = (s.headdim * s.dstate + 255) / 256;
-    if (s.batch * s.heads > std::numeric_limits<int32_t>::max() / std::max<int64_t>({tiles, stateBlocks, 1}))
+    if (s.batch * s.heads > std::numeric_limits<int32_t>::max() / std::max<int64_t>({outputBlocks, stateBlocks, 1}))
     {
         return "HydraScan CUDA kernel: B*H*tiles = " + std::to_string(s.batch * s.heads) + "*"
-            + std::to_string(tiles) + " blocks exceed the grid limit 2^31-1";
+            + std::to_string(outputBlocks) + " blocks exceed the grid limit 2^31-1";
     }
     // Sized for one tile per chunk (the most chunks), so a workspace sized by one process fits the
     // plan of another with a different kTilesPerChunkEnv (a TensorRT engine built and run apart).

@@ -114,6 +114,13 @@ void testShapeValidation()
     CHECK(planCuda(HmScanShape{1, 130, 12, 64, 1, 64}, HM_FLOAT32, &plan).empty());
     CHECK(plan.tile == 32 && plan.tilesPerChunk == 2 && plan.chunk == 64 && plan.numChunks == 3);
     CHECK(plan.workspaceBytes == oneTileWorkspace);
+    // The grid bound counts the output kernel's blocks: every tile of every chunk, so T = 4 tiles for
+    // a 10-step sequence. 2^30 + 1 heads fit one block each, not four.
+    const HmScanShape manyHeads{(int64_t{1} << 30) + 1, 10, 1, 4, 1, 8};
+    setenv(kTilesPerChunkEnv, "4", 1);
+    CHECK_ERR(planCuda(manyHeads, HM_FLOAT32, &plan), "grid limit");
+    setenv(kTilesPerChunkEnv, "1", 1);
+    CHECK(planCuda(manyHeads, HM_FLOAT32, &plan).empty());
     setenv(kTilesPerChunkEnv, "8", 1);
     CHECK_ERR(planCuda(HmScanShape{1, 130, 12, 64, 1, 64}, HM_FLOAT32, &plan), "must be 1, 2 or 4, got '8'");
     unsetenv(kTilesPerChunkEnv);
