@@ -94,6 +94,12 @@ std::string launchPlan(const HmScanShape& s, const CudaPlan& plan, const HmScanT
         outputKernel<<<dim3(tiles), kBlockThreads, plan.outputSmem.total, stream>>>(a, plan.outputSmem);
     }
     const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+    {
+        // Set the attributes again next time: a context made after they were set (cudaDeviceReset,
+        // a second driver-API context on the device) does not have them.
+        ready.store(0, std::memory_order_release);
+    }
     return e == cudaSuccess ? std::string() : cudaErrorText("kernel launch", e);
 }
 
