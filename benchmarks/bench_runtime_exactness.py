@@ -15,9 +15,8 @@ import torch
 
 from hieramamba.config import packaged_config_path, parse_config, read_yaml
 from hieramamba.model import build_model, widen_layer_scales
-from hieramamba.runtime.plan import plan_from_model
+from hieramamba.runtime.backends.torch import TorchBackend
 from hieramamba.runtime.scheduler import ChunkScheduler
-from hieramamba.runtime.torch_backend import TorchBackend
 
 
 def shrunk_model(name, width):
@@ -42,8 +41,9 @@ def main():
     args = ap.parse_args()
     for name in args.configs.split(","):
         model, opt = shrunk_model(name, args.width)
-        plan = plan_from_model(model, opt)
-        pm = plan["pad_multiple"]
+        backend = TorchBackend(model, opt)
+        plan = backend.plan
+        pm = plan.pad_multiple
         valid = args.clips - 7
         padded = -(-valid // pm) * pm
         g = torch.Generator().manual_seed(0)
@@ -58,15 +58,15 @@ def main():
             ref = model.forward_levels(vid, vmask, text, tmask)
         t_eager = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = ChunkScheduler(plan, TorchBackend(model), args.chunk, attn_rows=256).run(
+        out = ChunkScheduler(plan, backend, args.chunk, attn_rows=256).run(
             vid[0].numpy(), valid, text.numpy(), tmask.numpy(), official_batch=args.queries)
         t_chunk = time.perf_counter() - t0
         worst = 0.0
-        for lvl in range(plan["num_levels"]):
+        for lvl in range(plan.num_levels):
             for a, b in ((out[0][lvl], ref[0][lvl]), (out[1][lvl], ref[1][lvl])):
                 b = b.double().numpy()
                 worst = max(worst, float(np.abs(a - b).max() / np.abs(b).max()))
-        print(f"{name}: {valid} clips (padded {padded}), {plan['num_levels']} levels, chunk {args.chunk}: "
+        print(f"{name}: {valid} clips (padded {padded}), {plan.num_levels} levels, chunk {args.chunk}: "
               f"max rel error {worst:.2e}; eager {t_eager:.1f} s, chunked {t_chunk:.1f} s", flush=True)
 
 

@@ -4,7 +4,7 @@ Not a CI test. Paths (each skipped with its reason when it cannot run here):
 
 * ``reference``  ``hydra_scan_reference`` (pure PyTorch, chunked SSD) on the device;
 * ``native``     the C++ CPU kernel (``--device cpu``) or the CUDA kernel (``--device cuda``) of
-                 ``plugins/`` through ``hieramamba.ops.native`` (library built by CMake);
+                 ``plugins/`` through ``hieramamba.ops.hydra_scan.native`` (library built by CMake);
                  ``--tiles-per-chunk 1,2,4`` adds ``native_t1`` ... (the CUDA kernel's state chunk
                  of 1, 2, 4 tiles);
 * ``triton``     mamba-ssm's ``mamba_chunk_scan_combined`` run the way Hydra runs it: forward and
@@ -34,9 +34,13 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import scan_oracle  # noqa: E402  (the tests' inputs and float64 oracle)
 
 from hieramamba.device import resolve_device
 from hieramamba.errors import InputError
@@ -46,17 +50,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def make_inputs(batch, length, heads, headdim, groups, dstate, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale)  # noqa: E731
-    t = {"x": r(batch, length, heads, headdim), "dt_f": r(batch, length, heads, scale=0.5) - 1.0,
-         "dt_b": r(batch, length, heads, scale=0.5) - 1.0, "A": -torch.rand(heads, generator=g) - 0.5,
-         "dt_bias": r(heads, scale=0.1),
-         **{k: r(batch, length, groups, dstate, scale=dstate ** -0.5) for k in ("B_f", "C_f", "B_b", "C_b")}}
-    out = {}
-    for k, v in t.items():
-        io = dtype if k in ("x", "B_f", "C_f", "B_b", "C_b") else torch.float32
-        out[k] = v.to(device=device, dtype=io).contiguous()
-    return out
+    """The tests' HydraScan inputs (tests/scan_oracle.py), without initial states."""
+    return scan_oracle.make_inputs(batch, length, heads, headdim, groups, dstate, seed=seed, dtype=dtype,
+                                   device=device)
 
 
 def minimal_bytes(t) -> int:
@@ -73,7 +69,7 @@ def run_reference(t, chunk):
 
 
 def native_runner(device):
-    from hieramamba.ops import native
+    from hieramamba.ops.hydra_scan import native
 
     if device == "cpu":
         fn = native.native_hydra_scan_cpu
@@ -91,7 +87,7 @@ def native_tiles_runner(device, tiles):
     read by the kernel's planner on every call)."""
     import os
 
-    from hieramamba.ops.native import TILES_PER_CHUNK_ENV
+    from hieramamba.ops.hydra_scan.native import TILES_PER_CHUNK_ENV
 
     if device == "cpu":
         raise RuntimeError("tiles per chunk are a setting of the CUDA kernel")
@@ -137,7 +133,7 @@ def ort_runner(scan_kernel):
 
         from hieramamba.export import scan_node
         from hieramamba.export.onnx_export import DEFAULT_OPSET
-        from hieramamba.runtime.bundle import ort_session_options
+        from hieramamba.ort_options import ort_session_options
 
         onnx_types = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
         sessions = {}
@@ -260,7 +256,7 @@ def main(argv=None) -> int:
     print(f"{'L':>6s} {'path':10s} {'ms':>9s} {'GB/s':>8s} {'% copy':>7s} {'× triton':>8s} {'rel err':>9s}")
     for L in (int(x) for x in a.lengths.split(",")):
         if "native" in runners and device.startswith("cuda"):
-            from hieramamba.ops.native import cuda_scan_plan
+            from hieramamba.ops.hydra_scan.native import cuda_scan_plan
 
             plan = cuda_scan_plan(a.batch, L, a.heads, a.headdim, a.groups, a.dstate, dtype)
             print(f"{L:>6d} native plan: {plan['tile']}-step tiles, {plan['chunk']}-step state chunks, "

@@ -45,14 +45,14 @@ def export_to_file(model, opt: Optional[dict], out, *, dtype="float32", portable
 def export_stage(module, args, out, *, dynamic_shapes, input_names, output_names,
                  kind: str, mask_semantics: str = "official", config: Optional[dict] = None,
                  dtype="float32", portable: bool = False, opset: int = DEFAULT_OPSET,
-                 extra_scan_targets=(), extra: Optional[dict] = None):
+                 extra: Optional[dict] = None):
     """Export any module that calls HydraScan (e.g. one pyramid stage of the chunked runtime,
     with state inputs/outputs) to ``out`` with a manifest of ``kind``. Returns (path, manifest).
 
     For fp16, pass a half-precision module and half-precision float args."""
     res = export_module(module, args, dynamic_shapes=dynamic_shapes, input_names=input_names,
                         output_names=output_names, opset=opset, portable=portable,
-                        dtype=dtype_name(dtype), extra_scan_targets=extra_scan_targets)
+                        dtype=dtype_name(dtype))
     out = save_model(res.model_proto, out)
     man = build_manifest(res.model_proto, out, kind=kind, dtype=res.dtype, opset=res.opset,
                          mask_semantics=mask_semantics, config=_json_safe(config),

@@ -52,7 +52,7 @@ def ort_session(path, threads: Optional[int] = None, scan_kernel: str = "graph")
     except ImportError as exc:
         raise BackendUnavailableError("onnxruntime is not installed: pip install "
                                       "'hieramamba[export]'") from exc
-    from hieramamba.runtime.bundle import ort_session_options
+    from hieramamba.ort_options import ort_session_options
 
     so = ort_session_options(ort, threads, scan_kernel=scan_kernel)
     try:

@@ -1,9 +1,10 @@
-"""The manifest JSON written beside every exported ONNX file (and every engine).
+"""The manifest JSON written beside every exported ONNX file (schema ``hieramamba.onnx_file``).
 
 ``<file>.onnx`` → ``<file>.onnx.json``. It records what a consumer must know to feed the graph
 and to trust it: the config, dtype, opset, mask semantics, HydraScan op version, the padding
 rule, I/O names/shapes/dtypes (symbolic axes by name) and the torch/onnx versions, plus the
-SHA-256 of the ONNX file. ``load_manifest`` validates it against the file and against what the
+SHA-256 of the ONNX file. Written and read through ``hieramamba.artifacts`` (schema and version
+header, atomic write); ``load_manifest`` also validates it against the file and against what the
 caller expects; any mismatch raises ExportError naming the field, expected and actual values.
 """
 
@@ -13,13 +14,12 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from hieramamba.errors import ExportError
-from hieramamba.runtime.bundle import file_sha256
+from hieramamba.artifacts import SCAN_OP, file_sha256, read_artifact, write_artifact
+from hieramamba.errors import CheckpointError, ExportError
 
-FORMAT = "hieramamba-onnx-manifest"
-FORMAT_VERSION = 1
-REQUIRED = ("format", "format_version", "kind", "dtype", "opset", "mask_semantics",
-            "hydra_scan", "inputs", "outputs", "versions", "sha256")
+SCHEMA, VERSION = "hieramamba.onnx_file", 2
+REEXPORT = "re-export with `hieramamba export`"
+REQUIRED = ("kind", "dtype", "opset", "mask_semantics", "hydra_scan", "inputs", "outputs", "versions", "sha256")
 
 
 def manifest_path(path) -> Path:
@@ -67,8 +67,6 @@ def build_manifest(model_proto, onnx_path, *, kind: str, dtype: str, opset: int,
     inputs, outputs = io_spec(model_proto)
     sig = scan_signature
     m = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "kind": kind,
         "file": Path(onnx_path).name,
         "sha256": file_sha256(onnx_path),
@@ -77,11 +75,11 @@ def build_manifest(model_proto, onnx_path, *, kind: str, dtype: str, opset: int,
         "mask_semantics": mask_semantics,
         "portable": bool(portable),
         "hydra_scan": {
-            "domain": scan_node.DOMAIN,
-            "op_type": scan_node.OP_TYPE,
-            "plugin_version": scan_node.PLUGIN_VERSION,
-            "plugin_namespace": scan_node.PLUGIN_NAMESPACE,
-            "function_version": scan_node.FUNCTION_VERSION,
+            "domain": SCAN_OP.domain,
+            "op_type": SCAN_OP.op_type,
+            "plugin_version": SCAN_OP.version,
+            "plugin_namespace": SCAN_OP.domain,
+            "function_version": SCAN_OP.function_version,
             "custom_nodes": 0 if portable else len(scan_node.scan_nodes(model_proto)),
             "chunk_size": None if sig is None else sig.chunk_size,
             # the function body's own chunk (hieramamba.ops.hydra_scan.TRACED_CHUNK_SIZE)
@@ -104,9 +102,7 @@ def build_manifest(model_proto, onnx_path, *, kind: str, dtype: str, opset: int,
 
 
 def write_manifest(manifest: dict, onnx_path) -> Path:
-    p = manifest_path(onnx_path)
-    p.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
-    return p
+    return write_artifact(manifest_path(onnx_path), SCHEMA, VERSION, manifest)
 
 
 def load_manifest(onnx_path, *, expect: Optional[dict] = None, verify_hash: bool = True,
@@ -118,19 +114,11 @@ def load_manifest(onnx_path, *, expect: Optional[dict] = None, verify_hash: bool
     p = manifest_path(onnx_path)
     if not onnx_path.is_file():
         raise ExportError(f"ONNX file not found: {onnx_path}")
-    if not p.is_file():
-        raise ExportError(f"manifest not found: {p} (every exported file has a manifest beside "
-                          "it; re-export with `hieramamba export`)")
     try:
-        m = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"manifest {p} is not valid JSON: {exc}") from exc
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise ExportError(f"manifest {p}: format is {m.get('format') if isinstance(m, dict) else m!r}, "
-                          f"expected {FORMAT!r}")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise ExportError(f"manifest {p}: format_version {m.get('format_version')} is not "
-                          f"supported (expected {FORMAT_VERSION})")
+        m = read_artifact(p, SCHEMA, VERSION, REEXPORT,
+                          missing=f"manifest not found: {p} (every exported file has a manifest beside it; {REEXPORT})")
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
     missing = [k for k in REQUIRED if k not in m]
     if missing:
         raise ExportError(f"manifest {p}: missing fields {missing}")

@@ -116,16 +116,16 @@ class ExportResult:
 def export_module(module: nn.Module, args: Sequence[torch.Tensor], *, dynamic_shapes,
                   input_names: Sequence[str], output_names: Sequence[str],
                   opset: int = DEFAULT_OPSET, portable: bool = False, dtype="float32",
-                  extra_scan_targets=(), check: bool = True) -> ExportResult:
+                  check: bool = True) -> ExportResult:
     """Export ``module(*args)`` to ONNX (in memory; save with ``save_model``).
 
     ``dynamic_shapes``: as ``torch.export`` takes it (one entry per arg, ``{axis: Dim}``).
     ``dtype``: ``"float32"`` or ``"float16"``. For fp16 the module must already be in half
     precision and the args too (floating ones); the graph is then strongly typed with the fp32
     islands of ``fp32_islands`` and of the scan. ``portable``: inline the HydraScan function
-    (standard ops only, no custom node). ``extra_scan_targets``: ``(module, name)`` pairs where a
-    stage module looks ``hydra_scan`` up, beyond ``hieramamba.modules.hydra`` and
-    ``hieramamba.ops``. Raises ExportError on an unsupported request or a failed export/check.
+    (standard ops only, no custom node). Every ``hydra_scan`` call the module makes becomes a
+    node (``hieramamba.ops.scan_override``). Raises ExportError on an unsupported request or a
+    failed export/check.
     """
     import onnx
 
@@ -136,7 +136,7 @@ def export_module(module: nn.Module, args: Sequence[torch.Tensor], *, dynamic_sh
         raise ExportError("export needs the module in eval mode (dropout / drop-path are active "
                           "in training mode); call .eval() first")
     islands = fp32_islands() if dname == "float16" else contextlib.nullcontext()
-    with scan_node.custom_scan_nodes(extra_scan_targets) as rec, islands, \
+    with scan_node.custom_scan_nodes() as rec, islands, \
             warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:

@@ -24,14 +24,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from hieramamba.artifacts import SCAN_OP
 from hieramamba.errors import ExportError
-from hieramamba.ops.hydra_scan import _compute_dtype, hydra_scan_reference
-from hieramamba.runtime.bundle import SCAN_OP_DOMAIN as DOMAIN
-from hieramamba.runtime.bundle import SCAN_OP_TYPE as OP_TYPE
-from hieramamba.runtime.bundle import SCAN_OP_VERSION as PLUGIN_VERSION
+from hieramamba.ops import scan_override
+from hieramamba.ops.hydra_scan import compute_dtype, hydra_scan_reference
 
-PLUGIN_NAMESPACE = DOMAIN
-FUNCTION_VERSION = 1  # opset version of the "hieramamba" domain
+# The node's identity (hieramamba.artifacts.SCAN_OP, DESIGN §3) under the names ONNX uses.
+DOMAIN, OP_TYPE = SCAN_OP.domain, SCAN_OP.op_type
+PLUGIN_VERSION, PLUGIN_NAMESPACE = SCAN_OP.version, SCAN_OP.domain
+FUNCTION_VERSION = SCAN_OP.function_version  # opset version of the "hieramamba" domain
 
 INPUT_NAMES = ("x", "dt_f", "dt_b", "A", "dt_bias", "B_f", "C_f", "B_b", "C_b", "state_f0",
                "state_b0")
@@ -74,7 +75,7 @@ def _static(v, what) -> int:
 
 def symbolic_hydra_scan(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0=None,
                         state_b0=None, chunk_size: int = 256):
-    """Drop-in for ``hieramamba.ops.hydra_scan`` while exporting: emits the HydraScan node.
+    """Stands in for ``hieramamba.ops.hydra_scan`` while exporting: emits the HydraScan node.
 
     Outside ``torch.onnx`` tracing, ``torch.onnx.ops.symbolic_multi_out`` returns placeholder
     zeros, so this must only be active inside ``custom_scan_nodes()``."""
@@ -97,7 +98,7 @@ def symbolic_hydra_scan(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0=
                         has_states)
     if _ACTIVE is not None:
         _ACTIVE.signatures.append(sig)
-    sd = _compute_dtype(x.dtype)
+    sd = compute_dtype(x.dtype)
     inputs = [x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b]
     if has_states:
         inputs += [state_f0.to(sd), state_b0.to(sd)]
@@ -117,32 +118,19 @@ def symbolic_hydra_scan(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0=
     return y, sf, sb
 
 
-# Modules that look hydra_scan up by name; patched together so every call site is covered.
-def _patch_targets():
-    import hieramamba.modules.hydra as hydra_mod
-    import hieramamba.ops as ops_pkg
-
-    return [(hydra_mod, "hydra_scan"), (ops_pkg, "hydra_scan")]
-
-
 @contextlib.contextmanager
-def custom_scan_nodes(extra_targets=()):
-    """Within this context every ``hydra_scan`` call made through ``hieramamba.modules.hydra``
-    or ``hieramamba.ops`` (plus ``extra_targets``: ``(module, attribute_name)`` pairs) emits the
-    HydraScan node. Yields a recorder whose ``signatures`` lists each call's ScanSignature."""
+def custom_scan_nodes():
+    """Within this context every ``hydra_scan`` call (wherever the model makes it:
+    ``hieramamba.ops.scan_override``) emits the HydraScan node. Yields a recorder whose
+    ``signatures`` lists each call's ScanSignature."""
     global _ACTIVE
-    targets = _patch_targets() + list(extra_targets)
-    saved = [(m, n, getattr(m, n)) for m, n in targets]
     rec, prev = _Recorder(), _ACTIVE
     try:
-        for m, n, _ in saved:
-            setattr(m, n, symbolic_hydra_scan)
         _ACTIVE = rec
-        yield rec
+        with scan_override(symbolic_hydra_scan):
+            yield rec
     finally:
         _ACTIVE = prev
-        for m, n, f in saved:
-            setattr(m, n, f)
 
 
 def common_signature(signatures) -> Optional[ScanSignature]:
@@ -177,7 +165,7 @@ class _ScanOnlyWithStates(_ScanOnly):
 def _example_inputs(sig: ScanSignature, bsz=2, L=37):
     g = torch.Generator().manual_seed(0)
     H, P, G, N = sig.H, sig.P, sig.G, sig.N
-    sd = _compute_dtype(sig.x_dtype)
+    sd = compute_dtype(sig.x_dtype)
 
     def r(*shape, dtype):
         return torch.randn(*shape, generator=g).to(dtype)

@@ -1,28 +1,13 @@
 """Stage graphs of the chunked runtime (DESIGN §4) and the bundle that holds them.
 
-A bundle is a folder: ``manifest.json`` (format version, plan, dtype, opset, mask semantics,
-scan op version, every stage's file and I/O names) and one ONNX file per stage:
-
-==============  ==========================================================================
-``text``        text (Nq, Dt, Tt), text_mask → text_enc, text_enc_mask
-``front``       video window, mask, text_enc, text_enc_mask, pe_start, pe_total → level-0 input
-``pre{l}``      level tokens window, mask, n_valid, slot_offset → seq, seq_mask, z and the
-                seven scan inputs (x, dt_f, dt_b, B_f, C_f, B_b, C_b) of the window
-``scan{l}``     scan inputs + state_f0, state_b0, c_f_prev, c_b_next → y (with the boundary
-                terms of the one-step shift), state_f, state_b
-``post{l}``     seq, seq_mask, y, x, z → fused1
-``local{l}``    (windowed levels) fused1 window, seq_mask → anchors, tokens of the window
-``gattn_in{l}`` (global-attention levels) fused1, seq_mask of the level → per-head q, k, v
-``gattn_rows{l}`` q rows block, k, v, seq_mask → attention output of those rows
-``gattn_out{l}`` fused1, seq_mask, attention output → anchors, tokens
-``heads``       tokens window, mask, text_enc, text_enc_mask, level_scale → logits, offsets
-                (one graph for every level; the level's scale is ``plan["head_scales"][l]``)
-==============  ==========================================================================
-
-Every stage is a thin wrapper that calls the model's own modules (the same calls as
-``hieramamba.runtime.torch_backend``). The ``scan{l}`` stages hold the ``HydraScan`` node with its
-model-local function (DESIGN §3): ONNX Runtime runs the function body, TensorRT maps the node to
-the plugin. Crops happen on the host.
+A bundle is a folder: ``manifest.json`` (``hieramamba.artifacts.BundleManifest``: dtype, opset,
+the plan, every stage's file, hash and I/O names) and one ONNX file per stage instance of
+``hieramamba.stage_table`` (``text``, ``front``, per level ``pre{l}``, ``scan{l}``, ``post{l}``
+and ``local{l}`` or ``gattn_in{l}``/``gattn_rows{l}``/``gattn_out{l}``, ``heads``). Each graph is
+the trace of the stage's torch module (``hieramamba.stage_modules``), with the inputs, order and
+dynamic axes the stage table gives. The ``scan{l}`` stages hold the ``HydraScan`` node with its
+model-local function (DESIGN §3): ONNX Runtime runs the function body (or the C++ kernel),
+TensorRT maps the node to the plugin. Crops happen on the host.
 Writing is atomic: the bundle is built in a temporary sibling folder and renamed at the end.
 """
 
@@ -31,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -42,196 +26,81 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from hieramamba.artifacts import BUNDLE_SCHEMA, BUNDLE_VERSION, SCAN_OP, BundleManifest, StageFile, file_sha256
 from hieramamba.errors import ExportError
+from hieramamba.ort_options import ort_session_options
+from hieramamba.stage_modules import plan_from_model, stage_module
+from hieramamba.stage_table import SYMBOLS, dim_value, dynamic_symbol, stage, stage_instances, static_sizes
 
-from hieramamba.runtime.bundle import BUNDLE_FORMAT, SCAN_OP_VERSION, ort_session_options
-
-
-class TextStage(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, text, text_mask):
-        return self.model.encode_text(text, text_mask)
+# Sizes of the example inputs a stage is traced with (any size works: the traced axes are dynamic).
+EXAMPLE_SIZES = {"batch": 2, "text": 5, "vtime": 24, "tok": 12, "slen": 18, "slots": 6, "rows": 5, "htime": 12}
+INDEX_EXAMPLES = {"n_valid": 27, "slot_offset": 0, "pe_start": 0, "pe_total": 100}
 
 
-class FrontStage(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, vid, mask, text, text_mask, pe_start, pe_total):
-        vid, mask = self.model.fuse_early(vid, mask, text, text_mask)
-        return self.model.vid_net.embed(vid, mask, pe_window=(pe_start, pe_total))[0]
-
-
-class PreStage(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, tokens, mask, n_valid, slot_offset):
-        seq, seq_mask, _ = self.block.interleave(tokens, mask, n_valid, slot_offset)
-        parts = self.block.global_encoder.scan_inputs(self.block.norm_global(seq))
-        return (seq, seq_mask) + tuple(parts)
-
-
-class ScanStage(nn.Module):
-    def __init__(self, hydra):
-        super().__init__()
-        self.hydra = hydra
-
-    def forward(self, x, dt_f, dt_b, b_f, c_f, b_b, c_b, state_f0, state_b0, c_f_prev, c_b_next):
-        import hieramamba.ops as ops  # looked up at call time: the export patches it
-        from hieramamba.runtime.torch_backend import add_boundary_terms
-
-        h = self.hydra
-        y, sf, sb = ops.hydra_scan(x, dt_f, dt_b, h.scan_A(), h.dt_bias, b_f, c_f, b_b, c_b,
-                                   state_f0, state_b0, chunk_size=h.chunk_size)
-        return add_boundary_terms(y, state_f0, c_f_prev, state_b0, c_b_next), sf, sb
-
-
-class PostStage(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, seq, seq_mask, y, x, z):
-        out = self.block.global_encoder.scan_output(y, x, z)
-        return self.block.mix_global(seq, seq_mask, out)
-
-
-class LocalStage(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, fused1, seq_mask):
-        nb = fused1.shape[1] // 3
-        return self.block.split(self.block.mix_local(fused1, seq_mask), nb, 2 * nb)
-
-
-class GlobalAttnInStage(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, fused1, seq_mask):
-        return self.block.global_attention_inputs(fused1, seq_mask)
-
-
-class GlobalAttnRowsStage(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, q, k, v, seq_mask):
-        return self.block.global_attention_rows(q, k, v, seq_mask)
-
-
-class GlobalAttnOutStage(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, fused1, seq_mask, attn):
-        nb = fused1.shape[1] // 3
-        return self.block.split(self.block.mix_local_from_attention(fused1, seq_mask, attn), nb, 2 * nb)
-
-
-class HeadsStage(nn.Module):
-    """Late fusion + heads, for every level: the level enters only through its regression
-    scale, a graph input (``level_scale``, the ``plan["head_scales"]`` value), so a bundle holds
-    these weights once instead of once per level."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.fusion, self.cls_head = model.fusion, model.cls_head
-        # The regression tower without the per-level scales (a shallow copy sharing the conv/norm
-        # submodules): the scales are inputs, not weights, of this graph.
-        self.reg_tower = copy.copy(model.reg_head)
-        self.reg_tower._modules = {k: v for k, v in model.reg_head._modules.items() if k != "scales"}
-
-    def forward(self, tokens, mask, text, text_mask, level_scale):
-        x, xm = self.fusion(tokens, mask, text, text_mask)
-        return self.cls_head(x, xm), self.reg_tower.with_scale(x, xm, level_scale)
-
-
-def _stage_specs(model, dtype):
-    """(name, module, example args, dynamic shapes, input names, output names) per stage."""
+def _dynamic_shapes(spec, sizes: dict, early_fusion: bool) -> tuple:
+    """Per input, ``{axis: torch.export.Dim}`` for its dynamic axes (one Dim object per symbol,
+    so the exporter knows equal axes are equal; ``bb`` is ``batch`` for early-fusion models and
+    the static 1 otherwise)."""
     from torch.export import Dim
 
-    B, Tt = Dim("batch", min=1), Dim("text", min=1)
-    f = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
-    bm = lambda *s: torch.ones(*s, dtype=torch.bool)  # noqa: E731
-    i64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
-    nq, tt, t = 2, 5, 12
-    dt_in, dv = model.text_in_dim, model.vid_in_dim
-    d = model.vid_net.embd_fc.conv.out_channels
+    dims = {}
+
+    def dim(symbol):
+        name = "batch" if symbol == "bb" else symbol
+        if name not in dims:
+            dims[name] = Dim(name, min=SYMBOLS[name])
+        return dims[name]
+
+    out = []
+    for port in spec.inputs:
+        axes = {}
+        for axis, d in enumerate(port.dims):
+            dyn = dynamic_symbol(d)
+            if dyn is None or (dyn[0] == "bb" and not early_fusion):
+                continue
+            symbol, factors = dyn
+            mult = 1
+            for f in factors:
+                mult *= int(f) if f.isdigit() else sizes[f]
+            axes[axis] = dim(symbol) * mult if mult > 1 else dim(symbol)
+        out.append(axes or None)
+    return tuple(out)
+
+
+def _stage_specs(model, plan, dtype):
+    """(instance name, module, example args, dynamic shapes, input names, output names) per
+    stage instance of the model, in the stage table's order."""
+    g = torch.Generator().manual_seed(0)
+    nq = EXAMPLE_SIZES["batch"]
+    values = dict(EXAMPLE_SIZES, bb=nq if plan.early_fusion else 1, text1=EXAMPLE_SIZES["text"] + plan.text_extra_tokens)
+    text_spec = stage("text")
     with torch.no_grad():
-        text_enc, text_enc_mask = model.encode_text(f(nq, dt_in, tt), bm(nq, 1, tt))
-    Tt1 = Dim("text1", min=2)
-    specs = [("text", TextStage(model), (f(nq, dt_in, tt), bm(nq, 1, tt)),
-              ({0: B, 2: Tt}, {0: B, 2: Tt}), ["text", "text_mask"], ["text_enc", "text_enc_mask"])]
-    bb = nq if model.early_fusion else 1
-    text_dyn = ({0: B, 2: Tt1}, {0: B, 2: Tt1})
-    vid_w = 2 * t * model.vid_stride
-    specs.append(("front", FrontStage(model),
-                  (f(1, dv, vid_w), bm(1, 1, vid_w), text_enc, text_enc_mask, i64(0), i64(100)),
-                  ({2: Dim("vtime", min=2) * model.vid_stride if model.vid_stride > 1 else Dim("vtime", min=2)},
-                   {2: Dim("vtime", min=2) * model.vid_stride if model.vid_stride > 1 else Dim("vtime", min=2)})
-                  + text_dyn + (None, None),
-                  ["video", "video_mask", "text_enc", "text_enc_mask", "pe_start", "pe_total"], ["x"]))
-    TB = B if model.early_fusion else None
-    for lvl, blk in enumerate(model.vid_net.branch):
-        hyd = blk.global_encoder
-        e, h, p, n, g = hyd.d_inner, hyd.nheads, hyd.headdim, hyd.d_state, hyd.ngroups
-        # Plain (not even-only) token length: the last level of a padded video can be odd.
-        tokd = {0: TB, 2: Dim("tok", min=2)} if TB is not None else {2: Dim("tok", min=2)}
-        S = Dim("slots", min=1) * 3
-        # Every level's Hydra part runs in chunks; only the local encoder differs.
-        specs.append((f"pre{lvl}", PreStage(blk), (f(bb, d, t), bm(bb, 1, t), i64(27), i64(0)),
-                      (tokd, tokd, None, None),
-                      ["tokens", "mask", "n_valid", "slot_offset"],
-                      ["seq", "seq_mask", "z", "x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b"]))
-        L = 3 * t // 2
-        scan_args = (f(bb, L, h, p), f(bb, L, h), f(bb, L, h), f(bb, L, g, n), f(bb, L, g, n),
-                     f(bb, L, g, n), f(bb, L, g, n), torch.randn(bb, h, p, n), torch.randn(bb, h, p, n),
-                     f(bb, g, n), f(bb, g, n))
-        SL = Dim("slen", min=2)
-        bt = {0: B, 1: SL}
-        specs.append((f"scan{lvl}", ScanStage(hyd), scan_args,
-                      (bt, bt, bt, bt, bt, bt, bt, {0: B}, {0: B}, {0: B}, {0: B}),
-                      ["x", "dt_f", "dt_b", "B_f", "C_f", "B_b", "C_b", "state_f0", "state_b0",
-                       "c_f_prev", "c_b_next"], ["y", "state_f", "state_b"]))
-        specs.append((f"post{lvl}", PostStage(blk),
-                      (f(bb, L, d), bm(bb, L, 1), f(bb, L, h, p), f(bb, L, h, p), f(bb, L, e)),
-                      (bt, bt, bt, bt, bt), ["seq", "seq_mask", "y", "x", "z"], ["fused1"]))
-        if blk.local_encoder.attn.attn.window_size > 0:
-            specs.append((f"local{lvl}", LocalStage(blk), (f(bb, L, d), bm(bb, L, 1)),
-                          ({0: B, 1: S}, {0: B, 1: S}), ["fused1", "seq_mask"], ["anchors", "tokens"]))
-        else:
-            mha = blk.local_encoder.attn.attn
-            nh, hdim = mha.n_heads, mha.embd_dim // mha.n_heads
-            R = Dim("rows", min=2)
-            qkv_dyn = {0: B, 2: S}
-            specs.append((f"gattn_in{lvl}", GlobalAttnInStage(blk), (f(bb, L, d), bm(bb, L, 1)),
-                          ({0: B, 1: S}, {0: B, 1: S}), ["fused1", "seq_mask"], ["q", "k", "v"]))
-            specs.append((f"gattn_rows{lvl}", GlobalAttnRowsStage(blk),
-                          (f(bb, nh, 5, hdim), f(bb, nh, L, hdim), f(bb, nh, L, hdim), bm(bb, L, 1)),
-                          ({0: B, 2: R}, qkv_dyn, qkv_dyn, {0: B, 1: S}),
-                          ["q", "k", "v", "seq_mask"], ["attn"]))
-            specs.append((f"gattn_out{lvl}", GlobalAttnOutStage(blk),
-                          (f(bb, L, d), bm(bb, L, 1), f(bb, nh, L, hdim)),
-                          ({0: B, 1: S}, {0: B, 1: S}, qkv_dyn), ["fused1", "seq_mask", "attn"],
-                          ["anchors", "tokens"]))
-    HT = Dim("htime", min=2)
-    hd = {0: TB, 2: HT} if TB is not None else {2: HT}
-    specs.append(("heads", HeadsStage(model),
-                  (f(bb, d, t), bm(bb, 1, t), text_enc, text_enc_mask, torch.tensor(1.5)),
-                  (hd, hd) + text_dyn + (None,), ["tokens", "mask", "text_enc", "text_enc_mask", "level_scale"],
-                  ["logits", "offsets"]))
+        text_args = (torch.randn(nq, plan.text_in_dim, values["text"], generator=g).to(dtype),
+                     torch.ones(nq, 1, values["text"], dtype=torch.bool))
+        text_enc = dict(zip(text_spec.output_names, model.encode_text(*text_args)))
+    specs = []
+    for inst in stage_instances(plan):
+        sizes = static_sizes(plan, inst.level)
+        args = []
+        for port in inst.spec.inputs:
+            if inst.spec.name == "text":
+                args = list(text_args)
+                break
+            if port.name in text_enc:
+                args.append(text_enc[port.name])
+            elif port.kind == "index":
+                args.append(torch.tensor(INDEX_EXAMPLES[port.name], dtype=torch.int64))
+            elif port.kind == "scale":
+                args.append(torch.tensor(1.5))
+            else:
+                shape = [dim_value(d, {**sizes, **values}) for d in port.dims]
+                if port.kind == "mask":
+                    args.append(torch.ones(shape, dtype=torch.bool))
+                else:
+                    args.append(torch.randn(shape, generator=g).to(torch.float32 if port.kind == "state" else dtype))
+        specs.append((inst.name, stage_module(model, inst.spec.name, inst.level), tuple(args),
+                      _dynamic_shapes(inst.spec, sizes, plan.early_fusion), list(inst.spec.input_names),
+                      list(inst.spec.output_names)))
     return specs
 
 
@@ -337,33 +206,32 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
     the structure of an already exported one (``structure_key``: the per-level stages of
     equal-sized levels) reuse its graph with their own weights instead of being traced again,
     which cuts the export time several-fold; every stage, reused or not, is run once in ONNX
-    Runtime against its module (``STAGE_CHECK_TOL``). ``log``: a callable taking one line."""
+    Runtime against its module (``STAGE_CHECK_TOL``). ``stages``: export only these instances
+    (a partial folder for tests; the runtime refuses it). ``log``: a callable taking one line."""
     import onnx
 
-    from hieramamba.runtime.plan import plan_from_model
-
     from . import scan_node
-    from .onnx_export import fp32_islands
+    from .onnx_export import check_opset, fp32_islands
 
     tdtype = {"float32": torch.float32, "float16": torch.float16}.get(dtype)
     if tdtype is None:
         raise ExportError(f"bundle dtype must be 'float32' or 'float16', got {dtype!r}")
+    check_opset(opset)
     out = Path(out_dir)
     if out.exists():
         raise ExportError(f"bundle folder {out} already exists; remove it or choose another")
     if next(model.parameters()).dtype != tdtype:
         model = copy.deepcopy(model).to(tdtype)
     model = model.eval()
+    plan = plan_from_model(model, opt)
     log = log or (lambda line: None)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    manifest = {"format": BUNDLE_FORMAT, "scan_op_version": SCAN_OP_VERSION, "dtype": dtype,
-                "opset": opset, "mask_semantics": model.mask_semantics,
-                "plan": plan_from_model(model, opt), "stages": {}}
+    files = {}
     traced = {}  # structure key -> (stage name, unoptimized proto)
     islands = fp32_islands if dtype == "float16" else contextlib.nullcontext
     t_all = time.perf_counter()
     try:
-        for name, module, args, dyn, ins, outs in _stage_specs(model, tdtype):
+        for name, module, args, dyn, ins, outs in _stage_specs(model, plan, tdtype):
             if stages is not None and name not in stages:
                 continue
             t0 = time.perf_counter()
@@ -381,12 +249,12 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
                 err = _verify_stage(proto, module, args, ins, dtype, name)
             fname = f"{name}.onnx"
             onnx.save_model(proto, str(tmp / fname))
-            manifest["stages"][name] = {"file": fname, "inputs": ins, "outputs": outs,
-                                        "hydra_scan_nodes": len(scan_node.scan_nodes(proto))}
+            files[name] = StageFile(fname, file_sha256(tmp / fname), tuple(ins), tuple(outs),
+                                    len(scan_node.scan_nodes(proto)))
             check = "not verified (no onnxruntime)" if err is None else f"max rel err vs module {err:.1e}"
             log(f"{name}: {how}, {check}, {time.perf_counter() - t0:.1f} s")
-        manifest["export_seconds"] = round(time.perf_counter() - t_all, 1)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        BundleManifest(dtype=dtype, opset=opset, plan=plan, stages=files,
+                       export_seconds=round(time.perf_counter() - t_all, 1)).write(tmp)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -436,7 +304,7 @@ def default_bundle(dtype: str = "float16", log=None) -> Path:
     h = hashlib.sha256()
     for part in (folder / "models" / "last.pth", folder / "opt.yaml"):
         h.update(part.read_bytes())
-    h.update(f"{hieramamba.__version__}|{BUNDLE_FORMAT}|{SCAN_OP_VERSION}".encode())
+    h.update(f"{hieramamba.__version__}|{BUNDLE_SCHEMA}/{BUNDLE_VERSION}|{SCAN_OP.version}".encode())
     out = cache_dir() / "bundles" / f"{folder.name}-{dtype}-{h.hexdigest()[:16]}"
     if not (out / "manifest.json").is_file():
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,23 +4,28 @@ Everything except the calls into TensorRT is plain code (profile computation, ar
 plugin lookup, the engine manifest) and is unit-tested without TensorRT. ``build_engine`` imports
 ``tensorrt`` lazily and raises BackendUnavailableError when it (or the plugin library) is absent.
 
-Engine = ``<name>.engine`` + ``<name>.engine.json`` (the ONNX manifest's config/dtype/mask
-semantics, the profile, TensorRT version, plugin library + version, GPU name).
+Engine = ``<name>.engine`` + ``<name>.engine.json`` (schema ``hieramamba.engine_file``: the ONNX
+manifest's config/dtype/mask semantics, the profile, TensorRT version, plugin library + version,
+GPU name). Per-stage engines of a bundle: ``build_bundle_engines`` writes an engines folder
+(``hieramamba.artifacts.EnginesManifest``) with profiles from ``hieramamba.stage_table``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from hieramamba.artifacts import (SCAN_OP, BundleManifest, EngineLimits, EnginesManifest, StageFile,
+                                  bundle_fingerprint, file_sha256, write_artifact, write_atomic)
 from hieramamba.errors import ExportError
-from hieramamba.runtime.trt import gpu_info, import_tensorrt, load_scan_plugin
+from hieramamba.stage_table import index_ranges, profile_shapes, stage_instances
+from hieramamba.trt_env import gpu_info, import_tensorrt, load_scan_plugin
 
-from . import scan_node
-from .manifest import file_sha256, load_manifest
+from .manifest import load_manifest
+
+ENGINE_SCHEMA, ENGINE_VERSION = "hieramamba.engine_file", 2
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,6 @@ def engine_manifest(onnx_manifest: dict, onnx_path, engine_path, profile: Profil
                     trt_version: str, plugin_library: Optional[str], gpu: Optional[str],
                     timing_cache: Optional[str]) -> dict:
     return {
-        "format": "hieramamba-engine-manifest",
-        "format_version": 1,
         "engine": Path(engine_path).name,
         "engine_sha256": file_sha256(engine_path) if Path(engine_path).is_file() else None,
         "onnx": Path(onnx_path).name,
@@ -112,12 +115,15 @@ def engine_manifest(onnx_manifest: dict, onnx_path, engine_path, profile: Profil
         "outputs": onnx_manifest.get("outputs"),
         "profile": asdict(profile),
         "tensorrt_version": trt_version,
-        "plugin": {"library": plugin_library, "name": scan_node.OP_TYPE,
-                   "version": scan_node.PLUGIN_VERSION, "namespace": scan_node.PLUGIN_NAMESPACE},
+        "plugin": plugin_identity(plugin_library),
         "gpu": gpu,
         "timing_cache": timing_cache,
         "strongly_typed": True,
     }
+
+
+def plugin_identity(library: Optional[str]) -> dict:
+    return {"library": library, "name": SCAN_OP.op_type, "version": SCAN_OP.version, "namespace": SCAN_OP.domain}
 
 
 def build_engine(onnx_path, engine_path, profile: ProfileSpec, *, plugin_library=None,
@@ -138,13 +144,13 @@ def build_engine(onnx_path, engine_path, profile: ProfileSpec, *, plugin_library
     serialized = serialize_network(trt, builder, logger, onnx_path, lambda inp: shapes.get(inp.name),
                                    workspace_gib, cache, scan_nodes=man["hydra_scan"]["custom_nodes"])
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
+    write_atomic(engine_path, bytes(serialized))
     if cache is not None:
-        Path(timing_cache).write_bytes(bytes(cache.serialize()))
+        write_atomic(timing_cache, bytes(cache.serialize()))
     em = engine_manifest(man, onnx_path, engine_path, profile, trt_version=trt.__version__,
                          plugin_library=str(lib) if lib else None, gpu=gpu_info()["name"],
                          timing_cache=str(timing_cache) if timing_cache else None)
-    Path(str(engine_path) + ".json").write_text(json.dumps(em, indent=2, default=str))
+    write_artifact(str(engine_path) + ".json", ENGINE_SCHEMA, ENGINE_VERSION, em)
     return em
 
 
@@ -197,64 +203,38 @@ def serialize_network(trt, builder, logger, onnx_path, profile_for, workspace_gi
     return serialized
 
 
-def onnx_input_dims(path) -> tuple[dict, dict]:
-    """``({input: [dim, ...]}, {output: [dim, ...]})`` of an ONNX graph, dims as ints or
-    symbol strings."""
-    import onnx
-
-    g = onnx.load(str(path), load_external_data=False).graph
-    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
-    return {v.name: dims(v) for v in g.input}, {v.name: dims(v) for v in g.output}
-
-
-def bundle_profiles(bundle_dir, limits) -> dict:
-    """Per stage of a bundle: ``{"shapes": {input: (min, opt, max)}, "values": {input: (min,
-    opt, max)}}`` at ``limits`` (``runtime.trt.dim_ranges``; the encoded text range comes
-    from the text stage's own output dims)."""
-    from hieramamba.runtime.bundle import read_manifest
-    from hieramamba.runtime.trt import dim_ranges, eval_dim, index_ranges, profile_shapes
-
-    bundle_dir = Path(bundle_dir)
-    man = read_manifest(bundle_dir)
-    plan = man["plan"]
-    if plan["batchify"] and limits.max_text_len < plan["max_text_len"]:
-        raise ExportError(f"max_text_len {limits.max_text_len} < {plan['max_text_len']}, the length "
+def bundle_profiles(bundle_dir, limits: EngineLimits) -> dict:
+    """Per stage instance of a bundle: ``{"shapes": {input: (min, opt, max)}, "values": {input:
+    (min, opt, max)}}`` at ``limits`` (``hieramamba.stage_table.profile_shapes`` /
+    ``index_ranges``: the largest windows the scheduler asks for)."""
+    plan = BundleManifest.read(bundle_dir).plan
+    if plan.batchify and limits.max_text_len < plan.max_text_len:
+        raise ExportError(f"max_text_len {limits.max_text_len} < {plan.max_text_len}, the length "
                           "every query is padded to (eval.max_text_len)")
-    _, text_out = onnx_input_dims(bundle_dir / man["stages"]["text"]["file"])
-    text = dim_ranges("text", plan, limits)["text"]
-    text1 = tuple(eval_dim(text_out["text_enc"][2], {"text": v}) for v in text)
-    out = {}
-    for name, st in man["stages"].items():
-        ins, _ = onnx_input_dims(bundle_dir / st["file"])
-        ranges = dim_ranges(name, plan, limits, text1=text1)
-        out[name] = {"shapes": profile_shapes(name, ins, ranges),
-                     # shape-tensor values are lists (one value per element; these are scalars)
-                     "values": {k: tuple([x] for x in v) for k, v in index_ranges(name, plan, limits).items()
-                                if k in ins}}
-    return out
+    # shape-tensor values are lists (one value per element; these are scalars)
+    return {inst.name: {"shapes": profile_shapes(plan, limits, inst),
+                        "values": {k: tuple([x] for x in v) for k, v in index_ranges(plan, limits, inst).items()}}
+            for inst in stage_instances(plan)}
 
 
-def build_bundle_engines(bundle_dir, limits, out_dir=None, *, plugin_library=None,
+def build_bundle_engines(bundle_dir, limits: EngineLimits, out_dir=None, *, plugin_library=None,
                          workspace_gib: float = 8.0, progress: bool = True, log=None) -> Path:
     """One TensorRT engine per stage of a runtime bundle, for ``limits``
-    (``runtime.trt.EngineLimits``), into ``out_dir`` (default ``<bundle>/trt``; replaced
+    (``hieramamba.artifacts.EngineLimits``), into ``out_dir`` (default ``<bundle>/trt``; replaced
     atomically: a failed build leaves the previous engines, or nothing). A timing cache is
     shared by the stages and kept as ``timing.cache``. Returns the folder."""
     import shutil
     import tempfile
     import time
 
-    from hieramamba.runtime.bundle import read_manifest
-    from hieramamba.runtime.trt import ENGINES_MANIFEST, engines_manifest
-
     bundle_dir = Path(bundle_dir)
-    man = read_manifest(bundle_dir)
-    limits = limits.validate()
+    man = BundleManifest.read(bundle_dir)
+    man.verify_stage_files(bundle_dir)
     profiles = bundle_profiles(bundle_dir, limits)
     if workspace_gib <= 0:
         raise ExportError(f"workspace must be positive, got {workspace_gib} GiB")
     trt = import_tensorrt()
-    needs_plugin = any(st.get("hydra_scan_nodes", 0) for st in man["stages"].values())
+    needs_plugin = any(st.hydra_scan_nodes for st in man.stages.values())
     lib = load_scan_plugin(trt, plugin_library) if needs_plugin else None
     out = Path(out_dir) if out_dir else bundle_dir / "trt"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -269,22 +249,23 @@ def build_bundle_engines(bundle_dir, limits, out_dir=None, *, plugin_library=Non
         from tqdm import tqdm
 
         stages = {}
-        for name in tqdm(list(man["stages"]), desc="engines", unit="stage", disable=not progress):
-            prof = profiles[name]
+        for name in tqdm(list(man.stages), desc="engines", unit="stage", disable=not progress):
+            prof, st = profiles[name], man.stages[name]
             t1 = time.perf_counter()
             blob = serialize_network(
-                trt, builder, logger, bundle_dir / man["stages"][name]["file"],
+                trt, builder, logger, bundle_dir / st.file,
                 lambda inp: prof["values"].get(inp.name) if inp.is_shape_tensor else prof["shapes"].get(inp.name),
-                workspace_gib, cache, scan_nodes=man["stages"][name].get("hydra_scan_nodes", 0), log=log)
+                workspace_gib, cache, scan_nodes=st.hydra_scan_nodes, log=log)
             (tmp / f"{name}.engine").write_bytes(bytes(blob))
-            stages[name] = {"file": f"{name}.engine", "sha256": file_sha256(tmp / f"{name}.engine"),
-                            "profile": {k: [list(s) for s in v] for k, v in prof["shapes"].items()}}
+            stages[name] = StageFile(f"{name}.engine", file_sha256(tmp / f"{name}.engine"), st.inputs, st.outputs,
+                                     st.hydra_scan_nodes,
+                                     profile={k: [list(s) for s in v] for k, v in prof["shapes"].items()})
             log(f"{name}: {time.perf_counter() - t1:.1f} s")
         (tmp / "timing.cache").write_bytes(bytes(cache.serialize()))
-        em = engines_manifest(bundle_dir, limits, stages, trt_version=trt.__version__,
-                              plugin_library=str(lib) if lib else None, gpu=gpu_info(),
-                              seconds=time.perf_counter() - t0)
-        (tmp / ENGINES_MANIFEST).write_text(json.dumps(em, indent=1))
+        EnginesManifest(bundle=bundle_fingerprint(bundle_dir), dtype=man.dtype, limits=limits,
+                        tensorrt_version=trt.__version__, gpu=gpu_info(),
+                        plugin=plugin_identity(str(lib) if lib else None), stages=stages,
+                        build_seconds=round(time.perf_counter() - t0, 1)).write(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -14,6 +14,7 @@ from .errors import (  # noqa: F401  (re-exported)
     ExportError,
     HieraMambaError,
     InputError,
+    ProfilingError,
 )
 
 _LAZY = {

@@ -31,3 +31,7 @@ class ExportError(HieraMambaError):
 
 class BackendUnavailableError(HieraMambaError):
     """An optional backend (TensorRT, a plugin library, ONNX Runtime) is not installed or not found."""
+
+
+class ProfilingError(HieraMambaError, ValueError):
+    """A profiling switch or report input is invalid."""

@@ -1,13 +1,12 @@
 """Evaluation (REFERENCE §8.4): R@k × IoU≥θ over all queries, official predictions JSON.
 
 Per video the evaluation dataset (``video_centric``, all of a video's queries in one sample, no
-crop) feeds :class:`~hieramamba.inference.Grounder` — the same per-video path as the official
-``EvaluatorAuxiliary`` (padding rule, text batching, decoding, Soft-NMS + voting, seconds) — and
-:func:`~hieramamba.metrics.predictions_json` scores the results (ranks and thresholds from the
-config's ``eval`` section). Nothing of either is re-implemented here.
-
-:func:`evaluate_bundle` runs an export bundle through the chunked runtime instead of the model
-(same scoring).
+crop) feeds a grounding pipeline (``hieramamba.pipeline``: the same per-video path as the
+official ``EvaluatorAuxiliary``: padding rule, text batching, decoding, Soft-NMS + voting,
+seconds) — the eager :class:`~hieramamba.inference.Grounder`, or any ready pipeline such as the
+chunked runtime on an export bundle (:func:`evaluate_pipeline`) — and :func:`~hieramamba.metrics.predictions_json` scores the
+results (ranks and thresholds from the config's ``eval`` section). Nothing of either is
+re-implemented here.
 
 Outputs, as the official evaluator names them: ``eval_<ckpt>.txt`` (one ``Rank@k_IoU@θ: value``
 line per metric, percentages) and ``predictions_<ckpt>.json``.
@@ -28,27 +27,27 @@ from .data import make_dataset
 from .errors import InputError
 from .inference import Grounder
 from .metrics import metric_key, predictions_json
+from .pipeline import GroundingPipeline
 
-__all__ = ["evaluate_dataset", "evaluate_model", "evaluate_bundle", "evaluate_experiment", "format_metrics"]
+__all__ = ["evaluate_dataset", "evaluate_model", "evaluate_pipeline", "evaluate_experiment", "format_metrics"]
 
 
-def evaluate_dataset(grounder: Grounder, dataset, progress: bool = False,
-                     max_videos: Optional[int] = None, eval_cfg: Optional[dict] = None) -> dict:
-    """Ground every query of ``dataset`` (an evaluation :class:`VideoCentricDataset`) and return the
-    official predictions JSON dict (``summary.overall_recall_at_iou`` holds the metrics).
-    ``grounder``: anything with ``Grounder.ground``'s signature (also the chunked runtime);
-    ``eval_cfg``: the config's ``eval`` section (ranks, IoU thresholds), default ``grounder.opt``'s."""
+def evaluate_dataset(pipeline: GroundingPipeline, dataset, eval_cfg: dict, progress: bool = False,
+                     max_videos: Optional[int] = None) -> dict:
+    """Ground every query of ``dataset`` (an evaluation :class:`VideoCentricDataset`) with
+    ``pipeline`` and return the official predictions JSON dict (``summary.overall_recall_at_iou``
+    holds the metrics). ``eval_cfg``: the config's ``eval`` section (ranks, IoU thresholds)."""
     from tqdm.auto import tqdm
 
-    ev = eval_cfg if eval_cfg is not None else grounder.opt["eval"]
-    ranks, threshs = tuple(ev.get("ranks", (1, 5))), tuple(ev.get("iou_threshs", (0.3, 0.5)))
+    ranks = tuple(eval_cfg.get("ranks", (1, 5)))
+    threshs = tuple(eval_cfg.get("iou_threshs", (0.3, 0.5)))
     n = len(dataset) if max_videos is None else min(len(dataset), int(max_videos))
     if n == 0:
         raise InputError("the evaluation dataset has no videos")
     videos = []
     for i in tqdm(range(n), desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
         s = dataset[i]
-        results = grounder.ground(
+        results = pipeline.ground(
             s["vid"].t(), [t.t() for t in s["text"]], fps=s["fps"], duration=s["duration"],
             clip_size=s["clip_size"], clip_stride=s["clip_stride"])
         preds = [(np.array([[g.start_sec, g.end_sec] for g in segs], dtype=np.float32).reshape(-1, 2),
@@ -69,34 +68,28 @@ def evaluate_model(model, opt: dict, *, root=None, data_paths: Optional[dict] = 
     dataset = make_dataset(opt, False, root=root, split=split, outside_moments=outside_moments,
                            **(data_paths or {}))
     grounder = Grounder(model, opt, device=device, text_overflow=text_overflow)
-    return evaluate_dataset(grounder, dataset, progress=progress, max_videos=max_videos)
+    return evaluate_dataset(grounder, dataset, opt["eval"], progress=progress, max_videos=max_videos)
 
 
-def evaluate_bundle(bundle_dir, opt: dict, *, backend: str = "onnxruntime", root=None,
-                    data_paths: Optional[dict] = None, split: Optional[str] = None,
-                    text_overflow: str = "error", progress: bool = False,
-                    max_videos: Optional[int] = None, mask_semantics: Optional[str] = None,
-                    **runtime_options) -> dict:
-    """Evaluate an export bundle with the chunked runtime (``GroundingRuntime.load(bundle_dir,
-    backend, **runtime_options)``) on a split of the dataset ``opt`` describes — the config the
-    bundle was exported from, which also gives the ranks and IoU thresholds. Refuses a bundle whose
-    decoding settings differ from ``opt``'s (it was exported from another config), or whose mask
-    semantics differ from ``mask_semantics`` when given."""
-    from hieramamba.runtime import GroundingRuntime
-
-    runtime = GroundingRuntime.load(bundle_dir, backend=backend, text_overflow=text_overflow,
-                                    **runtime_options)
-    ev = opt["eval"]
-    if mask_semantics is not None and runtime.plan["mask_semantics"] != mask_semantics:
-        raise InputError(f"{bundle_dir}: exported with mask semantics {runtime.plan['mask_semantics']!r}, "
+def evaluate_pipeline(pipeline: GroundingPipeline, opt: dict, *, root=None, data_paths: Optional[dict] = None,
+                      split: Optional[str] = None, progress: bool = False, max_videos: Optional[int] = None,
+                      mask_semantics: Optional[str] = None, source: str = "the pipeline") -> dict:
+    """Evaluate a ready pipeline (e.g. the chunked runtime on an export bundle:
+    ``hieramamba.runtime.GroundingRuntime.load``) on a split of the dataset ``opt`` describes — the
+    config its model came from, which also gives the ranks and IoU thresholds. Refuses a pipeline
+    whose decoding settings differ from ``opt``'s (exported from another config), or whose mask
+    semantics differ from ``mask_semantics`` when given; ``source`` names it in those messages."""
+    ev, plan = opt["eval"], pipeline.plan
+    if mask_semantics is not None and plan.mask_semantics != mask_semantics:
+        raise InputError(f"{source}: exported with mask semantics {plan.mask_semantics!r}, "
                          f"{mask_semantics!r} was asked for; evaluate with that setting or re-export")
-    want = {"eval": {k: ev[k] for k in runtime.plan["eval"]}, "max_text_len": int(ev.get("max_text_len", 24))}
+    want = {"decode": {k: ev[k] for k in plan.decode}, "max_text_len": int(ev.get("max_text_len", 24))}
     for key, value in want.items():
-        if runtime.plan[key] != value:
-            raise InputError(f"{bundle_dir}: exported with {key}={runtime.plan[key]!r}, the config has "
+        if getattr(plan, key) != value:
+            raise InputError(f"{source}: exported with {key}={getattr(plan, key)!r}, the config has "
                              f"{value!r}; evaluate it with the config it was exported from")
     dataset = make_dataset(opt, False, root=root, split=split, **(data_paths or {}))
-    return evaluate_dataset(runtime, dataset, progress=progress, max_videos=max_videos, eval_cfg=ev)
+    return evaluate_dataset(pipeline, dataset, ev, progress=progress, max_videos=max_videos)
 
 
 def format_metrics(summary: dict) -> str:
@@ -111,25 +104,24 @@ def evaluate_experiment(folder, ckpt: str = "last", *, out_dir=None, root=None,
                         data_paths: Optional[dict] = None, split: Optional[str] = None,
                         device="cpu", use_ema: bool = True, mask_semantics: str = "official",
                         text_overflow: str = "error", progress: bool = False,
-                        max_videos: Optional[int] = None, bundle=None,
-                        bundle_options: Optional[dict] = None) -> dict:
+                        max_videos: Optional[int] = None, pipeline: Optional[GroundingPipeline] = None,
+                        pipeline_source: str = "the pipeline") -> dict:
     """Evaluate an official (or our own) experiment folder: loads ``opt.yaml`` and the EMA weights
     of ``models/<ckpt>.pth`` strictly, runs :func:`evaluate_model`, writes ``eval_<ckpt>.txt`` and
     ``predictions_<ckpt>.json`` into ``out_dir`` (default: the folder). Data paths in the
     config are relative to ``root`` (default: the current directory, as the official scripts
-    assume running from the repository root). With ``bundle``, the export bundle runs instead of
-    the weights (:func:`evaluate_bundle`, ``bundle_options`` passed on) and the files are named
-    ``eval_bundle.txt`` / ``predictions_bundle.json``. Returns the predictions dict."""
+    assume running from the repository root). With ``pipeline`` (e.g. the chunked runtime on an
+    export bundle), it runs instead of the weights (:func:`evaluate_pipeline`) and the files are
+    named ``eval_bundle.txt`` / ``predictions_bundle.json``. Returns the predictions dict."""
     from .checkpoint import load_experiment, load_experiment_config
     from .device import resolve_device
 
-    if bundle is not None:
+    if pipeline is not None:
         tag = "bundle"
         t0 = time.perf_counter()
-        result = evaluate_bundle(bundle, load_experiment_config(folder), root=root, data_paths=data_paths,
-                                 split=split, text_overflow=text_overflow, progress=progress,
-                                 max_videos=max_videos, mask_semantics=mask_semantics,
-                                 **(bundle_options or {}))
+        result = evaluate_pipeline(pipeline, load_experiment_config(folder), root=root, data_paths=data_paths,
+                                   split=split, progress=progress, max_videos=max_videos,
+                                   mask_semantics=mask_semantics, source=pipeline_source)
     else:
         tag = ckpt
         device = resolve_device(device)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from hieramamba.profiling.nvtx import nvtx_range
+from hieramamba.nvtx import nvtx_range
 
 from .errors import ConfigError
 from .modules.backbone import HieraMambaBackbone, check_mask_semantics

@@ -1,16 +1,20 @@
-"""Finding and loading ``libhieramamba_plugins`` (``plugins/``), without torch.
+"""Finding and loading the native libraries of ``plugins/``, without torch: one finder for both.
 
-The library is built by the top-level ``CMakeLists.txt``::
+* ``libhieramamba_plugins`` — the C++ CPU and CUDA HydraScan kernels behind a C ABI (used by
+  ``hieramamba.ops.hydra_scan.native`` for torch tensors) and, in the same file, an ONNX Runtime
+  custom-op library that runs ``hieramamba::HydraScan`` nodes with the C++ kernel
+  (``register_ort_scan_kernel``; ``plugins/hydra_scan/hydraScanOrtOp.cpp``).
+* ``libhieramamba_trt_plugin`` — the TensorRT plugin (``hieramamba.trt_env.load_scan_plugin``).
+
+Both are built by the top-level ``CMakeLists.txt``::
 
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j
 
-and found, in this order, at ``$HIERAMAMBA_PLUGIN_LIB`` (the file, or a folder holding it),
-``<repo>/build/libhieramamba_plugins.so`` and next to the ``hieramamba`` package. Nothing is loaded
-at import time; the first call that needs the library loads it once per process.
-
-Two users: ``hieramamba.ops.native`` (the C++/CUDA kernels behind the torch op) and ONNX Runtime
-sessions, for which the same file is a custom-op library that runs ``hieramamba::HydraScan`` nodes
-with the C++ kernel (``register_ort_scan_kernel``; ``plugins/hydra_scan/hydraScanOrtOp.cpp``).
+and found (``find_library``), in this order, at a path given by the caller, at
+``$HIERAMAMBA_PLUGIN_LIB`` (a folder holding the libraries, or one library file: the other one is
+then looked for beside it), at the path an artifact recorded (engines: the plugin they were built
+with), in ``<repo>/build/`` and next to the ``hieramamba`` package. Nothing is loaded at import
+time; the first call that needs a library loads it once per process.
 """
 
 from __future__ import annotations
@@ -32,12 +36,50 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def _library_file_name() -> str:
+KERNELS, TRT_PLUGIN = "hieramamba_plugins", "hieramamba_trt_plugin"  # the two libraries
+_OLD_ENV = "HIERAMAMBA_TRT_PLUGIN"  # read by earlier versions: refused, not silently ignored
+
+
+def library_file_name(library: str = KERNELS) -> str:
     if sys.platform == "darwin":
-        return "libhieramamba_plugins.dylib"
+        return f"lib{library}.dylib"
     if sys.platform == "win32":
-        return "hieramamba_plugins.dll"
-    return "libhieramamba_plugins.so"
+        return f"{library}.dll"
+    return f"lib{library}.so"
+
+
+def library_candidates(library: str = KERNELS, path=None, recorded=None) -> list[Path]:
+    """Where ``library`` is looked for, in order (see the module text)."""
+    if os.environ.get(_OLD_ENV):
+        raise BackendUnavailableError(f"${_OLD_ENV} is no longer read; set ${LIBRARY_ENV} to the plugin "
+                                      "library file or the folder holding the built libraries")
+    name = library_file_name(library)
+    if path:
+        return [Path(path).expanduser()]
+    paths = []
+    env = os.environ.get(LIBRARY_ENV)
+    if env:
+        p = Path(env).expanduser()
+        other = library_file_name(TRT_PLUGIN if library == KERNELS else KERNELS)
+        paths.append(p / name if p.is_dir() else p.parent / name if p.name == other else p)
+    if recorded:
+        paths.append(Path(recorded))
+    paths += [_REPO_ROOT / "build" / name, _PACKAGE_DIR / name]
+    return paths
+
+
+def find_library(library: str, path=None, recorded=None) -> Path:
+    """The first existing candidate of ``library_candidates``; ``BackendUnavailableError`` naming
+    every place tried and how to build it otherwise."""
+    candidates = library_candidates(library, path, recorded)
+    for c in candidates:
+        if c.is_file():
+            return c
+    need = ("needs CUDA and TensorRT >= 10: add -DTensorRT_ROOT=<tensorrt>" if library == TRT_PLUGIN
+            else "needs cmake and a C++17 compiler")
+    raise BackendUnavailableError(
+        f"{library_file_name(library)} not found (looked at {', '.join(map(str, candidates))}); build it from "
+        f"the repository root ({_REPO_ROOT}) with: {BUILD_COMMAND} ({need}), or point ${LIBRARY_ENV} at it")
 
 
 class _HmScanShape(ctypes.Structure):
@@ -48,19 +90,6 @@ class _HmScanShape(ctypes.Structure):
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _lib_path: Optional[Path] = None
-
-
-def library_candidates() -> list[Path]:
-    """Where the library is looked for, in order."""
-    name = _library_file_name()
-    paths = []
-    env = os.environ.get(LIBRARY_ENV)
-    if env:
-        p = Path(env).expanduser()
-        paths.append(p / name if p.is_dir() else p)
-    paths.append(_REPO_ROOT / "build" / name)
-    paths.append(_PACKAGE_DIR / name)
-    return paths
 
 
 def _bind(lib: ctypes.CDLL) -> None:

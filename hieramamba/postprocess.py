@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from hieramamba.profiling.nvtx import nvtx_range  # torch-free, like this module
+from hieramamba.nvtx import nvtx_range  # torch-free, like this module
 
 from .errors import InputError
 

@@ -390,9 +390,7 @@ def _main(argv=None) -> int:
                                     for k, v in json.loads(argv[1]).items()})
         print(json.dumps(_memory_child(settings)))
         return 0
-    from hieramamba.cli import main
-
-    return main(["bench", *(argv or [])])
+    raise InputError("this module is the bench's memory child; run the benchmark with `hieramamba bench`")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 
+from hieramamba import nvtx
 from hieramamba.errors import InputError
 
-from . import nvtx
 from .nsys import rows_from_recording, summarize_ranges
 
 

@@ -26,7 +26,8 @@ import io
 import shlex
 from pathlib import Path
 
-from .nvtx import DOMAIN, ProfilingError
+from hieramamba.errors import ProfilingError
+from hieramamba.nvtx import DOMAIN
 
 NVTX_SUM_COLUMNS = ("Time (%)", "Total Time (ns)", "Instances", "Avg (ns)", "Med (ns)", "Min (ns)",
                     "Max (ns)", "StdDev (ns)", "Style", "Range")

@@ -13,7 +13,6 @@ returns, per group, the per-level logits and offsets as numpy arrays (for the ou
 from __future__ import annotations
 
 import copy
-import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,11 +109,11 @@ register(PathSpec("eager_bf16", "PyTorch eager, bf16 weights and activations",
 def _fused_unavailable(ctx) -> Optional[str]:
     if not _cuda(ctx):
         return "the fused HydraScan kernel is CUDA only (eager on CPU already uses the C++ kernel)"
-    from hieramamba.ops import native
+    from hieramamba.native_library import BUILD_COMMAND, native_library_info
 
-    info = native.native_library_info()
+    info = native_library_info()
     if info is None:
-        return f"plugin library not built ({native.BUILD_COMMAND})"
+        return f"plugin library not built ({BUILD_COMMAND})"
     if not info["has_cuda"]:
         return "plugin library built without the CUDA kernel (nvcc was not found at build time)"
     return None
@@ -124,7 +123,7 @@ def _fused_runner(ctx: BenchContext):
     """Eager fp16 with the CUDA kernel of plugins/ as the op's CUDA implementation, registered
     only around this path's own calls (the other paths keep the reference scan on CUDA)."""
     from hieramamba.ops import register_kernel, unregister_kernel
-    from hieramamba.ops.native import native_hydra_scan_cuda
+    from hieramamba.ops.hydra_scan.native import native_hydra_scan_cuda
 
     base = _eager_runner(ctx, "float16")
 
@@ -145,12 +144,12 @@ register(PathSpec("eager_fused", "PyTorch eager fp16 with the fused CUDA HydraSc
 # -- eager + CUDA graphs ----------------------------------------------------------------------
 
 def _cuda_graph_runner(ctx: BenchContext, graph_factory=None):
-    """The whole forward as one CUDA graph per input shape (``runtime/cuda_graphs.StageGraphs``:
+    """The whole forward as one CUDA graph per input shape (``runtime/backends/cuda_graphs.StageGraphs``:
     captured at first sight after a side-stream warm-up, inputs copied into static tensors,
     outputs cloned after each replay). ``graph_factory``: a stand-in for tests on CPU."""
     import torch
 
-    from hieramamba.runtime.cuda_graphs import StageGraphs
+    from hieramamba.runtime.backends.cuda_graphs import StageGraphs
 
     graphs = StageGraphs(ctx.device, capture_after=1, graph_factory=graph_factory)
     model = ctx.model
@@ -175,20 +174,7 @@ register(PathSpec("eager_cuda_graphs", "PyTorch eager fp32 captured into CUDA gr
                   _cuda_graph_runner))
 
 
-# -- ONNX Runtime (graphs from the export package, issue 4) -----------------------------------
-
-def _export_api():
-    """``export_model(model, portable=...) -> result with .model_proto`` from hieramamba.export."""
-    for name in ("hieramamba.export", "hieramamba.export.onnx_export"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        fn = getattr(mod, "export_model", None)
-        if fn is not None:
-            return fn
-    return None
-
+# -- ONNX Runtime (whole-model graphs from the export package) ---------------------------------
 
 def _onnx_file(ctx, portable: bool) -> Path:
     return ctx.workdir / f"model_{'portable' if portable else 'custom'}.onnx"
@@ -197,8 +183,6 @@ def _onnx_file(ctx, portable: bool) -> Path:
 def _ort_unavailable(ctx) -> Optional[str]:
     if importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (extra [export] or [runtime])"
-    if _export_api() is None:
-        return "hieramamba.export has no export_model yet (issue 4)"
     return None
 
 
@@ -221,8 +205,10 @@ def _ort_prepare(portable: bool):
         if path.is_file():
             return
         t0 = time.perf_counter()
+        from hieramamba.export.onnx_export import export_model
+
         model = copy.deepcopy(ctx.model).cpu() if _cuda(ctx) else ctx.model
-        result = _export_api()(model.float().eval(), portable=portable)
+        result = export_model(model.float().eval(), portable=portable)
         path.parent.mkdir(parents=True, exist_ok=True)
         proto = getattr(result, "model_proto", result)
         path.write_bytes(proto.SerializeToString())
@@ -238,7 +224,7 @@ def _ort_runner(portable: bool, scan_kernel: str = "graph"):
         path = _onnx_file(ctx, portable)
         if not path.is_file():
             raise BackendUnavailableError(f"{path} was not exported (prepare step skipped or failed)")
-        from hieramamba.runtime.bundle import ort_session_options
+        from hieramamba.ort_options import ort_session_options
 
         so = ort_session_options(ort, ctx.threads, scan_kernel=scan_kernel)
         so.inter_op_num_threads = 1
@@ -284,26 +270,12 @@ register(PathSpec("ort_native", "ONNX Runtime, graph with HydraScan nodes run by
                   _ort_native_unavailable, _ort_runner(False, "native"), _ort_prepare(False)))
 
 
-# -- chunked runtime (issue 6) and TensorRT ---------------------------------------------------
+# -- chunked runtime and TensorRT ------------------------------------------------------------
 
-def _runtime_module():
-    try:
-        return importlib.import_module("hieramamba.runtime")
-    except ImportError:
-        return None
-
-
-def _runtime_unavailable(ctx) -> Optional[str]:
-    mod = _runtime_module()
-    if mod is None or getattr(mod, "GroundingRuntime", None) is None:
-        return "hieramamba.runtime has no GroundingRuntime (issue 6 not landed)"
-    return None
-
-
-def _scheduler_runner(plan, backend):
+def _scheduler_runner(backend):
     """A runner driving ``ChunkScheduler`` (default chunk) over ``backend`` group by group,
     with the official batch count of each group."""
-    scheduler = importlib.import_module("hieramamba.runtime.scheduler")
+    from hieramamba.runtime.scheduler import ChunkScheduler
 
     def run(inputs):
         vid, vmask, groups = inputs
@@ -311,7 +283,7 @@ def _scheduler_runner(plan, backend):
         valid = int(vmask.sum())
         results = []
         for text, tmask in groups:
-            sched = scheduler.ChunkScheduler(plan, backend)
+            sched = ChunkScheduler(backend.plan, backend)
             logits, offsets, _ = sched.run(v, valid, text.cpu().numpy(), tmask.cpu().numpy(),
                                            official_batch=text.shape[0])
             results.append(([np.asarray(x) for x in logits], [np.asarray(x) for x in offsets]))
@@ -322,27 +294,28 @@ def _scheduler_runner(plan, backend):
 
 def _runtime_runner(ctx: BenchContext):
     """``GroundingRuntime.from_model`` (torch backend) through the chunk scheduler."""
-    rt = _runtime_module().GroundingRuntime.from_model(ctx.model, ctx.opt, device=ctx.device)
-    return _scheduler_runner(rt.plan, rt.backend)
+    from hieramamba.runtime.backends.torch import TorchBackend
+
+    return _scheduler_runner(TorchBackend(ctx.model, ctx.opt, device=ctx.device))
 
 
 register(PathSpec("runtime_chunked", "hieramamba.runtime chunk scheduler, torch backend (GroundingRuntime.from_model)",
-                  _runtime_unavailable, _runtime_runner))
+                  lambda ctx: None, _runtime_runner))
 
 
 def _runtime_graphs_runner(ctx: BenchContext):
     """The torch backend with each stage replayed as a CUDA graph, captured at first sight (in the
     bench's warm-up run, not in a timed round)."""
-    from hieramamba.runtime.cuda_graphs import StageGraphs
+    from hieramamba.runtime.backends.cuda_graphs import StageGraphs
+    from hieramamba.runtime.backends.torch import TorchBackend
 
-    rt = _runtime_module().GroundingRuntime.from_model(ctx.model, ctx.opt, device=ctx.device,
-                                                       cuda_graphs=StageGraphs(ctx.device, capture_after=1))
-    return _scheduler_runner(rt.plan, rt.backend)
+    return _scheduler_runner(TorchBackend(ctx.model, ctx.opt, device=ctx.device,
+                                          cuda_graphs=StageGraphs(ctx.device, capture_after=1)))
 
 
 register(PathSpec("runtime_chunked_cuda_graphs",
                   "hieramamba.runtime chunk scheduler, torch backend, stages replayed as CUDA graphs",
-                  lambda ctx: _runtime_unavailable(ctx) or (None if _cuda(ctx) else "needs a CUDA device (none here)"),
+                  lambda ctx: None if _cuda(ctx) else "needs a CUDA device (none here)",
                   _runtime_graphs_runner))
 
 
@@ -352,7 +325,7 @@ def _bundle_dir(ctx, dtype: str) -> Path:
 
 def _bundle_unavailable_for(dtype: str):
     def check(ctx):
-        reason = _runtime_unavailable(ctx) or _ort_unavailable(ctx)
+        reason = _ort_unavailable(ctx)
         if reason is None and not ctx.allow_export and not (_bundle_dir(ctx, dtype) / "manifest.json").is_file():
             reason = f"no {_bundle_dir(ctx, dtype).name} in {ctx.workdir} and exporting was switched off (--no-export)"
         return reason
@@ -383,13 +356,12 @@ def _bundle_runner(dtype: str):
     def build(ctx):
         import onnxruntime as ort
 
-        from hieramamba.runtime.bundle import OrtBackend
+        from hieramamba.runtime.backends.onnxruntime import OrtBackend
 
         providers = ["CPUExecutionProvider"]
         if _cuda(ctx) and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        backend = OrtBackend(_bundle_dir(ctx, dtype), providers=providers, intra_op_threads=ctx.threads)
-        return _scheduler_runner(backend.plan, backend)
+        return _scheduler_runner(OrtBackend(_bundle_dir(ctx, dtype), providers=providers, intra_op_threads=ctx.threads))
 
     return build
 
@@ -406,11 +378,10 @@ def _trt_engines_dir(ctx) -> Path:
 
 
 def _trt_limits(ctx):
-    from hieramamba.runtime.scheduler import ChunkScheduler
-    from hieramamba.runtime.trt import EngineLimits
+    from hieramamba.artifacts import EngineLimits
+    from hieramamba.runtime.scheduler import DEFAULT_CHUNK
 
-    chunk = ChunkScheduler.__init__.__defaults__[0]  # the runner's chunk: the scheduler default
-    return EngineLimits(chunk=chunk, max_batch=ctx.max_queries,
+    return EngineLimits(chunk=DEFAULT_CHUNK, max_batch=ctx.max_queries,
                         max_text_len=ctx.opt["eval"]["max_text_len"], max_clips=ctx.max_clips)
 
 
@@ -438,10 +409,9 @@ def _trt_prepare(ctx):
 
 def _trt_runner(ctx):
     """Per-stage TensorRT engines of the fp16 bundle through the chunk scheduler."""
-    from hieramamba.runtime.trt import TrtBackend
+    from hieramamba.runtime.backends.tensorrt import TrtBackend
 
-    backend = TrtBackend(_bundle_dir(ctx, "float16"), _trt_engines_dir(ctx), device=ctx.device)
-    return _scheduler_runner(backend.plan, backend)
+    return _scheduler_runner(TrtBackend(_bundle_dir(ctx, "float16"), _trt_engines_dir(ctx), device=ctx.device))
 
 
 register(PathSpec("runtime_trt_fp16", "hieramamba.runtime chunk scheduler on TensorRT engines per stage "

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hieramamba.errors import InputError
-
-from .nvtx import ProfilingError
+from hieramamba.errors import InputError, ProfilingError
 
 
 def load_report(path: str | Path) -> dict:

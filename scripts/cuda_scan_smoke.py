@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 
-from hieramamba.ops import native
+from hieramamba.ops.hydra_scan import native
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import scan_oracle  # noqa: E402  (the tests' HydraScan inputs)
 
 # (name, x dtype, P, N): tensor cores (16-bit, multiples of 16) and the FMA plans.
 CASES = [("fp16 wmma Q=64", torch.float16, 64, 64), ("bf16 wmma", torch.bfloat16, 32, 16),
@@ -25,12 +29,8 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
 def inputs(dtype, P, N, L=150, B=1, H=2, G=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale  # noqa: E731
-    return {"x": r(B, L, H, P).to(dtype), "dt_f": r(B, L, H, scale=0.5) - 1, "dt_b": r(B, L, H, scale=0.5) - 1,
-            "A": -torch.rand(H, generator=g) - 0.5, "dt_bias": r(H, scale=0.1),
-            **{k: r(B, L, G, N, scale=N ** -0.5).to(dtype) for k in ("B_f", "C_f", "B_b", "C_b")},
-            "state_f0": r(B, H, P, N), "state_b0": r(B, H, P, N)}
+    """The tests' HydraScan inputs (tests/scan_oracle.py) with initial states."""
+    return scan_oracle.make_inputs(B, L, H, P, G, N, seed=seed, states=True, dtype=dtype)
 
 
 def main() -> int:

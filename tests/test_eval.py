@@ -11,7 +11,7 @@ from hieramamba.cli import main
 from hieramamba.data import VideoCentricDataset
 from hieramamba.errors import DataError
 from hieramamba.evaluate import evaluate_dataset, evaluate_experiment, r_at
-from hieramamba.inference import Segment
+from hieramamba.pipeline import Segment
 from hieramamba.metrics import recall_at_iou
 
 
@@ -63,7 +63,7 @@ def test_evaluator_on_hand_made_predictions(tmp_path):
         (30, 1): [(0, 5, 0.9), (10, 19, 0.5)],        # rank 1 misses, rank 2 has IoU 0.9
         (12, 0): [(1, 4, 0.3), (0, 2, 0.8)],          # best-scored (0, 2): IoU exactly 0.5
     })
-    res = evaluate_dataset(g, ds)
+    res = evaluate_dataset(g, ds, g.opt["eval"])
     rec = res["summary"]["overall_recall_at_iou"]
     assert rec == {"Rank@1_IoU@0.3": pytest.approx(2 / 3), "Rank@1_IoU@0.5": pytest.approx(2 / 3),
                    "Rank@5_IoU@0.3": 1.0, "Rank@5_IoU@0.5": 1.0}

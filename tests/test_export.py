@@ -129,7 +129,7 @@ def test_native_scan_kernel_replaces_the_function_body(tiny_export, tmp_path):
     """With libhieramamba_plugins registered, ONNX Runtime runs the HydraScan nodes with the C++
     kernel instead of inlining their function body (seen in its profile), with the same outputs."""
     from hieramamba.native_library import load_native_library
-    from hieramamba.runtime.bundle import ort_session_options
+    from hieramamba.ort_options import ort_session_options
 
     if load_native_library(required=False) is None:
         pytest.skip("libhieramamba_plugins is not built (tests/test_native_scan.py builds it)")

@@ -10,7 +10,8 @@ from hieramamba.cli import main
 from hieramamba.errors import BackendUnavailableError, ExportError
 from hieramamba.export.trt_build import (ProfileSpec, engine_manifest, input_dims_from_manifest,
                                          parse_range, profile_from_args)
-from hieramamba.runtime.trt import find_plugin_library, import_tensorrt
+from hieramamba.native_library import TRT_PLUGIN, find_library
+from hieramamba.trt_env import import_tensorrt
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -36,14 +37,27 @@ def test_parse_range_single_value_is_fixed():
 
 
 def test_missing_plugin_library_is_a_clear_error(tmp_path, monkeypatch):
-    with pytest.raises(BackendUnavailableError, match="plugin library not found"):
-        find_plugin_library(str(tmp_path / "libnope.so"))
-    monkeypatch.setenv("HIERAMAMBA_TRT_PLUGIN", str(tmp_path / "libnope.so"))
-    with pytest.raises(BackendUnavailableError, match="HIERAMAMBA_TRT_PLUGIN"):
-        find_plugin_library()
+    from hieramamba import native_library
+
+    monkeypatch.setattr(native_library, "_REPO_ROOT", tmp_path / "repo")  # no build/ there
+    monkeypatch.setattr(native_library, "_PACKAGE_DIR", tmp_path / "repo")
+    monkeypatch.delenv("HIERAMAMBA_PLUGIN_LIB", raising=False)
+    with pytest.raises(BackendUnavailableError, match="libhieramamba_trt_plugin.so not found .*libnope.so"):
+        find_library(TRT_PLUGIN, str(tmp_path / "libnope.so"))
+    # One variable for both libraries: a folder, or one library's file (the other is beside it).
     lib = tmp_path / "libhieramamba_trt_plugin.so"
     lib.write_bytes(b"\x7fELF")
-    assert find_plugin_library(str(lib)) == lib
+    for value in (tmp_path, tmp_path / "libhieramamba_plugins.so", lib):
+        monkeypatch.setenv("HIERAMAMBA_PLUGIN_LIB", str(value))
+        assert find_library(TRT_PLUGIN) == lib
+    monkeypatch.setenv("HIERAMAMBA_PLUGIN_LIB", str(tmp_path / "elsewhere"))
+    with pytest.raises(BackendUnavailableError, match="HIERAMAMBA_PLUGIN_LIB"):
+        find_library(TRT_PLUGIN)
+    assert find_library(TRT_PLUGIN, str(lib)) == lib
+    # The variable earlier versions read is refused, not silently ignored.
+    monkeypatch.setenv("HIERAMAMBA_TRT_PLUGIN", str(lib))
+    with pytest.raises(BackendUnavailableError, match="HIERAMAMBA_TRT_PLUGIN is no longer read"):
+        find_library(TRT_PLUGIN)
 
 
 def test_engine_manifest_records_versions_and_profile(tmp_path):

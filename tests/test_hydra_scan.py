@@ -1,16 +1,16 @@
-"""HydraScan op: oracle agreement, chunked composition, autograd, fake/meta, export, dtypes, errors.
-
-The oracle below is a naive float64 time loop of the recurrences in REFERENCE §7, written here
-independently of ``hieramamba.ops.hydra_scan``.
-"""
+"""HydraScan op: oracle agreement, chunked composition, autograd, fake/meta, export, dtypes,
+errors, the empty-input rule. The float64 oracle is tests/scan_oracle.py (a plain time loop,
+independent of ``hieramamba.ops.hydra_scan``)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import scan_oracle
 from hieramamba.errors import InputError
 from hieramamba.ops import (
     hydra_scan,
@@ -19,76 +19,15 @@ from hieramamba.ops import (
     scan_boundary_term,
     unregister_kernel,
 )
+from scan_oracle import oracle, rel_err
 
 F64 = torch.float64
 
 
-# ------------------------------------------------------------------------------------------------
-# Oracle and data
-# ------------------------------------------------------------------------------------------------
-
-
-def _softplus20(z):
-    # mamba's softplus: identity above 20.
-    return torch.where(z > 20, z, torch.log1p(torch.exp(torch.clamp(z, max=20))))
-
-
-def oracle(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0=None, state_b0=None):
-    """Naive float64 recurrence. Returns (y, S^f_{L-1}, S^b_0)."""
-    x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b = (
-        t.to(F64) for t in (x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b))
-    bsz, L, H, P = x.shape
-    G, N = B_f.shape[2:]
-    heads_per_group = H // G
-    group = [h // heads_per_group for h in range(H)]
-    d_f = _softplus20(dt_f + dt_bias)
-    d_b = _softplus20(dt_b + dt_bias)
-    S_f = torch.zeros(bsz, H, P, N, dtype=F64) if state_f0 is None else state_f0.to(F64).clone()
-    S_b = torch.zeros(bsz, H, P, N, dtype=F64) if state_b0 is None else state_b0.to(F64).clone()
-    s_f = torch.zeros(bsz, L, H, P, dtype=F64)
-    s_b = torch.zeros(bsz, L, H, P, dtype=F64)
-    Bf, Cf, Bb, Cb = (t[:, :, group] for t in (B_f, C_f, B_b, C_b))  # per head [b, L, H, N]
-    for t in range(L):
-        a = torch.exp(d_f[:, t] * A)[..., None, None]
-        S_f = a * S_f + (d_f[:, t, :, None] * x[:, t])[..., None] * Bf[:, t, :, None, :]
-        s_f[:, t] = (S_f * Cf[:, t, :, None, :]).sum(-1)
-    for t in reversed(range(L)):
-        a = torch.exp(d_b[:, t] * A)[..., None, None]
-        S_b = a * S_b + (d_b[:, t, :, None] * x[:, t])[..., None] * Bb[:, t, :, None, :]
-        s_b[:, t] = (S_b * Cb[:, t, :, None, :]).sum(-1)
-    y = torch.zeros_like(s_f)
-    y[:, 1:] += s_f[:, :-1]
-    y[:, :-1] += s_b[:, 1:]
-    return y, S_f, S_b
-
-
 def make_inputs(seed, B, L, H, P, G, N, dtype=F64, states=True, big_dt=False):
     """Arguments of hydra_scan as a list (states at indices 9, 10)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g, dtype=F64) * scale
-
-    dt_f, dt_b = r(B, L, H, scale=1.5) - 1.0, r(B, L, H, scale=1.5) - 1.0
-    if big_dt:  # exercise the identity branch of softplus (argument > 20)
-        dt_f[:, ::3] += 25.0
-        dt_b[:, 1::4] += 25.0
-    args = [
-        r(B, L, H, P),
-        dt_f,
-        dt_b,
-        -torch.exp(torch.rand(H, generator=g, dtype=F64) * 3.0 - 2.0),  # A in [-e, -e^-2]
-        r(H, scale=0.5),
-        *(r(B, L, G, N, scale=0.7) for _ in range(4)),
-        r(B, H, P, N) if states else None,
-        r(B, H, P, N) if states else None,
-    ]
-    return [None if t is None else t.to(dtype) for t in args]
-
-
-def rel_err(got, want):
-    scale = want.abs().max().item()
-    return (got.to(F64) - want).abs().max().item() / max(scale, 1e-30)
+    return scan_oracle.args(scan_oracle.make_inputs(B, L, H, P, G, N, seed=seed, dtype=dtype, states=states,
+                                                    big_dt=big_dt))
 
 
 LENGTHS = [1, 2, 3, 17, 64, 255, 256, 257, 600]
@@ -414,8 +353,7 @@ BAD = {
     "state_b0_dtype": (_set(10, lambda t: t.half()), "state_b0"),
     "state_b0_device": (_set(10, lambda t: t.to("meta")), "state_b0"),
     "B_b_device": (_set(7, lambda t: t.to("meta")), "B_b"),
-    "empty_L": (lambda a: [t if i in (3, 4, 9, 10) else t[:, :0] for i, t in enumerate(a)],
-                "empty"),
+    "no_heads": (lambda a: [t[:, :, :0] if i == 0 else t for i, t in enumerate(a)], "H ≥ 1"),
 }
 
 
@@ -426,6 +364,18 @@ def test_bad_inputs_raise_input_error(case):
     with pytest.raises(InputError, match=word) as info:
         hydra_scan(*args)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("B,L,states", [(0, 5, True), (2, 0, True), (2, 0, False), (0, 0, False)])
+def test_empty_batch_or_time_returns_initial_states(B, L, states):
+    """The op's empty-input rule (validate.py), as the C++/CUDA kernels and the plugin: an empty
+    y and the initial states (zeros without them)."""
+    args = make_inputs(0, B, L, 4, 3, 2, 5, torch.float32, states)
+    y, sf, sb = hydra_scan(*args)
+    assert y.shape == (B, L, 4, 3) and y.dtype == torch.float32
+    for got, init in ((sf, args[9]), (sb, args[10])):
+        assert got.shape == (B, 4, 3, 5) and got.dtype == torch.float32
+        assert torch.equal(got, init if init is not None else torch.zeros_like(got))
 
 
 @pytest.mark.parametrize("chunk", [0, -3, 2.5, True])

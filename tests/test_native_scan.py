@@ -1,7 +1,7 @@
 """Native HydraScan (plugins/): the C++ CPU kernel through the C ABI, its C++ unit tests, and a
 compile check of the CUDA kernel.
 
-The oracle is a naive float64 recurrence (REFERENCE §7) written here with numpy, independent of
+The oracle is the naive float64 recurrence of tests/scan_oracle.py (REFERENCE §7), independent of
 both the C++ code and ``hieramamba.ops.hydra_scan``. If the library is not built yet, the module
 builds it with CMake into ``<repo>/build`` (the documented location) or skips when CMake or a
 compiler is missing.
@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 import torch
 
+import scan_oracle
 from hieramamba import native_library
 from hieramamba.errors import BackendUnavailableError, InputError
-from hieramamba.ops import native
+from hieramamba.ops.hydra_scan import native
+from scan_oracle import ORDER, args, oracle, rel_err
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build"
@@ -55,80 +57,12 @@ def lib():
 
 
 # ------------------------------------------------------------------------------------------------
-# Oracle and data
+# Oracle and data (tests/scan_oracle.py)
 # ------------------------------------------------------------------------------------------------
 
 
-def oracle(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0=None, state_b0=None):
-    """Naive float64 recurrences with the one-step shift. Returns (y, S^f_{L-1}, S^b_0)."""
-    f64 = [np.asarray(t.double().numpy()) for t in (x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b)]
-    x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b = f64
-    bsz, L, H, P = x.shape
-    G, N = B_f.shape[2], B_f.shape[3]
-    y = np.zeros_like(x)
-
-    def softplus(v):  # mamba's threshold: identity above 20
-        return np.where(v > 20, v, np.log1p(np.exp(np.minimum(v, 20))))
-
-    def scan(dt, Bm, Cm, S, times, shift):
-        delta = softplus(dt + dt_bias)                    # [B, L, H]
-        decay = np.exp(delta * A)
-        Bh = np.repeat(Bm, H // G, axis=2)                 # head h reads group h // (H/G)
-        Ch = np.repeat(Cm, H // G, axis=2)
-        for t in times:
-            u = (delta[:, t, :, None] * x[:, t])[..., None]  # [B, H, P, 1]
-            S = decay[:, t, :, None, None] * S + u * Bh[:, t, :, None, :]
-            if 0 <= t + shift < L:
-                y[:, t + shift] += (S * Ch[:, t, :, None, :]).sum(-1)
-        return S
-
-    zeros = np.zeros((bsz, H, P, N))
-    sf = scan(dt_f, B_f, C_f, zeros if state_f0 is None else state_f0.double().numpy(), range(L), +1)
-    sb = scan(dt_b, B_b, C_b, zeros if state_b0 is None else state_b0.double().numpy(),
-              range(L - 1, -1, -1), -1)
-    return y, sf, sb
-
-
 def make_inputs(bsz, L, H, P, G, N, *, states, seed, dtype=torch.float32, dt_dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g) * scale
-
-    # Mamba-like parameters: Δ0 in [1e-3, 1e-1] through an inverse-softplus dt_bias, A = -exp(A_log)
-    # with A_log ~ log U(1, 16); the last head's bias exceeds 20 to cover softplus's identity branch.
-    delta0 = torch.exp(torch.rand(H, generator=g) * (np.log(0.1) - np.log(1e-3)) + np.log(1e-3))
-    dt_bias = torch.log(torch.expm1(delta0))
-    dt_bias[-1] = 20.5
-    A = -torch.exp(torch.rand(H, generator=g) * np.log(16.0))
-    A[-1] = -0.05  # Δ≈20 times a small |A|: a fast but not total decay
-    t = {
-        "x": randn(bsz, L, H, P).to(dtype),
-        "dt_f": randn(bsz, L, H, scale=0.5).to(dt_dtype),
-        "dt_b": randn(bsz, L, H, scale=0.5).to(dt_dtype),
-        "A": A.to(dt_dtype),
-        "dt_bias": dt_bias.to(dt_dtype),
-        "B_f": randn(bsz, L, G, N).to(dtype),
-        "C_f": randn(bsz, L, G, N).to(dtype),
-        "B_b": randn(bsz, L, G, N).to(dtype),
-        "C_b": randn(bsz, L, G, N).to(dtype),
-        "state_f0": randn(bsz, H, P, N) if states else None,
-        "state_b0": randn(bsz, H, P, N) if states else None,
-    }
-    return t
-
-
-ORDER = ("x", "dt_f", "dt_b", "A", "dt_bias", "B_f", "C_f", "B_b", "C_b", "state_f0", "state_b0")
-
-
-def args(t):
-    return [t[k] for k in ORDER]
-
-
-def rel_err(got, want):
-    got = np.asarray(got.double().numpy() if isinstance(got, torch.Tensor) else got)
-    scale = np.abs(want).max()
-    return float(np.abs(got - want).max() / (scale if scale > 0 else 1.0))
+    return scan_oracle.make_inputs(bsz, L, H, P, G, N, seed=seed, states=states, dtype=dtype, dt_dtype=dt_dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,9 +184,9 @@ def _bad(mutate):
     (lambda t: t.update(C_b=t["C_b"].to(torch.float16)), "C_b must have x's dtype"),
     (lambda t: t.update(B_f=t["B_f"].to("meta")), "B_f must be on the CPU"),
     (lambda t: t.update(x=t["x"].double()), "x must be float32"),
-    (lambda t: t.update(state_f0=t["state_f0"].double()), "state_f0 must be float32"),
+    (lambda t: t.update(state_f0=t["state_f0"].double()), "state_f0 must have dtype torch.float32"),
     (lambda t: t.update(state_b0=t["state_b0"][:, :3].contiguous()), "state_b0 must have shape"),
-    (lambda t: t.update(A=t["A"].to(torch.int32)), "A must be a floating"),
+    (lambda t: t.update(A=t["A"].to(torch.int32)), "A must have dtype torch.float32"),
     (lambda t: t.update(x=t["x"].numpy()), "x must be a torch.Tensor"),
     (lambda t: t.update(**{k: t[k].repeat(1, 1, 2, 1)[:, :, :3].contiguous()  # G=3, H=4
                            for k in ("B_f", "C_f", "B_b", "C_b")}), "divisible"),
@@ -340,12 +274,12 @@ def test_missing_library_error_names_paths_and_command(monkeypatch, tmp_path):
 
 def test_registers_as_the_ops_cpu_kernel(lib):
     """The op calls kernels as fn(x, ..., state_b0, chunk_size): the native kernel must fit."""
-    op_module = importlib.import_module("hieramamba.ops.hydra_scan")
+    op_module = importlib.import_module("hieramamba.ops.hydra_scan.op")
 
     t = make_inputs(2, 64, 4, 8, 2, 16, states=True, seed=9)
     expected = native.native_hydra_scan_cpu(*args(t))
     previous = getattr(op_module, "_KERNELS", {}).get("cpu")  # restore whatever was registered
-    assert native.register_native_cpu_kernel(required=True)
+    assert op_module.register_native_cpu_kernel(required=True)
     try:
         got = op_module.hydra_scan(*args(t))
     finally:
@@ -402,7 +336,7 @@ def _scan_node_model(act, dt, states: bool) -> bytes:
 
 def _ort_scan(t, act, dt, threads=2):
     ort = pytest.importorskip("onnxruntime")
-    from hieramamba.runtime.bundle import ort_session_options
+    from hieramamba.ort_options import ort_session_options
 
     states = t["state_f0"] is not None
     sess = ort.InferenceSession(_scan_node_model(act, dt, states),
@@ -434,7 +368,7 @@ def test_ort_custom_op_matches_float64_oracle(lib, act, dt, L, G, states, tol):
 
 def test_ort_custom_op_threads_and_missing_kernel(lib):
     ort = pytest.importorskip("onnxruntime")
-    from hieramamba.runtime.bundle import ort_session_options
+    from hieramamba.ort_options import ort_session_options
 
     t = make_inputs(3, 200, 4, 8, 2, 16, states=True, seed=4)
     one, many = _ort_scan(t, torch.float32, torch.float32, 1), _ort_scan(t, torch.float32, torch.float32, 3)
@@ -461,7 +395,7 @@ def test_ort_custom_op_bad_shapes_fail_with_the_reason(lib, mutate, needle):
 
 def test_scan_kernel_choice_without_library(monkeypatch, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from hieramamba.runtime.bundle import ort_session_options, resolve_scan_kernel
+    from hieramamba.ort_options import ort_session_options, resolve_scan_kernel
 
     _no_library(monkeypatch, tmp_path)
     assert resolve_scan_kernel("auto") == "graph" and resolve_scan_kernel("graph") == "graph"

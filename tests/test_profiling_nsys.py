@@ -8,7 +8,7 @@ import pytest
 from hieramamba.cli import main
 from hieramamba.profiling.nsys import (format_summary, parse_file, parse_nvtx_sum_csv, profile_command,
                                        stats_command, summarize_ranges)
-from hieramamba.profiling.nvtx import ProfilingError
+from hieramamba.errors import ProfilingError
 
 SAMPLE = Path(__file__).parent / "data" / "nsys_nvtx_sum_sample.csv"
 

@@ -12,9 +12,9 @@ from hieramamba.errors import InputError
 from hieramamba.inference import Grounder
 from hieramamba.model import build_model, widen_layer_scales
 from hieramamba.runtime import GroundingRuntime, HaloStream
-from hieramamba.runtime.plan import plan_from_model
+from hieramamba.runtime.backends.torch import TorchBackend
 from hieramamba.runtime.scheduler import ChunkScheduler
-from hieramamba.runtime.torch_backend import TorchBackend
+from hieramamba.stage_modules import plan_from_model
 
 
 def shrunk(name, mask_semantics="official", seed=0):
@@ -53,18 +53,18 @@ def inputs(model, opt, valid, nq, seed, pad_multiple):
 
 def compare(model, opt, valid, nq, chunks, seed, dtype=torch.float32):
     plan = plan_from_model(model, opt)
-    vid, vmask, text, tmask = inputs(model, opt, valid, nq, seed, plan["pad_multiple"])
+    vid, vmask, text, tmask = inputs(model, opt, valid, nq, seed, plan.pad_multiple)
     model = model.to(dtype)
     with torch.no_grad():
         ref = model.forward_levels(vid.to(dtype), vmask, text.to(dtype), tmask)
     worst = 0.0
     for chunk in chunks:
         # Global-attention levels in blocks of `chunk` query rows too (odd: uneven last block).
-        backend = TorchBackend(model, dtype=dtype)
+        backend = TorchBackend(model, opt, dtype=dtype)
         logits, offsets, masks = ChunkScheduler(plan, backend, chunk, attn_rows=chunk + 1).run(
             vid[0].numpy(), valid, text.numpy(), tmask.numpy(), official_batch=nq)
-        assert len(logits) == plan["num_levels"]
-        for lvl in range(plan["num_levels"]):
+        assert len(logits) == plan.num_levels
+        for lvl in range(plan.num_levels):
             np.testing.assert_array_equal(masks[lvl], ref[2][lvl].numpy())
             worst = max(worst, rel(logits[lvl], ref[0][lvl].double()), rel(offsets[lvl], ref[1][lvl].double()))
     return worst, ref, (logits, offsets, masks)
@@ -109,9 +109,9 @@ def test_chunked_fp16_close_and_same_top1():
     meta = {"fps": 30.0, "clip_size": 32, "clip_stride": 16, "duration": 200.0}
     for q in range(2):
         a = ground_query([l[q] for l in logits], [o[q] for o in offsets], [m[q] for m in masks],
-                         plan["eval"], meta)
+                         plan.decode, meta)
         b = ground_query([l[q].double().numpy() for l in ref[0]], [o[q].double().numpy() for o in ref[1]],
-                         [m[q].numpy() for m in ref[2]], plan["eval"], meta)
+                         [m[q].numpy() for m in ref[2]], plan.decode, meta)
         np.testing.assert_allclose(a[0][0], b[0][0], rtol=0, atol=1e-3)
 
 

@@ -1,4 +1,4 @@
-"""CUDA graphs in the torch backend (runtime/cuda_graphs.py).
+"""CUDA graphs in the torch backend (runtime/backends/cuda_graphs.py).
 
 On CPU the graphs are a stand-in with a CUDA graph's memory semantics (capture runs the stage
 once and keeps its output tensors; every replay recomputes from the static inputs and overwrites
@@ -18,10 +18,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hieramamba.errors import BackendUnavailableError, InputError
 from hieramamba.runtime import GroundingRuntime
-from hieramamba.runtime.cuda_graphs import ScalarInput, StageGraphs, _flatten
-from hieramamba.runtime.plan import plan_from_model
+from hieramamba.runtime.backends.cuda_graphs import ScalarInput, StageGraphs, _flatten
+from hieramamba.stage_modules import plan_from_model
 from hieramamba.runtime.scheduler import ChunkScheduler
-from hieramamba.runtime.torch_backend import TorchBackend
+from hieramamba.runtime.backends.torch import TorchBackend
 
 from test_runtime_chunked import inputs, shrunk
 
@@ -87,7 +87,7 @@ def cpu_scan(request, monkeypatch):
     registered) and with the C++ kernel of plugins/ (the CPU default when built)."""
     import importlib
 
-    op = importlib.import_module("hieramamba.ops.hydra_scan")  # the module (the package exports the function)
+    op = importlib.import_module("hieramamba.ops.hydra_scan.op")  # the module (the package exports the function)
     op._maybe_register_native_cpu()
     if request.param == "reference":
         monkeypatch.delitem(op._KERNELS, "cpu", raising=False)
@@ -104,10 +104,10 @@ def cpu_scan(request, monkeypatch):
 def test_graphed_stages_equal_eager(name, valid, chunk, cpu_scan):
     model, opt = shrunk(name)
     plan = plan_from_model(model, opt)
-    vid, vmask, text, tmask = inputs(model, opt, valid, 2, 3, plan["pad_multiple"])
-    want = run_chunked(TorchBackend(model), plan, vid, valid, text, tmask, chunk)
+    vid, vmask, text, tmask = inputs(model, opt, valid, 2, 3, plan.pad_multiple)
+    want = run_chunked(TorchBackend(model, opt), plan, vid, valid, text, tmask, chunk)
     graphs = stand_in_graphs()
-    backend = TorchBackend(model, cuda_graphs=graphs)
+    backend = TorchBackend(model, opt, cuda_graphs=graphs)
     for _ in range(2):  # the second video replays graphs captured during the first
         got = run_chunked(backend, plan, vid, valid, text, tmask, chunk)
         for w, g in zip(want, got):
@@ -166,10 +166,10 @@ def test_outputs_survive_later_replays():
 def test_concurrent_calls_on_one_graphed_backend():
     model, opt = shrunk("ego4d")
     plan = plan_from_model(model, opt)
-    backend = TorchBackend(model, cuda_graphs=stand_in_graphs())
-    cases = [inputs(model, opt, 150 + 40 * i, 1, i, plan["pad_multiple"]) for i in range(3)]
+    backend = TorchBackend(model, opt, cuda_graphs=stand_in_graphs())
+    cases = [inputs(model, opt, 150 + 40 * i, 1, i, plan.pad_multiple) for i in range(3)]
     valid = [150 + 40 * i for i in range(3)]
-    want = [run_chunked(TorchBackend(model), plan, v, n, t, m, 16) for (v, _, t, m), n in zip(cases, valid)]
+    want = [run_chunked(TorchBackend(model, opt), plan, v, n, t, m, 16) for (v, _, t, m), n in zip(cases, valid)]
     got, errors = [None] * 3, []
 
     def work(i):
@@ -186,7 +186,7 @@ def test_concurrent_calls_on_one_graphed_backend():
         th.join()
     assert not errors
     for w, g in zip(want, got):
-        for lvl in range(plan["num_levels"]):
+        for lvl in range(plan.num_levels):
             np.testing.assert_array_equal(g[0][lvl], w[0][lvl])
 
 
@@ -227,12 +227,12 @@ def test_capture_failure_names_the_stage():
 def test_real_cuda_graphs_match_eager_on_gpu(dtype, tol):
     model, opt = shrunk("ego4d")
     plan = plan_from_model(model, opt)
-    vid, vmask, text, tmask = inputs(model, opt, 301, 2, 3, plan["pad_multiple"])
+    vid, vmask, text, tmask = inputs(model, opt, 301, 2, 3, plan.pad_multiple)
     want = run_chunked(TorchBackend(model, "cuda", dtype), plan, vid, 301, text, tmask, 18)
     backend = TorchBackend(model, "cuda", dtype, cuda_graphs=True)
     for _ in range(2):
         got = run_chunked(backend, plan, vid, 301, text, tmask, 18)
-        for lvl in range(plan["num_levels"]):
+        for lvl in range(plan.num_levels):
             scale = max(np.abs(want[0][lvl]).max(), 1e-6)
             assert np.abs(got[0][lvl] - want[0][lvl]).max() / scale <= tol
     assert backend.graphs.stats["replays"] > 0
@@ -250,7 +250,7 @@ def test_cli_ground_cuda_graphs_flags(tmp_path, capsys):
     common = ["ground", "--experiment", str(tiny), "--video", str(tmp_path / "v.npy"),
               "--query", str(tmp_path / "q.npy"), "--fps", "30"]
     assert main(common + ["--cuda-graphs"]) == 2
-    assert "--cuda-graphs are options of --backend torch" in capsys.readouterr().err
+    assert "--cuda-graphs is an option of --backend torch" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(common + ["--backend", "torch", "--cuda-graphs"]) == 2
         assert "CUDA graphs need a CUDA device" in capsys.readouterr().err

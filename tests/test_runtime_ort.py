@@ -40,10 +40,11 @@ def test_bundle_reuses_graphs_of_equal_levels_and_keeps_the_model(bundle, export
 def test_reused_graph_with_wrong_weights_is_caught():
     """The per-stage check is what makes graph reuse safe: level 1's pre stage run with level
     0's graph *and weights* must be rejected."""
-    from hieramamba.export.stages import PreStage, _stage_specs, _trace_stage, _verify_stage
+    from hieramamba.export.stages import _stage_specs, _trace_stage, _verify_stage
+    from hieramamba.stage_modules import PreStage, plan_from_model
 
-    model, _ = small_model()
-    spec = {s[0]: s for s in _stage_specs(model, torch.float32)}
+    model, opt = small_model()
+    spec = {s[0]: s for s in _stage_specs(model, plan_from_model(model, opt), torch.float32)}
     name, module, args, dyn, ins, outs = spec["pre0"]
     proto = _trace_stage(module, args, dyn, ins, outs, 18, name)
     assert _verify_stage(proto, module, args, ins, "float32", "pre0") < 1e-4
@@ -154,24 +155,26 @@ def test_cli_ground_with_bundle_writes_json(bundle, tmp_path):
     assert not (tmp_path / "bad.json").exists()
 
 
-def test_bundle_version_mismatch_and_missing_files(tmp_path):
-    from hieramamba.runtime.bundle import BUNDLE_FORMAT, read_manifest
+def test_bundle_version_mismatch_and_missing_files(tmp_path, bundle):
+    from hieramamba.artifacts import BUNDLE_SCHEMA, BUNDLE_VERSION, BundleManifest
 
     with pytest.raises(CheckpointError, match="no manifest.json"):
         GroundingRuntime.load(tmp_path)
-    man = {"format": "hieramamba-runtime-bundle/0", "scan_op_version": "1", "plan": {}, "stages": {},
-           "dtype": "float32"}
-    (tmp_path / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(CheckpointError, match="bundle format"):
-        read_manifest(tmp_path)
-    man.update(format=BUNDLE_FORMAT, scan_op_version="2")
-    (tmp_path / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(CheckpointError, match="op version"):
-        read_manifest(tmp_path)
-    man.update(scan_op_version="1", stages={"text": {"file": "text.onnx", "inputs": [], "outputs": []}})
-    (tmp_path / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(CheckpointError, match="missing"):
-        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "hieramamba-runtime-bundle/4"}))
+    with pytest.raises(CheckpointError, match="older hieramamba.*re-export the bundle with `hieramamba export-bundle`"):
+        BundleManifest.read(tmp_path)
+    good = json.loads((bundle[0] / "manifest.json").read_text())
+    for edit, needle in ((dict(version=BUNDLE_VERSION + 1), "version"), (dict(scan_op_version="2"), "scan_op_version"),
+                         (dict(stages={}), "stages do not match")):
+        (tmp_path / "manifest.json").write_text(json.dumps({**good, **edit}))
+        with pytest.raises(CheckpointError, match=needle):
+            BundleManifest.read(tmp_path)
+    assert good["schema"] == BUNDLE_SCHEMA
+    # A stage file that is not there is named when the stage is opened.
+    (tmp_path / "manifest.json").write_text(json.dumps(good))
+    with pytest.raises(CheckpointError, match="stage file of 'text' is missing"):
+        GroundingRuntime.load(tmp_path).ground(np.zeros((5, good["plan"]["vid_in_dim"]), np.float32),
+                                               [np.zeros((2, good["plan"]["text_in_dim"]), np.float32)], fps=30)
 
 
 def test_failed_export_leaves_nothing_on_disk(tmp_path):
@@ -213,7 +216,7 @@ def test_bundle_runs_with_torch_blocked(bundle, tmp_path):
 def test_scan_kernel_auto_keeps_the_function_body_on_gpu_providers(bundle):
     """The C++ kernel is an ONNX Runtime CPU-provider kernel: with a GPU provider first, "auto"
     must not pull every scan back to the host (sessions are created lazily, so no GPU needed)."""
-    from hieramamba.runtime.bundle import OrtBackend
+    from hieramamba.runtime.backends.onnxruntime import OrtBackend
 
     path, _, _ = bundle
     gpu = OrtBackend(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -222,7 +225,7 @@ def test_scan_kernel_auto_keeps_the_function_body_on_gpu_providers(bundle):
 
 
 def test_cpu_arena_choices_give_the_same_numbers(bundle):
-    from hieramamba.runtime.bundle import OrtBackend
+    from hieramamba.runtime.backends.onnxruntime import OrtBackend
 
     path, model, _ = bundle
     rng = np.random.default_rng(5)

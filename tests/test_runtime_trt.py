@@ -20,8 +20,9 @@ import pytest
 
 from hieramamba.errors import BackendUnavailableError, CheckpointError, InputError
 from hieramamba.runtime import GroundingRuntime
-from hieramamba.runtime.trt import (ATTN_SCORES_PER_BLOCK, EngineLimits, TrtBackend, dim_ranges,
-                                    eval_dim, largest_attn_block)
+from hieramamba.artifacts import EngineLimits
+from hieramamba.runtime.backends.tensorrt import TrtBackend
+from hieramamba.stage_table import ATTN_SCORES_PER_BLOCK, largest_attn_block, stage_instances, symbol_ranges
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 LIMITS = EngineLimits(chunk=16, max_batch=3, max_text_len=16, max_clips=600)
@@ -32,7 +33,7 @@ def fake_trt(monkeypatch):
     import fake_tensorrt
 
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
-    monkeypatch.delenv("HIERAMAMBA_TRT_PLUGIN", raising=False)
+    monkeypatch.delenv("HIERAMAMBA_PLUGIN_LIB", raising=False)
     fake_tensorrt._registry.creators.clear()
     return fake_tensorrt
 
@@ -74,11 +75,7 @@ class HostTrtBackend(TrtBackend):
         return ctx.execute_async_v3(0)  # the stand-in runs synchronously on host memory
 
 
-def test_dim_expressions_and_attention_blocks():
-    assert eval_dim("3*(((tok + 1)//2))", {"tok": 7}) == 12
-    assert eval_dim("text + 1", {"text": 16}) == 17 and eval_dim(5, {}) == 5
-    with pytest.raises(ValueError, match="unsupported"):
-        eval_dim("__import__('os')", {})
+def test_attention_blocks():
     for slots_max in (1, 7, 1023, 1024, 1500, 5000):
         brute = max(min(s, max(1, ATTN_SCORES_PER_BLOCK // s)) for s in range(1, slots_max + 1))
         assert largest_attn_block(slots_max, None) == brute
@@ -86,7 +83,16 @@ def test_dim_expressions_and_attention_blocks():
 
 
 def test_dim_ranges_follow_chunk_and_level_lengths():
-    plan = {"pad_multiple": 32, "vid_stride": 1, "num_levels": 6, "windowed": [True] * 5 + [False]}
+    from conftest import small_model
+    from hieramamba.stage_modules import plan_from_model
+
+    plan = plan_from_model(*small_model())  # pad multiple 32, 6 levels, the last global attention
+    assert plan.pad_multiple == 32 and plan.windowed == (True,) * 5 + (False,)
+    instances = {inst.name: inst for inst in stage_instances(plan)}
+
+    def dim_ranges(name, plan, lim):
+        return symbol_ranges(plan, lim, instances[name])
+
     lim = EngineLimits(chunk=16, max_batch=4, max_text_len=16, max_clips=600)  # 608 padded
     r0 = dim_ranges("pre0", plan, lim)
     assert r0["batch"] == (1, 4, 4) and r0["tok"] == (1, 20, 20) and r0["slen"] == (3, 24, 24)
@@ -97,12 +103,14 @@ def test_dim_ranges_follow_chunk_and_level_lengths():
     big = EngineLimits(chunk=16, max_batch=4, max_text_len=16, max_clips=6000)  # level 5: 188 tokens
     assert dim_ranges("heads", plan, big)["htime"] == (1, 188, 188)
     assert dim_ranges("gattn_rows5", plan, lim)["rows"] == (1, 30, 30)
+    assert r0["bb"] == (1, 4, 4) and r0["text1"] == (1 + plan.text_extra_tokens, 16 + plan.text_extra_tokens,
+                                                      16 + plan.text_extra_tokens)
     with pytest.raises(InputError, match="even"):
-        dim_ranges("pre0", plan, EngineLimits(chunk=15, max_batch=1, max_text_len=1, max_clips=1))
+        EngineLimits(chunk=15, max_batch=1, max_text_len=1, max_clips=1)
 
 
 def test_engines_give_the_onnxruntime_numbers(engines):
-    from hieramamba.runtime.bundle import OrtBackend
+    from hieramamba.runtime.backends.onnxruntime import OrtBackend
 
     bundle_dir, eng_dir, _ = engines
     man = json.loads((eng_dir / "engines.json").read_text())
@@ -115,11 +123,11 @@ def test_engines_give_the_onnxruntime_numbers(engines):
     plan = ort_be.plan
     # At the limits (600 clips, chunk 16, 3 queries), a tiny video, and smaller chunk/batches.
     for clips, chunk, nq, max_batch in ((600, 16, 3, 3), (1, 16, 1, 3), (137, 6, 3, 2)):
-        video = rng.standard_normal((clips, plan["vid_in_dim"])).astype(np.float32)
-        queries = [rng.standard_normal((int(rng.integers(2, 16)), plan["text_in_dim"])).astype(np.float32)
+        video = rng.standard_normal((clips, plan.vid_in_dim)).astype(np.float32)
+        queries = [rng.standard_normal((int(rng.integers(2, 16)), plan.text_in_dim)).astype(np.float32)
                    for _ in range(nq)]
-        got = GroundingRuntime(trt_be, plan, chunk=chunk, max_batch=max_batch).level_outputs(video, queries)
-        want = GroundingRuntime(ort_be, plan, chunk=chunk, max_batch=max_batch).level_outputs(video, queries)
+        got = GroundingRuntime(trt_be, chunk=chunk, max_batch=max_batch).level_outputs(video, queries)
+        want = GroundingRuntime(ort_be, chunk=chunk, max_batch=max_batch).level_outputs(video, queries)
         for g, w in zip(got, want):
             for part_g, part_w in zip(g, w):
                 for a, b in zip(part_g, part_w):
@@ -131,19 +139,22 @@ def test_engines_refuse_what_they_were_not_built_for(engines):
     be = HostTrtBackend(bundle_dir, eng_dir)
     plan = be.plan
     with pytest.raises(InputError, match="chunk 32 exceeds the engines' chunk 16"):
-        GroundingRuntime(be, plan, chunk=32, max_batch=3)
+        GroundingRuntime(be, chunk=32, max_batch=3)
     with pytest.raises(InputError, match="max_batch 4"):
-        GroundingRuntime(be, plan, chunk=16, max_batch=4)
-    rt = GroundingRuntime(be, plan, chunk=16, max_batch=3)
-    video = np.zeros((601, plan["vid_in_dim"]), np.float32)
+        GroundingRuntime(be, chunk=16, max_batch=4)
+    rt = GroundingRuntime(be, chunk=16, max_batch=3)
+    video = np.zeros((601, plan.vid_in_dim), np.float32)
     with pytest.raises(InputError, match="601 clips, the engines take at most 600"):
-        rt.level_outputs(video, [np.zeros((3, plan["text_in_dim"]), np.float32)])
+        rt.level_outputs(video, [np.zeros((3, plan.text_in_dim), np.float32)])
     # A window past the profile (here called directly) is named, not run.
-    tokens = be.from_numpy(np.zeros((1, 32, 100), np.float32))
-    mask = be.from_numpy(np.ones((1, 1, 100), bool))
-    text, tmask = be.text(np.zeros((1, plan["text_in_dim"], 16), np.float32), np.ones((1, 1, 16), bool))
+    ar = be.arrays
+    text, tmask = be.call("text", None, {"text": ar.from_numpy(np.zeros((1, plan.text_in_dim, 16), np.float32)),
+                                         "text_mask": ar.from_numpy(np.ones((1, 1, 16), bool))})
+    heads = {"tokens": ar.from_numpy(np.zeros((1, 32, 100), np.float32)),
+             "mask": ar.from_numpy(np.ones((1, 1, 100), bool)), "text_enc": text, "text_enc_mask": tmask,
+             "level_scale": ar.scale(1.0)}
     with pytest.raises(InputError, match="stage heads: input tokens has shape .*outside the engines' profile"):
-        be.heads(0, tokens, mask, text, tmask)
+        be.call("heads", 0, heads)
 
 
 def test_engine_and_bundle_mismatches_are_refused(engines, tmp_path):
@@ -173,8 +184,9 @@ def test_engine_and_bundle_mismatches_are_refused(engines, tmp_path):
 
     be = HostTrtBackend(bundle_dir, eng_dir)
     (eng_dir / "text.engine").write_bytes(b"\0" * 64)
-    with pytest.raises(CheckpointError, match="text.engine: engine file is corrupt"):
-        be.text(np.zeros((1, be.plan["text_in_dim"], 16), np.float32), np.ones((1, 1, 16), bool))
+    with pytest.raises(CheckpointError, match="text.engine: engine of stage 'text' does not match its manifest"):
+        be.call("text", None, {"text": be.arrays.from_numpy(np.zeros((1, be.plan.text_in_dim, 16), np.float32)),
+                               "text_mask": be.arrays.from_numpy(np.ones((1, 1, 16), bool))})
 
 
 def test_a_tensorrt_that_inlines_the_scan_function_is_reported(bundle, fake_trt, plugin, tmp_path, monkeypatch):
@@ -190,7 +202,7 @@ def test_a_tensorrt_that_inlines_the_scan_function_is_reported(bundle, fake_trt,
                                        progress=False, log=lines.append)
         warned = [x for x in lines if x.startswith("warning:")]
         stages = json.loads((bundle[0] / "manifest.json").read_text())["stages"]
-        scan_stages = [n for n, st in stages.items() if st.get("hydra_scan_nodes", 0)]
+        scan_stages = [n for n, st in stages.items() if st["hydra_scan_nodes"]]
         assert scan_stages
         assert len(warned) == (len(scan_stages) if inline else 0), warned
         assert all("ONNX function body" in x for x in warned)
@@ -199,7 +211,7 @@ def test_a_tensorrt_that_inlines_the_scan_function_is_reported(bundle, fake_trt,
 def test_plugin_library_is_required_and_checked(bundle, fake_trt, tmp_path):
     from hieramamba.export.trt_build import build_bundle_engines
 
-    with pytest.raises(BackendUnavailableError, match="plugin library not found"):
+    with pytest.raises(BackendUnavailableError, match="libhieramamba_trt_plugin.so not found"):
         build_bundle_engines(bundle[0], LIMITS, tmp_path / "e", plugin_library=tmp_path / "nope.so",
                              progress=False)
     wrong = tmp_path / "libold.so"
@@ -245,10 +257,10 @@ def test_concurrent_calls_get_their_own_contexts(engines):
 
     bundle_dir, eng_dir, _ = engines
     be = HostTrtBackend(bundle_dir, eng_dir)
-    rt = GroundingRuntime(be, be.plan, chunk=16, max_batch=2)
+    rt = GroundingRuntime(be, chunk=16, max_batch=2)
     rng = np.random.default_rng(3)
-    jobs = [(rng.standard_normal((n, be.plan["vid_in_dim"])).astype(np.float32),
-             [rng.standard_normal((5, be.plan["text_in_dim"])).astype(np.float32)]) for n in (90, 200)]
+    jobs = [(rng.standard_normal((n, be.plan.vid_in_dim)).astype(np.float32),
+             [rng.standard_normal((5, be.plan.text_in_dim)).astype(np.float32)]) for n in (90, 200)]
     alone = [rt.level_outputs(v, q) for v, q in jobs]
     with ThreadPoolExecutor(2) as pool:
         together = list(pool.map(lambda job: rt.level_outputs(*job), jobs))

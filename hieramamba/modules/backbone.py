@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hieramamba.profiling.nvtx import nvtx_range
+from hieramamba.nvtx import nvtx_range
 
 from ..errors import ConfigError, InputError
 from .hydra import Hydra

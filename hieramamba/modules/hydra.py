@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hieramamba.profiling.nvtx import nvtx_range
+from hieramamba.nvtx import nvtx_range
 
 from ..ops import hydra_scan
 

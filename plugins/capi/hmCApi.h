@@ -1,4 +1,4 @@
-/* C ABI of libhieramamba_plugins: what ctypes (hieramamba/native_library.py, hieramamba/ops/native.py) and other languages call.
+/* C ABI of libhieramamba_plugins: what ctypes (hieramamba/native_library.py, hieramamba/ops/hydra_scan/native.py) and other languages call.
  *
  * Every function returns HM_OK (0) or an HM_ERR_* code and writes a NUL-terminated message into
  * err[0..errlen) on failure (err may be NULL). Tensors are dense row-major; shapes and dtype rules are

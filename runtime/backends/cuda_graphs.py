@@ -36,10 +36,7 @@ import torch
 
 from hieramamba.errors import BackendUnavailableError, InputError
 
-
-class ScalarInput(int):
-    """A Python int a stage receives that changes between calls of one key (it becomes a 0-d
-    int64 input tensor of the graph, updated by ``fill_``, instead of part of the key)."""
+from .arrays import ScalarInput  # a changing int input: a 0-d int64 tensor updated by fill_
 
 
 # -- flattening nested stage arguments/outputs (tuples, lists, dicts of tensors) --------------

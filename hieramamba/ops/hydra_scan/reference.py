@@ -1,6 +1,7 @@
-"""HydraScan: Hydra's bidirectional, shifted SSD scan (DESIGN §2, REFERENCE §7).
+"""The HydraScan math, written once (DESIGN §2, REFERENCE §7): the pure-PyTorch chunked SSD
+reference and the boundary terms of the one-step shift for chunked callers.
 
-This module is the only place the scan math lives. Per head ``h`` (state ``S ∈ R^{P×N}``)::
+Per head ``h`` (state ``S ∈ R^{P×N}``)::
 
     Δ_t  = softplus(dt_t + dt_bias_h)      (torch softplus, threshold 20: identity above 20)
     a_t  = exp(Δ_t · A_h)                    (A_h < 0, i.e. A = -exp(A_log))
@@ -20,7 +21,7 @@ Split the time axis into pieces ``[.., m)`` and ``[m, ..)``. Carrying states mak
 position exact except the two positions next to the cut, because the shift makes ``y`` at the
 first position of a piece read ``C`` from the *previous* piece, and ``y`` at the last position read
 ``C`` from the *next* piece; the op only ever sees its own piece, so it zero-fills them.
-The caller adds them back::
+The caller adds them back (``add_boundary_terms`` does both)::
 
     right piece:  state_f0 = state_f of the left piece
                   y_right[:, 0] += scan_boundary_term(state_f(left), C_f_left[:, -1])
@@ -33,8 +34,8 @@ the right piece's backward state; ``state_b`` of a piece depends only on that pi
 ``state_b0`` (``state_f`` likewise only on ``state_f0``), so a two-pass schedule (right→left for
 backward states, then left→right) is exact.
 
-Implementations
----------------
+The reference
+-------------
 ``hydra_scan_reference`` is the differentiable pure-PyTorch chunked SSD (within-chunk quadratic
 form with stable segment sums, between-chunk state passing). It runs on any device, in fp64, and
 under ``torch.export`` with dynamic batch and length (no ``.item()``, no data-dependent Python
@@ -45,38 +46,22 @@ TRACED_CHUNK_SIZE)`` and one spare all-zero chunk is added (keeps the chunk coun
 code). The traced cap exists because a traced graph cannot shrink its chunk for short sequences:
 with 256 every level of an exported model, even one of 3 steps, paid 256×256 intra-chunk
 products (64 was 9× faster at L=27 and no slower at long L in ONNX Runtime; docs/export.md).
-
-``hydra_scan`` validates its inputs, makes them contiguous and calls the custom op
-``torch.ops.hieramamba.hydra_scan`` (schema: 9 tensors, 2 optional tensors, ``int chunk_size``).
-The op runs a native kernel registered with ``register_kernel`` for the input's device type and
-dtype, else the reference. On CPU the C++ kernel of plugins/ registers itself on first use when
-its library is built (``HIERAMAMBA_NATIVE_CPU=0`` keeps the reference); fp64 always runs the
-reference. Its autograd recomputes through the reference.
+The float64 oracle the tests compare every implementation with is the plain recurrence above
+(``tests/scan_oracle.py``), not this code.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
-
-__all__ = [
-    "hydra_scan",
-    "hydra_scan_reference",
-    "scan_boundary_term",
-    "register_kernel",
-    "unregister_kernel",
-]
-
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from ...errors import InputError
 
 
-def _compute_dtype(x_dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(x_dtype: torch.dtype) -> torch.dtype:
     # Never below fp32; fp64 stays fp64 so the reference can be checked to ~1e-12.
     return torch.float64 if x_dtype == torch.float64 else torch.float32
 
@@ -182,7 +167,7 @@ def hydra_scan_reference(
     G, N = B_f.shape[2], B_f.shape[3]
     R = H // G
     Q = int(chunk_size)
-    cd = _compute_dtype(x.dtype)
+    cd = compute_dtype(x.dtype)
 
     # Equal lengths/batches stated up front, so torch.export can merge the per-input symbols
     # before any shape arithmetic (no-ops in eager).
@@ -256,10 +241,10 @@ def scan_boundary_term(state: Tensor, C_row: Tensor) -> Tensor:
     """
     if not isinstance(state, Tensor) or state.dim() != 4:
         raise InputError(f"scan_boundary_term: state must be a 4-D tensor [B, H, P, N], got "
-                         f"{_describe(state)}")
+                         f"{describe(state)}")
     if not isinstance(C_row, Tensor) or C_row.dim() != 3:
         raise InputError(f"scan_boundary_term: C_row must be a 3-D tensor [B, G, N], got "
-                         f"{_describe(C_row)}")
+                         f"{describe(C_row)}")
     bsz, H, P, N = state.shape
     G = C_row.shape[1]
     if C_row.shape[0] != bsz or C_row.shape[2] != N or G == 0 or H % G != 0:
@@ -275,252 +260,22 @@ def scan_boundary_term(state: Tensor, C_row: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------------------------
 # Native-kernel registry
-# --------------------------------------------------------------------------------------------
-
-_KERNELS: dict[str, tuple[Callable, frozenset]] = {}
 
 
-def register_kernel(
-    device_type: str,
-    fn: Callable,
-    dtypes=(torch.float32, torch.float16, torch.bfloat16),
-) -> None:
-    """Plug a native HydraScan kernel in for ``device_type`` (e.g. ``"cuda"``, ``"cpu"``).
-
-    ``fn`` takes the arguments of ``hydra_scan`` (positionally, states possibly ``None``) and
-    returns the same triple. It is used when the op's input ``x`` is on ``device_type`` with a
-    dtype in ``dtypes``; anything else falls back to the reference. The choice is made when the op
-    runs, so it is never baked into an exported program. Gradients are always recomputed by the
-    reference. Registering again replaces the previous kernel.
-    """
-    if not callable(fn):
-        raise InputError(f"register_kernel: fn must be callable, got {type(fn).__name__}")
-    if not isinstance(device_type, str) or not device_type:
-        raise InputError(
-            f"register_kernel: device_type must be a non-empty str, got {device_type!r}")
-    _KERNELS[device_type] = (fn, frozenset(dtypes))
+def add_boundary_terms(y: Tensor, state_f0: Tensor, c_f_prev: Tensor, state_b0: Tensor,
+                       c_b_next: Tensor) -> Tensor:
+    """``y (B, L, H, P)`` of one piece plus both boundary terms of the one-step shift: the
+    carried forward state read by the previous piece's last ``C_f`` row at position 0, and the
+    backward state read by the next piece's first ``C_b`` row at position L-1. Zero states
+    (sequence ends) add exact zeros. Returned in ``y``'s dtype (the sum in fp32)."""
+    first = scan_boundary_term(state_f0, c_f_prev)
+    last = scan_boundary_term(state_b0, c_b_next)
+    n = y.shape[1]
+    add = F.pad(first[:, None], (0, 0, 0, 0, 0, n - 1)) + F.pad(last[:, None], (0, 0, 0, 0, n - 1, 0))
+    return (y.to(add.dtype) + add).to(y.dtype)
 
 
-def unregister_kernel(device_type: str) -> bool:
-    """Remove the kernel for ``device_type``; returns whether one was registered."""
-    return _KERNELS.pop(device_type, None) is not None
-
-
-_NATIVE_CPU_ENV = "HIERAMAMBA_NATIVE_CPU"
-_native_cpu_tried = False
-
-
-def _maybe_register_native_cpu() -> None:
-    """Use the C++ CPU kernel (plugins/) when its library is built, unless
-    ``HIERAMAMBA_NATIVE_CPU=0``. Tried once per process, on the first CPU call; it agrees with the
-    reference to fp32 rounding (tests/test_native_scan.py) and is several times faster."""
-    global _native_cpu_tried
-    if _native_cpu_tried:
-        return
-    _native_cpu_tried = True
-    if os.environ.get(_NATIVE_CPU_ENV, "1") == "0" or "cpu" in _KERNELS:
-        return
-    from .native import register_native_cpu_kernel
-
-    register_native_cpu_kernel(required=False)
-
-
-def _select_impl(x: Tensor) -> Callable:
-    if x.device.type == "cpu":
-        _maybe_register_native_cpu()
-    entry = _KERNELS.get(x.device.type)
-    if entry is not None and x.dtype in entry[1]:
-        return entry[0]
-    return hydra_scan_reference
-
-
-# --------------------------------------------------------------------------------------------
-# The custom op
-# --------------------------------------------------------------------------------------------
-
-# device_types=None registers the body as the default (CompositeExplicitAutograd) kernel for every
-# device: the reference is device-agnostic torch code, so one registration serves CPU, CUDA, ...
-# Native kernels go through the Python registry above instead of per-device torch.library impls,
-# because a per-device impl would replace the reference for every dtype on that device, while the
-# registry can fall back per dtype (e.g. fp64 on CUDA).
-@torch.library.custom_op("hieramamba::hydra_scan", mutates_args=())
-def _hydra_scan_op(
-    x: Tensor,
-    dt_f: Tensor,
-    dt_b: Tensor,
-    A: Tensor,
-    dt_bias: Tensor,
-    B_f: Tensor,
-    C_f: Tensor,
-    B_b: Tensor,
-    C_b: Tensor,
-    state_f0: Optional[Tensor],
-    state_b0: Optional[Tensor],
-    chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    fn = _select_impl(x)
-    with torch.no_grad():
-        y, sf, sb = fn(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0,
-                       chunk_size)
-    # Dense outputs for whatever consumes them (an exporter, a plugin); copies only if needed.
-    return y.contiguous(), sf.contiguous(), sb.contiguous()
-
-
-@_hydra_scan_op.register_fake
-def _hydra_scan_fake(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0, chunk_size):
-    bsz, _, H, P = x.shape
-    N = B_f.shape[-1]
-    sd = _compute_dtype(x.dtype)
-    return (
-        x.new_empty(x.shape),
-        x.new_empty((bsz, H, P, N), dtype=sd),
-        x.new_empty((bsz, H, P, N), dtype=sd),
-    )
-
-
-_N_TENSOR_ARGS = 11  # everything but chunk_size
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.chunk_size = inputs[_N_TENSOR_ARGS]
-    ctx.save_for_backward(*inputs[:_N_TENSOR_ARGS])  # None states are saved as None
-
-
-def _backward(ctx, grad_y, grad_sf, grad_sb):
-    # Recompute through the differentiable reference (also when a native kernel ran forward).
-    # First-order only: the returned gradients carry no graph.
-    saved = ctx.saved_tensors
-    needs = ctx.needs_input_grad[:_N_TENSOR_ARGS]
-    with torch.enable_grad():
-        leaves = [
-            None if t is None else t.detach().requires_grad_(bool(need))
-            for t, need in zip(saved, needs)
-        ]
-        outs = hydra_scan_reference(*leaves, chunk_size=ctx.chunk_size)
-        pairs = [(o, g) for o, g in zip(outs, (grad_y, grad_sf, grad_sb)) if g is not None]
-        wanted = [t for t in leaves if t is not None and t.requires_grad]
-        grads = iter(
-            torch.autograd.grad(
-                [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
-            )
-            if wanted and pairs
-            else [None] * len(wanted)
-        )
-    result = [next(grads) if (t is not None and t.requires_grad) else None for t in leaves]
-    return (*result, None)
-
-
-_hydra_scan_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------------------------
-# Public entry point
-# --------------------------------------------------------------------------------------------
-
-
-def _describe(t) -> str:
+def describe(t) -> str:
     if isinstance(t, Tensor):
         return f"tensor of shape {list(t.shape)}, dtype {t.dtype}, device {t.device}"
     return f"{type(t).__name__}"
-
-
-def _validate(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0, chunk_size):
-    def need_tensor(name, t, ndim, layout):
-        if not isinstance(t, Tensor):
-            raise InputError(f"hydra_scan: {name} must be a tensor {layout}, got {_describe(t)}")
-        if t.dim() != ndim:
-            raise InputError(f"hydra_scan: {name} must be {ndim}-D {layout}, got shape "
-                             f"{list(t.shape)}")
-
-    def need_shape(name, t, layout, expected):
-        if tuple(t.shape) != tuple(expected):
-            raise InputError(f"hydra_scan: {name} must have shape {layout} = {list(expected)}, "
-                             f"got {list(t.shape)}")
-
-    need_tensor("x", x, 4, "[B, L, H, P]")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise InputError(f"hydra_scan: x must be float32/float16/bfloat16/float64, got {x.dtype}")
-    bsz, L, H, P = x.shape
-    if bsz == 0 or L == 0 or H == 0 or P == 0:
-        raise InputError(f"hydra_scan: x [B, L, H, P] must not be empty, got {list(x.shape)}")
-
-    need_tensor("B_f", B_f, 4, "[B, L, G, N]")
-    G, N = B_f.shape[2], B_f.shape[3]
-    if G == 0 or N == 0:
-        raise InputError(f"hydra_scan: B_f [B, L, G, N] must not be empty, got {list(B_f.shape)}")
-    if H % G != 0:
-        raise InputError(f"hydra_scan: number of heads H={H} (x.shape[2]) must be divisible by "
-                         f"the number of groups G={G} (B_f.shape[2])")
-    for name, t in (("B_f", B_f), ("C_f", C_f), ("B_b", B_b), ("C_b", C_b)):
-        need_tensor(name, t, 4, "[B, L, G, N]")
-        need_shape(name, t, "[B, L, G, N]", (bsz, L, G, N))
-        if t.dtype != x.dtype:
-            raise InputError(f"hydra_scan: {name} must have x's dtype {x.dtype}, got {t.dtype}")
-
-    param_dtypes = {torch.float32, x.dtype}
-    allowed = " or ".join(sorted(str(d) for d in param_dtypes))
-    for name, t, ndim, layout, shape in (
-        ("dt_f", dt_f, 3, "[B, L, H]", (bsz, L, H)),
-        ("dt_b", dt_b, 3, "[B, L, H]", (bsz, L, H)),
-        ("A", A, 1, "[H]", (H,)),
-        ("dt_bias", dt_bias, 1, "[H]", (H,)),
-    ):
-        need_tensor(name, t, ndim, layout)
-        need_shape(name, t, layout, shape)
-        if t.dtype not in param_dtypes:
-            raise InputError(f"hydra_scan: {name} must have dtype {allowed}, got {t.dtype}")
-
-    state_dtypes = {torch.float32, _compute_dtype(x.dtype)}
-    allowed = " or ".join(sorted(str(d) for d in state_dtypes))
-    for name, t in (("state_f0", state_f0), ("state_b0", state_b0)):
-        if t is None:
-            continue
-        need_tensor(name, t, 4, "[B, H, P, N]")
-        need_shape(name, t, "[B, H, P, N]", (bsz, H, P, N))
-        if t.dtype not in state_dtypes:
-            raise InputError(f"hydra_scan: {name} must have dtype {allowed}, got {t.dtype}")
-
-    named = (("dt_f", dt_f), ("dt_b", dt_b), ("A", A), ("dt_bias", dt_bias), ("B_f", B_f),
-             ("C_f", C_f), ("B_b", B_b), ("C_b", C_b), ("state_f0", state_f0),
-             ("state_b0", state_b0))
-    for name, t in named:
-        if t is not None and t.device != x.device:
-            raise InputError(f"hydra_scan: {name} is on device {t.device}, expected x's device "
-                             f"{x.device}")
-
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputError(f"hydra_scan: chunk_size must be a positive int, got {chunk_size!r}")
-
-
-def hydra_scan(
-    x: Tensor,
-    dt_f: Tensor,
-    dt_b: Tensor,
-    A: Tensor,
-    dt_bias: Tensor,
-    B_f: Tensor,
-    C_f: Tensor,
-    B_b: Tensor,
-    C_b: Tensor,
-    state_f0: Optional[Tensor] = None,
-    state_b0: Optional[Tensor] = None,
-    chunk_size: int = 256,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Hydra's bidirectional shifted SSD scan (module docstring has the math and chunk contract).
-
-    x [B,L,H,P]; dt_f, dt_b [B,L,H] raw (before softplus); A [H] (negative); dt_bias [H];
-    B_f, C_f, B_b, C_b [B,L,G,N] with H % G == 0; state_f0 / state_b0 [B,H,P,N] optional (zero).
-    x, B, C: float32/float16/bfloat16/float64 (all the same); dt, A, dt_bias: float32 or x's dtype;
-    states: float32 or the compute dtype. Non-contiguous inputs are made contiguous.
-    Returns (y [B,L,H,P] in x's dtype, state_f = S^f_{L-1}, state_b = S^b_0), the states in fp32
-    (fp64 for fp64 x). Raises ``InputError`` on bad shapes, dtypes or devices.
-    """
-    _validate(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0, chunk_size)
-
-    def c(t):
-        return None if t is None else t.contiguous()
-
-    return _hydra_scan_op(
-        c(x), c(dt_f), c(dt_b), c(A), c(dt_bias), c(B_f), c(C_f), c(B_b), c(C_b),
-        c(state_f0), c(state_b0), int(chunk_size),
-    )

@@ -1,5 +1,5 @@
-"""``hieramamba bench`` and ``hieramamba profile`` (argument parsing; the work is in bench.py,
-capture.py, nsys.py, report.py)."""
+"""``hieramamba bench`` and ``hieramamba profile`` (argument parsing; the work is in
+``hieramamba.profiling``: bench.py, capture.py, nsys.py, report.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ import sys
 from pathlib import Path
 
 from hieramamba.errors import InputError
+
+from .common import add_device, add_mask_semantics, add_threads, positive_int
+
+
+def _device(args) -> str:
+    from hieramamba.device import resolve_device
+
+    return str(resolve_device(args.device))
 
 
 def _ints(text: str) -> tuple:
@@ -36,8 +44,8 @@ def _argv(args) -> list:
 
 
 def cmd_bench(args) -> int:
-    from .bench import DEFAULT_PATHS, BenchSettings, run_bench, write_outputs
-    from .report import load_report, markdown_report
+    from hieramamba.profiling.bench import DEFAULT_PATHS, BenchSettings, run_bench, write_outputs
+    from hieramamba.profiling.report import load_report, markdown_report
 
     if args.report_only:
         report = load_report(args.report_only)
@@ -48,7 +56,7 @@ def cmd_bench(args) -> int:
     paths = tuple(p.strip() for p in args.paths.split(",")) if args.paths else DEFAULT_PATHS
     settings = BenchSettings(config=args.config, experiment=args.experiment, clips=_ints(args.clips),
                              queries=_ints(args.queries), tokens=args.tokens, paths=paths,
-                             warmup=args.warmup, repeats=args.repeats, device=args.device,
+                             warmup=args.warmup, repeats=args.repeats, device=_device(args),
                              threads=args.threads, seed=args.seed, isolate_memory=not args.no_memory,
                              workdir=args.workdir, mask_semantics=args.mask_semantics,
                              export=not args.no_export)
@@ -61,7 +69,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from .nsys import format_summary, parse_file, profile_command, stats_command, summarize_ranges
+    from hieramamba.profiling.nsys import format_summary, parse_file, profile_command, stats_command, summarize_ranges
 
     if args.parse:
         summary = summarize_ranges(parse_file(args.parse))
@@ -76,10 +84,10 @@ def cmd_profile(args) -> int:
         print(stats_command(stem))
         print(f"hieramamba profile --parse {stem}_nvtx_sum.csv")
         return 0
-    from .capture import ProfileSettings, run_profile
+    from hieramamba.profiling.capture import ProfileSettings, run_profile
 
     ps = ProfileSettings(config=args.config, experiment=args.experiment, clips=args.clips,
-                         queries=args.queries, tokens=args.tokens, dtype=args.dtype, device=args.device,
+                         queries=args.queries, tokens=args.tokens, dtype=args.dtype, device=_device(args),
                          warmup=args.warmup, repeats=args.repeats, seed=args.seed, mode=args.mode,
                          threads=args.threads)
     result = run_profile(ps)
@@ -97,23 +105,23 @@ def cmd_profile(args) -> int:
 def _workload_args(p, default_clips="256"):
     p.add_argument("--config", default="tiny", help="packaged name (ego4d, tacos, mad, madv2, tiny) or YAML path")
     p.add_argument("--experiment", help="experiment folder (opt.yaml + models/) instead of random weights")
-    p.add_argument("--tokens", type=int, help="tokens per query (default min(20, eval.max_text_len))")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch / ONNX Runtime intra-op threads (default: torch's)")
+    p.add_argument("--tokens", type=positive_int, help="tokens per query (default min(20, eval.max_text_len))")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mask-semantics", default="official", choices=["official", "per_sample"])
+    add_mask_semantics(p)
 
 
-def add_subcommands(sub) -> None:
-    from .bench import DEFAULT_PATHS
+def register(sub) -> None:
+    from hieramamba.profiling.bench import DEFAULT_PATHS
 
     p = sub.add_parser("bench", help="latency/throughput/memory of every execution path (JSON, Markdown, PNG)")
     _workload_args(p)
     p.add_argument("--clips", default="256", help="video lengths, comma-separated (default 256)")
     p.add_argument("--queries", default="1", help="query counts, comma-separated (default 1)")
     p.add_argument("--paths", help="comma-separated subset of: " + ", ".join(DEFAULT_PATHS))
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-export", action="store_true",
@@ -126,9 +134,9 @@ def add_subcommands(sub) -> None:
 
     p = sub.add_parser("profile", help="NVTX-instrumented workload for Nsight Systems, or per-range timings")
     _workload_args(p)
-    p.add_argument("--clips", type=int, default=256)
-    p.add_argument("--queries", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--clips", type=positive_int, default=256)
+    p.add_argument("--queries", type=positive_int, default=1)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--mode", default="record", choices=["record", "nvtx"],
                    help="record: per-range timings here (no Nsight); nvtx: ranges for nsys")

@@ -1,35 +1,13 @@
-"""``hieramamba export``, ``export-bundle``, ``check-onnx`` and ``build-engine`` (registered by hieramamba/cli.py).
+"""``hieramamba export``, ``export-bundle``, ``check-onnx``, ``build-engine`` and ``build-engines``.
 
 Importing this module imports neither torch nor onnx; each command imports what it needs."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-
-def _load(args):
-    """(model, opt, source) from --experiment or --config (random weights, --seed)."""
-    from hieramamba.errors import ExportError
-
-    if bool(args.experiment) == bool(args.config):
-        raise ExportError("give exactly one of --experiment (official/our experiment folder) or "
-                          "--config (packaged config name or YAML, random weights)")
-    import torch
-
-    if args.experiment:
-        from hieramamba.checkpoint import load_experiment
-
-        model, opt = load_experiment(args.experiment, args.ckpt, mask_semantics=args.mask_semantics)
-        return model, opt, {"experiment": str(Path(args.experiment).resolve()), "ckpt": args.ckpt}
-    from hieramamba.config import load_config
-    from hieramamba.model import build_model
-
-    torch.manual_seed(args.seed)
-    opt = load_config(args.config)
-    return (build_model(opt, mask_semantics=args.mask_semantics).eval(), opt,
-            {"config": args.config, "random_weights_seed": args.seed})
+from .common import add_model_source, add_scan_kernel, add_threads, load_model_from_args, positive_int
 
 
 def _default_text_len(opt) -> int:
@@ -37,9 +15,9 @@ def _default_text_len(opt) -> int:
 
 
 def cmd_export(args) -> int:
-    from .api import export_to_file
+    from hieramamba.export.api import export_to_file
 
-    model, opt, source = _load(args)
+    model, opt, source = load_model_from_args(args)
     for dtype in args.dtype:
         for portable in ([False, True] if args.both else [args.portable]):
             out = Path(args.out)
@@ -56,9 +34,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_export_bundle(args) -> int:
-    from .stages import export_bundle
+    from hieramamba.export.stages import export_bundle
 
-    model, opt, _ = _load(args)
+    model, opt, _ = load_model_from_args(args)
     t0 = time.perf_counter()
     out = export_bundle(model, opt, args.out, dtype=args.dtype, opset=args.opset,
                         log=lambda line: print(line, flush=True))
@@ -73,17 +51,19 @@ def cmd_check_onnx(args) -> int:
 
     from hieramamba.errors import ExportError
 
-    from .check import format_case, ort_session, run_case
-    from .manifest import load_manifest
+    from hieramamba.export.check import format_case, ort_session, run_case
+    from hieramamba.export.manifest import load_manifest
+    from hieramamba.ort_options import resolve_scan_kernel
 
     man = load_manifest(args.onnx)
-    model, opt, _ = _load(args)
+    model, opt, _ = load_model_from_args(args)
     if man.get("mask_semantics") != model.mask_semantics:
         raise ExportError(f"{args.onnx} was exported with mask semantics {man.get('mask_semantics')!r}, "
                           f"the eager model uses {model.mask_semantics!r}")
-    sess = ort_session(args.onnx, args.threads, scan_kernel=args.scan_kernel)
+    kernel = resolve_scan_kernel(args.scan_kernel)
+    sess = ort_session(args.onnx, args.threads, scan_kernel=kernel)
     print(f"HydraScan nodes run by: "
-          f"{'the C++ kernel (libhieramamba_plugins)' if args.scan_kernel == 'native' else 'their ONNX function body'}")
+          f"{'the C++ kernel (libhieramamba_plugins)' if kernel == 'native' else 'their ONNX function body'}")
     dtype = torch.float16 if man["dtype"] == "float16" else torch.float32
     tol = args.tol if args.tol is not None else (1e-2 if dtype == torch.float16 else 1e-4)
     text_len = args.text_len or _default_text_len(opt)
@@ -102,7 +82,7 @@ def cmd_check_onnx(args) -> int:
 
 
 def cmd_build_engine(args) -> int:
-    from .trt_build import build_engine, profile_from_args
+    from hieramamba.export.trt_build import build_engine, profile_from_args
 
     profile = profile_from_args(args.lengths, args.queries, args.text_len)
     engine = args.out or str(Path(args.onnx).with_suffix(".engine"))
@@ -113,14 +93,12 @@ def cmd_build_engine(args) -> int:
 
 
 def cmd_build_engines(args) -> int:
-    from hieramamba.runtime.bundle import read_manifest
-    from hieramamba.runtime.trt import EngineLimits
+    from hieramamba.artifacts import BundleManifest, EngineLimits
+    from hieramamba.export.trt_build import build_bundle_engines
 
-    from .trt_build import build_bundle_engines
-
-    plan = read_manifest(args.bundle)["plan"]
+    plan = BundleManifest.read(args.bundle).plan
     limits = EngineLimits(chunk=args.chunk, max_batch=args.max_batch,
-                          max_text_len=args.max_text_len or plan["max_text_len"],
+                          max_text_len=args.max_text_len or plan.max_text_len,
                           max_clips=args.max_clips, attn_rows=args.attn_rows)
     out = build_bundle_engines(args.bundle, limits, args.out, plugin_library=args.plugin,
                                workspace_gib=args.workspace_gib, progress=not args.no_progress)
@@ -129,18 +107,10 @@ def cmd_build_engines(args) -> int:
     return 0
 
 
-def _model_source_args(p):
-    p.add_argument("--experiment", help="experiment folder (opt.yaml + models/<ckpt>.pth)")
-    p.add_argument("--ckpt", default="last")
-    p.add_argument("--config", help="packaged config name (ego4d, tacos, mad, madv2, tiny) or YAML; random weights")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights with --config")
-    p.add_argument("--mask-semantics", default="official", choices=["official", "per_sample"])
-
-
 def register(sub) -> None:
     """Add the export subcommands to the ``hieramamba`` argparse subparsers."""
     p = sub.add_parser("export", help="export a model to ONNX (HydraScan custom node + local function)")
-    _model_source_args(p)
+    add_model_source(p)
     p.add_argument("--out", required=True, help="output .onnx path (a manifest .onnx.json is written beside it)")
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16"])
     p.add_argument("--portable", action="store_true", help="inline HydraScan (standard ops only)")
@@ -149,7 +119,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("export-bundle", help="export the chunked runtime's stage graphs (a bundle folder)")
-    _model_source_args(p)
+    add_model_source(p)
     p.add_argument("--out", required=True, help="bundle folder to create (must not exist)")
     p.add_argument("--dtype", default="float16", choices=["float32", "float16"])
     p.add_argument("--opset", type=int, default=18)
@@ -157,21 +127,19 @@ def register(sub) -> None:
 
     p = sub.add_parser("check-onnx", help="ONNX Runtime (CPU) vs eager PyTorch, max abs/rel error per output")
     p.add_argument("onnx", help="exported .onnx (its manifest must be beside it)")
-    _model_source_args(p)
+    add_model_source(p)
     p.add_argument("--lengths", type=int, nargs="+", default=[1, 127, 2304])
     p.add_argument("--queries", type=int, nargs="+", default=[1, 8])
     p.add_argument("--text-len", type=int, help="query token length (default eval.max_text_len)")
     p.add_argument("--tol", type=float, help="max rel error allowed (default 1e-4 fp32, 1e-2 fp16)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
-    p.add_argument("--scan-kernel", default="graph", choices=["graph", "native"],
-                   help="run HydraScan nodes by their function body (graph: checks the file as written) "
-                        "or by the C++ kernel of the plugin library (native: checks the kernel on this model)")
+    add_threads(p)
+    add_scan_kernel(p)  # graph: checks the file as written; native: the C++ kernel on this model
     p.set_defaults(func=cmd_check_onnx)
 
     p = sub.add_parser("build-engine", help="build a TensorRT engine (TensorRT 10 Python API)")
     p.add_argument("onnx", help="exported .onnx (its manifest must be beside it)")
     p.add_argument("--out", help="engine path (default: <onnx>.engine)")
-    p.add_argument("--plugin", help=f"HydraScan plugin library (default build/libhieramamba_trt_plugin.so)")
+    p.add_argument("--plugin", help="HydraScan plugin library (default build/libhieramamba_trt_plugin.so)")
     p.add_argument("--lengths", default="128:2304:9216", help="video length MIN:OPT:MAX")
     p.add_argument("--queries", default="1:8:32", help="query batch MIN:OPT:MAX")
     p.add_argument("--text-len", default="24", help="text length MIN:OPT:MAX or N")
@@ -182,21 +150,12 @@ def register(sub) -> None:
     p = sub.add_parser("build-engines", help="build one TensorRT engine per stage of a runtime bundle")
     p.add_argument("bundle", help="runtime bundle folder (hieramamba export-bundle)")
     p.add_argument("--out", help="engines folder (default <bundle>/trt; replaced atomically)")
-    p.add_argument("--chunk", type=int, default=2048, help="largest runtime chunk (level tokens)")
-    p.add_argument("--max-batch", type=int, default=16, help="most queries per backbone batch")
-    p.add_argument("--max-text-len", type=int, help="most query tokens (default eval.max_text_len)")
-    p.add_argument("--max-clips", type=int, default=65536, help="longest video (features)")
-    p.add_argument("--attn-rows", type=int, help="global-attention rows per block (default: the runtime's)")
+    p.add_argument("--chunk", type=positive_int, default=2048, help="largest runtime chunk (level tokens)")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="most queries per backbone batch")
+    p.add_argument("--max-text-len", type=positive_int, help="most query tokens (default eval.max_text_len)")
+    p.add_argument("--max-clips", type=positive_int, default=65536, help="longest video (features)")
+    p.add_argument("--attn-rows", type=positive_int, help="global-attention rows per block (default: the runtime's)")
     p.add_argument("--plugin", help="HydraScan plugin library (default build/libhieramamba_trt_plugin.so)")
     p.add_argument("--workspace-gib", type=float, default=8.0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_build_engines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import argparse
-
-    ap = argparse.ArgumentParser()
-    register(ap.add_subparsers(dest="cmd", required=True))
-    a = ap.parse_args()
-    sys.exit(a.func(a))

@@ -1,5 +1,4 @@
-"""``hieramamba train``, ``hieramamba eval`` and ``hieramamba make-synthetic`` (registered by
-:mod:`hieramamba.cli`). Kept apart so the CLI module stays a thin dispatcher."""
+"""``hieramamba train``, ``hieramamba eval`` and ``hieramamba make-synthetic``."""
 
 from __future__ import annotations
 
@@ -7,12 +6,8 @@ import json
 import sys
 import time
 
-
-def _threads(n) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(int(n))
+from .common import (add_device, add_experiment, add_mask_semantics, add_scan_kernel, add_text_overflow,
+                     add_threads, apply_threads, positive_int)
 
 
 def _data_paths(args) -> dict:
@@ -25,10 +20,10 @@ def _data_paths(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .config import PACKAGED_CONFIGS, packaged_config_path, read_yaml
-    from .train import Trainer
+    from hieramamba.config import PACKAGED_CONFIGS, packaged_config_path, read_yaml
+    from hieramamba.train import Trainer
 
-    _threads(args.threads)
+    apply_threads(args)
     path = packaged_config_path(args.config) if args.config in PACKAGED_CONFIGS else args.config
     raw = read_yaml(path)
     paths = _data_paths(args)
@@ -55,17 +50,21 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _bundle_options(args) -> dict:
-    opts = {"backend": args.backend}
-    if args.backend == "onnxruntime":
-        opts.update(threads=args.threads, scan_kernel=args.scan_kernel)
-    return opts
+def _bundle_runtime(args):
+    """The chunked runtime on ``--bundle`` (``--backend``, and on ONNX Runtime ``--threads`` and
+    ``--scan-kernel``), or None without a bundle."""
+    if not args.bundle:
+        return None
+    from hieramamba.runtime import GroundingRuntime
+
+    opts = {"threads": args.threads, "scan_kernel": args.scan_kernel} if args.backend == "onnxruntime" else {}
+    return GroundingRuntime.load(args.bundle, backend=args.backend, text_overflow=args.text_overflow, **opts)
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_experiment, format_metrics
+    from hieramamba.evaluate import evaluate_experiment, format_metrics
 
-    _threads(args.threads)
+    apply_threads(args)
     paths = _data_paths(args)
     if args.data:
         import os
@@ -77,14 +76,14 @@ def cmd_eval(args) -> int:
         args.experiment, args.ckpt, out_dir=args.out_dir, root=args.root, data_paths=paths,
         split=args.split, device=args.device, use_ema=not args.no_ema,
         mask_semantics=args.mask_semantics, text_overflow=args.text_overflow,
-        progress=not args.no_progress, max_videos=args.max_videos, bundle=args.bundle,
-        bundle_options=_bundle_options(args) if args.bundle else None)
+        progress=not args.no_progress, max_videos=args.max_videos, pipeline=_bundle_runtime(args),
+        pipeline_source=str(args.bundle))
     print(format_metrics(result["summary"]), end="")
     return 0
 
 
 def cmd_make_synthetic(args) -> int:
-    from .data import make_synthetic
+    from hieramamba.data import make_synthetic
 
     syn = make_synthetic(
         args.out, args.config, n_videos=args.videos, min_len=args.min_len, max_len=args.max_len,
@@ -103,50 +102,46 @@ def _data_args(p) -> None:
     p.add_argument("--vid-feat-dir", dest="vid_feat_dir")
     p.add_argument("--text-feat-dir", dest="text_feat_dir")
     p.add_argument("--glove-path", dest="glove_path", help="glove.6B.300d.txt (TACoS)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads (on a busy machine 1 is often fastest)")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
 
-def add_subcommands(sub) -> None:
-    from hieramamba.runtime.bundle import SCAN_KERNEL_CHOICES
-
+def register(sub) -> None:
     p = sub.add_parser("train", help="train a config on an official-layout dataset (experiment folder out)")
     p.add_argument("--config", required=True, help="packaged name (ego4d, tacos, mad, madv2, tiny) or YAML")
     p.add_argument("--output", required=True, help="experiment folder (opt.yaml, models/, states/, log.txt)")
     _data_args(p)
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default: train.num_workers)")
     p.add_argument("--no-resume", action="store_true", help="start over even if states/last.pth exists")
-    p.add_argument("--max-iters", type=int, help="stop after this many iterations")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--max-iters", type=positive_int, help="stop after this many iterations")
+    p.add_argument("--epochs", type=positive_int, help="override train.epochs")
     p.add_argument("--warmup-epochs", dest="warmup_epochs", type=int, help="override train.warmup_epochs")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="override train.batch_size")
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, help="override train.batch_size")
     p.add_argument("--lr", type=float, help="override train.optimizer.lr")
     p.add_argument("--seed", type=int, help="override the config seed")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="R@k × IoU of an experiment folder; writes eval_<ckpt>.txt and predictions_<ckpt>.json")
-    p.add_argument("--experiment", required=True, help="folder with opt.yaml and models/<ckpt>.pth")
-    p.add_argument("--ckpt", default="last")
+    add_experiment(p, required=True)
     _data_args(p)
     p.add_argument("--split", help="override eval.data.split")
     p.add_argument("--out-dir", dest="out_dir", help="where to write the results (default: the experiment folder)")
     p.add_argument("--no-ema", action="store_true", help="evaluate 'model' instead of 'model_ema'")
-    p.add_argument("--mask-semantics", default="official", choices=["official", "per_sample"])
-    p.add_argument("--text-overflow", default="error", choices=["error", "truncate"])
-    p.add_argument("--max-videos", type=int, help="evaluate only the first N videos")
+    add_mask_semantics(p)
+    add_text_overflow(p)
+    p.add_argument("--max-videos", type=positive_int, help="evaluate only the first N videos")
     p.add_argument("--bundle", help="evaluate this export bundle (chunked runtime) instead of the weights; "
                    "writes eval_bundle.txt / predictions_bundle.json")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
                    help="--bundle: runtime backend")
-    p.add_argument("--scan-kernel", default="auto", choices=SCAN_KERNEL_CHOICES,
-                   help="--bundle on onnxruntime: how HydraScan nodes run (see hieramamba ground)")
+    add_scan_kernel(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("make-synthetic", help="write the synthetic long-video grounding dataset (official layout)")
     p.add_argument("--out", required=True)
     p.add_argument("--config", default="tiny", help="geometry: 'tiny' or a config name / opt.yaml")
-    p.add_argument("--videos", type=int, default=8)
+    p.add_argument("--videos", type=positive_int, default=8)
     p.add_argument("--min-len", type=int, default=256, help="shortest video in feature rows")
     p.add_argument("--max-len", type=int, default=1024, help="longest video in feature rows")
     p.add_argument("--seed", type=int, default=0)

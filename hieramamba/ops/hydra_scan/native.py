@@ -1,16 +1,14 @@
 """Native HydraScan kernels for torch tensors, through the C ABI of ``libhieramamba_plugins``
 (``plugins/``; found and loaded by ``hieramamba.native_library``, which says where it looks).
+A leaf: it registers nothing (the op's dispatch does, ``op.register_native_cpu_kernel``).
 
-``native_hydra_scan_cpu`` has the calling convention of a kernel for
-``hieramamba.ops.hydra_scan.register_kernel("cpu", fn)``::
+``native_hydra_scan_cpu`` has the calling convention of a kernel for ``register_kernel("cpu", fn)``::
 
     fn(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0[, chunk_size])
         -> (y in x's dtype, state_f fp32, state_b fp32)
 
-``register_native_cpu_kernel()`` does that registration when the library is available.
 ``native_hydra_scan_cuda`` wraps the CUDA kernel (``hm_hydra_scan_cuda``) the same way, on torch's
-current stream; ``register_native_cuda_kernel()`` plugs it in for CUDA tensors (opt-in until the
-kernel has been validated on a GPU).
+current stream; ``cuda_scan_plan`` reports how the CUDA kernel would run a shape (host-side).
 """
 
 from __future__ import annotations
@@ -18,8 +16,8 @@ from __future__ import annotations
 import ctypes
 from typing import Optional
 
-from ..errors import BackendUnavailableError, HieraMambaError, InputError
-from ..native_library import (  # noqa: F401  (re-exported: this module's public names)
+from ...errors import BackendUnavailableError, HieraMambaError, InputError
+from ...native_library import (  # noqa: F401  (re-exported: this module's public names)
     ABI_VERSION,
     BUILD_COMMAND,
     LIBRARY_ENV,
@@ -43,8 +41,6 @@ __all__ = [
     "native_hydra_scan_cuda",
     "cuda_scan_plan",
     "TILES_PER_CHUNK_ENV",
-    "register_native_cpu_kernel",
-    "register_native_cuda_kernel",
 ]
 
 # Return codes of the C ABI (plugins/hydra_scan/hydraScanKernel.h).
@@ -63,18 +59,19 @@ def _raise_for(code: int, err: ctypes.Array) -> None:
 
 def _prepare_call(fn_name, device_type, x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b,
                   state_f0, state_b0):
-    """Validate the tensors of a native call; returns ``(shape, dtype code, dt dtype code,
-    params [dt_f, dt_b, A, dt_bias] as passed to C, y, state_f, state_b)``."""
+    """Check the tensors of a native call (the op's validator, plus what the C ABI needs:
+    contiguous tensors on one device of ``device_type``, fp32 states); returns ``(shape, dtype
+    code, dt dtype code, params [dt_f, dt_b, A, dt_bias] as passed to C, y, state_f, state_b)``."""
     import torch  # deferred: loading the library must not require torch
+
+    from .validate import validate
 
     dtype_codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
     named = {"x": x, "dt_f": dt_f, "dt_b": dt_b, "A": A, "dt_bias": dt_bias,
-             "B_f": B_f, "C_f": C_f, "B_b": B_b, "C_b": C_b}
-    if state_f0 is not None:
-        named["state_f0"] = state_f0
-    if state_b0 is not None:
-        named["state_b0"] = state_b0
+             "B_f": B_f, "C_f": C_f, "B_b": B_b, "C_b": C_b, "state_f0": state_f0, "state_b0": state_b0}
     for name, t in named.items():
+        if t is None and name.startswith("state"):
+            continue
         if not isinstance(t, torch.Tensor):
             raise InputError(f"{fn_name}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.device.type != device_type or t.device != x.device:
@@ -83,41 +80,15 @@ def _prepare_call(fn_name, device_type, x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b
         if not t.is_contiguous():
             raise InputError(f"{fn_name}: {name} must be contiguous (call .contiguous()), "
                              f"got strides {t.stride()} for shape {list(t.shape)}")
-
-    if x.dim() != 4:
-        raise InputError(f"{fn_name}: x must be 4-D [B, L, H, P], got shape {list(x.shape)}")
-    if x.dtype not in dtype_codes:
-        raise InputError(f"{fn_name}: x must be float32, float16 or bfloat16, got {x.dtype}")
+    validate(x, dt_f, dt_b, A, dt_bias, B_f, C_f, B_b, C_b, state_f0, state_b0, where=fn_name,
+             dtypes=tuple(dtype_codes))
     bsz, L, H, P = x.shape
-    if B_f.dim() != 4:
-        raise InputError(f"{fn_name}: B_f must be 4-D [B, L, G, N], got shape {list(B_f.shape)}")
     G, N = B_f.shape[2], B_f.shape[3]
-    if G < 1 or H % G != 0:
-        raise InputError(f"{fn_name}: heads H={H} (x.shape[2]) must be divisible by groups "
-                         f"G={G} (B_f.shape[2])")
-    expected = {
-        "dt_f": (bsz, L, H), "dt_b": (bsz, L, H), "A": (H,), "dt_bias": (H,),
-        "B_f": (bsz, L, G, N), "C_f": (bsz, L, G, N), "B_b": (bsz, L, G, N), "C_b": (bsz, L, G, N),
-        "state_f0": (bsz, H, P, N), "state_b0": (bsz, H, P, N),
-    }
-    for name, t in named.items():
-        if name != "x" and tuple(t.shape) != expected[name]:
-            raise InputError(f"{fn_name}: {name} must have shape {list(expected[name])}, "
-                             f"got {list(t.shape)}")
-    for name in ("B_f", "C_f", "B_b", "C_b"):
-        if named[name].dtype != x.dtype:
-            raise InputError(f"{fn_name}: {name} must have x's dtype {x.dtype}, got {named[name].dtype}")
-    for name in ("state_f0", "state_b0"):
-        if name in named and named[name].dtype != torch.float32:
-            raise InputError(f"{fn_name}: {name} must be float32, got {named[name].dtype}")
     params = [dt_f, dt_b, A, dt_bias]
-    for name, t in zip(("dt_f", "dt_b", "A", "dt_bias"), params):
-        if not t.is_floating_point():
-            raise InputError(f"{fn_name}: {name} must be a floating tensor, got {t.dtype}")
     dts = {t.dtype for t in params}
-    if len(dts) == 1 and next(iter(dts)) in (torch.float32, x.dtype):
+    if len(dts) == 1:
         dt_dtype = next(iter(dts))
-    else:  # mixed or other float types: fp32 holds every fp16/bf16 value exactly
+    else:  # fp32 and x's dtype mixed: fp32 holds every fp16/bf16 value exactly
         params = [t.to(torch.float32) for t in params]
         dt_dtype = torch.float32
 
@@ -218,32 +189,3 @@ def cuda_scan_plan(batch: int, length: int, heads: int, headdim: int, groups: in
         _raise_for(code, err)
     return {"tile": tile.value, "chunk": chunk.value, "tensor_cores": bool(tensor_cores.value),
             "workspace_bytes": workspace.value}
-
-
-def register_native_cpu_kernel(required: bool = False) -> bool:
-    """Register ``native_hydra_scan_cpu`` as the op's CPU kernel when the library is available.
-
-    Returns whether it was registered; with ``required`` a missing library raises
-    ``BackendUnavailableError`` instead.
-    """
-    if load_native_library(required=required) is None:
-        return False
-    from .hydra_scan import register_kernel
-
-    register_kernel("cpu", native_hydra_scan_cpu)
-    return True
-
-
-def register_native_cuda_kernel(required: bool = False) -> bool:
-    """Register ``native_hydra_scan_cuda`` as the op's CUDA kernel (opt-in: not yet validated on a
-    GPU, see plugins/hydra_scan/README.md). Returns whether it was registered."""
-    lib = load_native_library(required=required)
-    if lib is None or not lib.hm_has_cuda():
-        if required:
-            raise BackendUnavailableError(
-                f"the native library has no CUDA kernel; rebuild with nvcc on PATH: {BUILD_COMMAND}")
-        return False
-    from .hydra_scan import register_kernel
-
-    register_kernel("cuda", native_hydra_scan_cuda)
-    return True

@@ -1,5 +1,9 @@
 """NVTX ranges for the whole project, under one domain ``hieramamba`` (REFERENCE §14, DESIGN §6).
 
+The range primitive sits at the bottom of the package (the model, the runtime and the exporter
+mark their work with it); ``hieramamba.profiling`` is the harness that switches it on and reads
+what it recorded.
+
 Call sites write ``with nvtx_range("hydra.scan"): ...``. Three modes:
 
 - ``off`` (default): ``nvtx_range`` returns one shared do-nothing context manager. Nothing is
@@ -34,7 +38,7 @@ import time
 import warnings
 from contextlib import contextmanager
 
-from hieramamba.errors import HieraMambaError
+from hieramamba.errors import ProfilingError
 
 DOMAIN = "hieramamba"
 MODES = ("off", "nvtx", "record")
@@ -45,14 +49,8 @@ AMP_RANGES = ("interleave", "hydra.in_proj", "hydra.conv", "hydra.scan", "hydra.
               "local_attn", "gate2", "ffn", "split")
 TOP_RANGES = ("text_encode", "vid_proj", "fusion_early", "backbone.embed", "fusion_late[{l}]", "heads",
               "decode_topk", "softnms_host")
-# The chunked runtime's stage calls (runtime/scheduler.py), whatever the backend runs them with:
-# ``runtime.<stage>`` for text/front, ``runtime.<stage>[{l}]`` for the per-level ones.
-RUNTIME_STAGES = ("text", "front", "amp_pre", "scan", "amp_post", "amp_local", "gattn_in", "gattn_rows",
-                  "gattn_out", "heads")
-
-
-class ProfilingError(HieraMambaError, ValueError):
-    """A profiling switch or report input is invalid."""
+# The chunked runtime's stage calls are ``runtime.<stage>`` / ``runtime.<stage>[{l}]`` for the
+# stages of ``hieramamba.stage_table`` (``stage_table.nvtx_name``).
 
 
 class _NullRange:
@@ -83,7 +81,7 @@ def _tracing() -> bool:
             return True
         if torch.jit.is_tracing():
             return True
-        # A CUDA graph capture (runtime/cuda_graphs.py) records kernels, not time: ranges there
+        # A CUDA graph capture (runtime/backends/cuda_graphs.py) records kernels, not time: ranges there
         # would time the capture and put CUDA events into the graph.
         if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
             return True
@@ -346,18 +344,6 @@ def profiling(new_mode: str = "record", record_cuda_events: bool = False):
 def _restore(state) -> None:
     global _mode, _backend, _recorder, _backend_note
     _mode, _backend, _recorder, _backend_note = state
-
-
-def summarize(durations: dict[str, list[int]]) -> list[dict]:
-    """Per-range ``{range, instances, total_ms, mean_ms, median_ms, min_ms, max_ms}`` rows."""
-    import statistics
-
-    rows = []
-    for name, ns in durations.items():
-        rows.append({"range": name, "instances": len(ns), "total_ms": sum(ns) / 1e6,
-                     "mean_ms": sum(ns) / len(ns) / 1e6, "median_ms": statistics.median(ns) / 1e6,
-                     "min_ms": min(ns) / 1e6, "max_ms": max(ns) / 1e6})
-    return rows
 
 
 def measure_disabled_overhead(n: int = 200_000) -> dict:
