@@ -164,6 +164,66 @@ void testShapeValidation()
     CHECK(validatePointers(HmScanShape{0, 0, 8, 4, 1, 16}, HmScanTensors{}).find("'A'") != std::string::npos);
 }
 
+// The workspace is a function of shape and dtype only: every tiles-per-chunk setting's plan has the
+// same layout and size, cudaWorkspaceSize's, which is T = 1's (the most chunks). A workspace sized
+// at one setting (a TensorRT engine's build) therefore holds the plan of any other (its run).
+void testWorkspaceIndependentOfTilesPerChunk()
+{
+    int mismatches = 0;
+    int notOneTile = 0;
+    for (HmDType act : {HM_FLOAT32, HM_FLOAT16, HM_BFLOAT16})
+    {
+        for (int64_t P = 1; P <= 128; ++P)
+        {
+            for (int64_t N = 1; N <= 128; ++N)
+            {
+                const HmScanShape s{1, 65536, 12, P, 1, N};
+                const size_t ws = cudaWorkspaceSize(s, act);
+                CudaPlan one{};
+                if (!planCudaWithTiles(s, act, 1, &one).empty())
+                {
+                    ++mismatches;
+                    continue;
+                }
+                // T = 1: one chunk per tile.
+                const size_t perDir = static_cast<size_t>(12 * one.numChunks);
+                const size_t expected = (2 * perDir * P * N * 4 + 255) / 256 * 256 + (2 * perDir * 4 + 255) / 256 * 256;
+                notOneTile += ws == expected ? 0 : 1;
+                for (int tiles : kCudaTilesPerChunkSettings)
+                {
+                    CudaPlan p{};
+                    const bool ok = planCudaWithTiles(s, act, tiles, &p).empty();
+                    mismatches += ok && p.workspaceBytes == ws && p.chunkDecaysOffset == one.chunkDecaysOffset
+                            && p.numChunks <= one.numChunks
+                        ? 0
+                        : 1;
+                }
+            }
+        }
+    }
+    CHECK(mismatches == 0);
+    CHECK(notOneTile == 0);
+
+    // Issue 17's shape: fp16, P = 64, N = 128, L = 65536, H = 12 drops to 32-step tiles at T = 4
+    // (the plan of 64-step tiles no longer fits with 256-step chunks); its workspace stays T = 1's
+    // 0.81 GB instead of doubling to 1.61 GB.
+    const HmScanShape big{1, 65536, 12, 64, 1, 128};
+    CudaPlan p1{}, p4{};
+    CHECK(planCudaWithTiles(big, HM_FLOAT16, 1, &p1).empty() && p1.tile == 64 && p1.numChunks == 1024);
+    CHECK(planCudaWithTiles(big, HM_FLOAT16, 4, &p4).empty() && p4.tile == 32 && p4.numChunks == 512);
+    CHECK(p4.workspaceBytes == p1.workspaceBytes && p1.workspaceBytes == 805404672u);
+    CHECK(cudaWorkspaceSize(big, HM_FLOAT16) == 805404672u);
+    // cudaWorkspaceSize does not read the setting, not even an invalid one; planCuda does.
+    setenv(kTilesPerChunkEnv, "4", 1);
+    CHECK(planCuda(big, HM_FLOAT16, &p4).empty() && p4.tilesPerChunk == 4 && p4.workspaceBytes == 805404672u);
+    setenv(kTilesPerChunkEnv, "3", 1);
+    CHECK(cudaWorkspaceSize(big, HM_FLOAT16) == 805404672u);
+    CHECK_ERR(planCuda(big, HM_FLOAT16, &p4), "got '3'");
+    unsetenv(kTilesPerChunkEnv);
+    CHECK_ERR(planCudaWithTiles(big, HM_FLOAT16, 3, &p4), "must be 1, 2 or 4, got 3");
+
+}
+
 void testAttributes()
 {
     logic::Attributes a;
@@ -506,6 +566,7 @@ int main()
 {
     testFloat16();
     testShapeValidation();
+    testWorkspaceIndependentOfTilesPerChunk();
     testAttributes();
     testFormats();
     testShapes();
