@@ -505,10 +505,19 @@ void runEngineCase(const char* name, HmScanShape s, bool expectTensorCores, doub
         ++gFailures;
         return;
     }
+    const HmDType act = static_cast<HmDType>(plugin::toDtypeCode(io));
     for (const char* tiles : {"2", "4"})
     {
         setenv(kTilesPerChunkEnv, tiles, 1);
         const std::string full = std::string(name) + " (built T=1, run T=" + tiles + ")";
+        // What the plugin's enqueue decides before launching: the run's plan must fit the grant.
+        const std::string refused = plugin::checkWorkspace(s, act, static_cast<int64_t>(granted));
+        if (!refused.empty())
+        {
+            std::printf("FAIL %s: enqueue would refuse: %s\n", full.c_str(), refused.c_str());
+            ++gFailures;
+            continue;
+        }
         runCase<T, Tdt, KT, KTdt>(full.c_str(), s, true, 0, expectTensorCores, tol, &granted);
     }
 }
