@@ -34,12 +34,14 @@ HM_API int hm_has_cuda(void);
 HM_API int hm_hydra_scan_validate(const HmScanShape* shape, int dtype, int dt_dtype, char* err, int errlen);
 
 /* Bytes of device workspace hm_hydra_scan_cuda needs (its per-chunk states; 0 when L or B is 0 or
- * the shape is invalid). */
+ * the shape is invalid). A function of shape and dtype only: the same for every
+ * HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK setting, which it does not read. */
 HM_API size_t hm_hydra_scan_workspace_size(const HmScanShape* shape, int dtype);
 
 /* How hm_hydra_scan_cuda would run this shape (host-side planning: needs no GPU and works in builds
  * without CUDA): time steps per tile and per state chunk, 1 when the intra-chunk products run on
- * tensor cores, and the workspace bytes. HM_ERR_INVALID_ARGUMENT for a bad shape or dtype,
+ * tensor cores, and the workspace bytes (hm_hydra_scan_workspace_size's: tile and chunk follow the
+ * tiles-per-chunk setting, the workspace does not). HM_ERR_INVALID_ARGUMENT for a bad shape or dtype,
  * HM_ERR_UNSUPPORTED when the CUDA kernel cannot run the shape or the tiles-per-chunk setting
  * (HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK) is invalid; the message says why. */
 HM_API int hm_hydra_scan_cuda_plan(const HmScanShape* shape, int dtype, int* tile, int* chunk, int* tensor_cores,

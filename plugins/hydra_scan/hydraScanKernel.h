@@ -107,11 +107,13 @@ struct CudaChunkOutputSmem // phase 3: x, C (query rows), B, entering state, C.B
     size_t x, c, b, state, g, m, y, scan, total;
 };
 
-// Tiles per state chunk (1, 2 or 4; default 1), a tuning knob read by planCuda: longer chunks pass
-// fewer states through the workspace, at the price of more intra-chunk products. Results differ
-// only by rounding; the workspace is sized for 1, so it fits every setting.
+// Tiles per state chunk (1, 2 or 4; default 1), a tuning knob read by planCuda on every call:
+// longer chunks pass fewer states through the workspace, at the price of more intra-chunk products.
+// Results differ only by rounding. The workspace does not depend on it: it holds the most chunks of
+// any setting (cudaWorkspaceSize), so a workspace sized under one setting fits the plan of another.
 constexpr const char* kTilesPerChunkEnv = "HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK";
 constexpr int kCudaMaxTilesPerChunk = 4; // one warp scans each tile of a chunk
+constexpr int kCudaTilesPerChunkSettings[] = {1, 2, kCudaMaxTilesPerChunk};
 
 // How the CUDA kernel runs one shape (pure host logic; hydraScanShape.cpp). The scan is the chunked
 // SSD algorithm in three launches, each covering both directions (hydraScanKernelDevice.cuh):
@@ -127,21 +129,29 @@ struct CudaPlan
     size_t operandBytes = 0;  // element size of the staged matrix operands (2 on tensor cores, else 4)
     CudaChunkStateSmem stateSmem{};
     CudaChunkOutputSmem outputSmem{};
-    size_t chunkStatesOffset = 0; // workspace: fp32 [2 dirs, B, H, chunks, P, N]
-    size_t chunkDecaysOffset = 0; // workspace: fp32 [2 dirs, B, H, chunks]
-    size_t workspaceBytes = 0;
+    // Workspace: two parts, each sized for S chunks per direction and batch*head, S the most chunks
+    // of any tiles-per-chunk setting (T = 1's for every P, N <= 128), so offsets and size are a
+    // function of shape and dtype only. This plan uses the start of each part, packed with its own
+    // chunk count: [2 dirs, B, H, numChunks (<= S), P, N] and [2 dirs, B, H, numChunks].
+    size_t chunkStatesOffset = 0; // fp32 states
+    size_t chunkDecaysOffset = 0; // fp32 decays
+    size_t workspaceBytes = 0;    // == cudaWorkspaceSize(shape, dtype)
 };
 
-// Fills *plan, or returns why the CUDA kernel cannot run this shape (it must already pass
-// validateShape) or why kTilesPerChunkEnv is invalid. The limit is shared memory: P*N staged once
-// plus Q-row tiles of x, B, C.
+// Fills *plan for kTilesPerChunkEnv's setting, or returns why the CUDA kernel cannot run this shape
+// (it must already pass validateShape) or why kTilesPerChunkEnv is invalid. The limit is shared
+// memory: P*N staged once plus Q-row tiles of x, B, C.
 std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan);
+
+// planCuda with the setting given (one of kCudaTilesPerChunkSettings) instead of read.
+std::string planCudaWithTiles(const HmScanShape& s, HmDType act, int tilesPerChunk, CudaPlan* plan);
 
 // Extra limits of the CUDA kernel beyond validateShape: planCuda's verdict.
 std::string validateCudaShape(const HmScanShape& s, HmDType act);
 
-// Scratch bytes the CUDA kernel needs: per-chunk fp32 states and decays of both directions
-// (planCuda). 0 for invalid shapes and for L = 0 or B = 0.
+// Scratch bytes the CUDA kernel needs: per-chunk fp32 states and decays of both directions, for the
+// most chunks of any tiles-per-chunk setting (does not read kTilesPerChunkEnv; equals every
+// plan's workspaceBytes). 0 for invalid shapes, shapes no setting can run, and L = 0 or B = 0.
 size_t cudaWorkspaceSize(const HmScanShape& s, HmDType act);
 
 // Element counts, for callers that allocate.

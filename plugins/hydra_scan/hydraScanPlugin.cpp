@@ -193,12 +193,21 @@ int32_t HydraScanPlugin::configurePlugin(const nvinfer1::DynamicPluginTensorDesc
         {
             e = "HydraScan: output y must have the type of x";
         }
+        // The profile's largest shape must be plannable: its workspace is what TensorRT will grant
+        // enqueue (getWorkspaceSize computes the same from the same descriptors).
+        size_t workspace = 0;
+        if (e.empty())
+        {
+            e = logic::planProfile(toDims(in[logic::kInX].max), toDims(in[logic::kInBF].max),
+                toIoType(in[logic::kInX].desc.type), &workspace);
+        }
         if (!e.empty())
         {
             logError(e);
             return 1;
         }
-        recordInputCount(nbInputs);
+        mAttrs.workspaceSize = logic::recordWorkspace(mAttrs.workspaceSize, workspace);
+        recordInputCount(nbInputs); // also serializes workspace_size
         return 0;
     }
     catch (const std::exception& ex)
@@ -322,7 +331,8 @@ size_t HydraScanPlugin::getWorkspaceSize(const nvinfer1::DynamicPluginTensorDesc
         {
             return 0;
         }
-        // Sized for the profile's largest x so one engine serves every length up to it.
+        // Sized for the profile's largest x so one engine serves every length up to it; a function of
+        // shape and dtype only (not of the tiles-per-chunk setting), recorded by configurePlugin.
         return logic::workspaceSize(toDims(inputs[logic::kInX].max), toDims(inputs[logic::kInBF].max),
             toIoType(outputs[logic::kOutY].desc.type));
     }
@@ -354,8 +364,9 @@ int32_t HydraScanPlugin::onShapeChange(const nvinfer1::PluginTensorDesc* in, int
         }
         if (e.empty())
         {
-            e = hydra_scan::validateCudaShape(
-                shape, static_cast<HmDType>(logic::toDtypeCode(toIoType(in[logic::kInX].type))));
+            // The CUDA kernel's plan for this shape, and that it fits the engine's workspace.
+            e = logic::checkWorkspace(shape, static_cast<HmDType>(logic::toDtypeCode(toIoType(in[logic::kInX].type))),
+                mAttrs.workspaceSize);
         }
         if (!e.empty())
         {
@@ -396,6 +407,15 @@ int32_t HydraScanPlugin::enqueue(const nvinfer1::PluginTensorDesc* inputDesc,
             logError("HydraScan enqueue: input count unknown (neither configurePlugin nor onShapeChange ran)");
             return 1;
         }
+        // TensorRT does not tell enqueue the workspace size; it granted what getWorkspaceSize asked
+        // for at build time, recorded (and serialized) as workspace_size. Refuse a plan that needs more
+        // (another library, another profile) instead of writing past it.
+        const std::string we = logic::checkWorkspace(shape, static_cast<HmDType>(act), mAttrs.workspaceSize);
+        if (!we.empty())
+        {
+            logError(we + " (enqueue)");
+            return 1;
+        }
         const bool withStates = mAttrs.hasInitialStates == 1;
         HmScanTensors t{};
         t.x = inputs[logic::kInX];
@@ -413,8 +433,7 @@ int32_t HydraScanPlugin::enqueue(const nvinfer1::PluginTensorDesc* inputDesc,
         t.state_f = static_cast<float*>(outputs[logic::kOutStateF]);
         t.state_b = static_cast<float*>(outputs[logic::kOutStateB]);
         const std::string e = hydra_scan::launchCuda(shape, static_cast<HmDType>(act), static_cast<HmDType>(dt), t,
-            workspace, hydra_scan::cudaWorkspaceSize(shape, static_cast<HmDType>(act)),
-            reinterpret_cast<HmCudaStream>(stream));
+            workspace, static_cast<size_t>(mAttrs.workspaceSize), reinterpret_cast<HmCudaStream>(stream));
         if (!e.empty())
         {
             logError(e);
@@ -497,6 +516,10 @@ nvinfer1::IPluginV3* HydraScanPluginCreator::createPlugin(
         if (e.empty() && phase == nvinfer1::TensorRTPhase::kRUNTIME)
         {
             e = logic::checkSerializationVersion(attrs); // an engine built by another library
+        }
+        if (phase != nvinfer1::TensorRTPhase::kRUNTIME)
+        {
+            attrs.workspaceSize = -1; // recorded by configurePlugin only, never taken from an ONNX node
         }
         if (!e.empty())
         {

@@ -1,6 +1,7 @@
 // Plugin decisions without TensorRT; see hydraScanPluginLogic.h.
 #include "hydraScanPluginLogic.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -17,6 +18,7 @@ namespace
 constexpr const char* kChunkSizeField = "chunk_size";
 constexpr const char* kHasStatesField = "has_initial_states";
 constexpr const char* kSerializationField = "serialization_version";
+constexpr const char* kWorkspaceField = "workspace_size";
 
 const char* typeName(FieldType t)
 {
@@ -136,7 +138,7 @@ const std::vector<FieldView>& attributeFieldSpecs()
 {
     static const std::vector<FieldView> specs
         = {{kChunkSizeField, nullptr, FieldType::kINT32, 1}, {kHasStatesField, nullptr, FieldType::kINT32, 1},
-            {kSerializationField, nullptr, FieldType::kINT32, 1}};
+            {kSerializationField, nullptr, FieldType::kINT32, 1}, {kWorkspaceField, nullptr, FieldType::kINT64, 1}};
     return specs;
 }
 
@@ -165,11 +167,26 @@ std::string parseAttributes(const FieldView* fields, int32_t nbFields, Attribute
         {
             e = readIntIn(f, 1, kInt32Max, "a positive int32", &attrs.serializationVersion);
         }
+        else if (name == kWorkspaceField)
+        {
+            int64_t v = 0;
+            e = readInt(f, &v);
+            if (e.empty() && v < -1)
+            {
+                e = std::string("HydraScan: attribute ") + kWorkspaceField
+                    + " must be a byte count (or -1: not recorded), got " + std::to_string(v);
+            }
+            if (e.empty())
+            {
+                attrs.workspaceSize = v;
+            }
+        }
         else
         {
             // Strict: a misspelt attribute would otherwise silently fall back to a default.
             e = "HydraScan: unknown attribute '" + name
-                + "' (known: chunk_size, has_initial_states; engines also carry serialization_version)";
+                + "' (known: chunk_size, has_initial_states; engines also carry serialization_version, "
+                  "workspace_size)";
         }
         if (!e.empty())
         {
@@ -193,37 +210,46 @@ std::string checkStatesAgree(const Attributes& attrs, int32_t nbInputs)
 
 std::string checkSerializationVersion(const Attributes& attrs)
 {
-    if (attrs.serializationVersion == kSerializationVersion)
+    if (attrs.serializationVersion == kSerializationVersion && attrs.workspaceSize >= 0)
     {
         return {};
     }
     const std::string theirs = attrs.serializationVersion == 0
         ? std::string("an older library (no serialization_version field: version 1)")
         : "serialization version " + std::to_string(attrs.serializationVersion);
-    return "HydraScan: this engine was serialized by " + theirs + ", this plugin library has serialization version "
-        + std::to_string(kSerializationVersion)
-        + " (its CUDA kernel needs another workspace); rebuild the engine with this library";
+    if (attrs.serializationVersion != kSerializationVersion)
+    {
+        return "HydraScan: this engine was serialized by " + theirs
+            + ", this plugin library has serialization version " + std::to_string(kSerializationVersion)
+            + " (its CUDA kernel needs another workspace, which engines now record); rebuild the engine with this "
+              "library";
+    }
+    return std::string("HydraScan: this engine does not record the workspace it was built with (") + kWorkspaceField
+        + " missing or -1: the plugin was serialized without configurePlugin); rebuild the engine";
 }
 
 SerializedAttributes::SerializedAttributes(const Attributes& attrs)
     : mChunkSize(attrs.chunkSize)
     , mHasInitialStates(attrs.hasInitialStates)
+    , mWorkspaceSize(attrs.workspaceSize)
 {
     mFields.push_back(FieldView{kChunkSizeField, &mChunkSize, FieldType::kINT32, 1});
     mFields.push_back(FieldView{kHasStatesField, &mHasInitialStates, FieldType::kINT32, 1});
     mFields.push_back(FieldView{kSerializationField, &mSerializationVersion, FieldType::kINT32, 1});
+    mFields.push_back(FieldView{kWorkspaceField, &mWorkspaceSize, FieldType::kINT64, 1});
 }
 
 void SerializedAttributes::update(const Attributes& attrs)
 {
     mChunkSize = attrs.chunkSize;
     mHasInitialStates = attrs.hasInitialStates;
+    mWorkspaceSize = attrs.workspaceSize;
 }
 
 std::string describe(const Attributes& attrs)
 {
-    return "chunk_size=" + std::to_string(attrs.chunkSize)
-        + " has_initial_states=" + std::to_string(attrs.hasInitialStates);
+    return "chunk_size=" + std::to_string(attrs.chunkSize) + " has_initial_states="
+        + std::to_string(attrs.hasInitialStates) + " workspace_size=" + std::to_string(attrs.workspaceSize);
 }
 
 // ---- Types and formats --------------------------------------------------------------------------
@@ -420,11 +446,26 @@ std::string computeOutputDims(const std::vector<Dims>& inputs, std::vector<Dims>
     return {};
 }
 
-size_t workspaceSize(const Dims& xMaxDims, const Dims& bMaxDims, IoType yType)
+namespace
 {
-    if (xMaxDims.size() != 4 || bMaxDims.size() != 4 || toDtypeCode(yType) < 0)
+
+std::string shapeText(const HmScanShape& s)
+{
+    return "B=" + std::to_string(s.batch) + " L=" + std::to_string(s.length) + " H=" + std::to_string(s.heads)
+        + " P=" + std::to_string(s.headdim) + " G=" + std::to_string(s.groups) + " N=" + std::to_string(s.dstate);
+}
+
+} // namespace
+
+std::string planProfile(const Dims& xMaxDims, const Dims& bMaxDims, IoType xType, size_t* workspaceBytes)
+{
+    if (xMaxDims.size() != 4 || bMaxDims.size() != 4)
     {
-        return 0;
+        return "HydraScan: the profile's maximum shapes of x and B_f must have rank 4";
+    }
+    if (toDtypeCode(xType) < 0)
+    {
+        return "HydraScan: x must be float32, float16 or bfloat16";
     }
     for (const Dims* dims : {&xMaxDims, &bMaxDims})
     {
@@ -432,12 +473,64 @@ size_t workspaceSize(const Dims& xMaxDims, const Dims& bMaxDims, IoType yType)
         {
             if (d < 0)
             {
-                return 0;
+                return "HydraScan: the profile's maximum shape has an unknown dimension; the workspace cannot be "
+                       "sized";
             }
         }
     }
     const HmScanShape s{xMaxDims[0], xMaxDims[1], xMaxDims[2], xMaxDims[3], bMaxDims[2], bMaxDims[3]};
-    return cudaWorkspaceSize(s, static_cast<HmDType>(toDtypeCode(yType)));
+    const HmDType act = static_cast<HmDType>(toDtypeCode(xType));
+    std::string e = validateShape(s);
+    CudaPlan plan{};
+    if (e.empty())
+    {
+        e = planCuda(s, act, &plan);
+    }
+    if (!e.empty())
+    {
+        return "HydraScan: the profile's maximum shape (" + shapeText(s) + ", " + dtypeName(act)
+            + ") cannot be planned: " + e;
+    }
+    *workspaceBytes = cudaWorkspaceSize(s, act); // == plan.workspaceBytes, for every setting
+    return {};
+}
+
+size_t workspaceSize(const Dims& xMaxDims, const Dims& bMaxDims, IoType yType)
+{
+    size_t bytes = 0;
+    return planProfile(xMaxDims, bMaxDims, yType, &bytes).empty() ? bytes : 0;
+}
+
+int64_t recordWorkspace(int64_t recorded, size_t bytes)
+{
+    const int64_t b = bytes > static_cast<size_t>(std::numeric_limits<int64_t>::max())
+        ? std::numeric_limits<int64_t>::max()
+        : static_cast<int64_t>(bytes);
+    return std::max(recorded, b);
+}
+
+std::string checkWorkspace(const HmScanShape& s, HmDType act, int64_t grantedBytes)
+{
+    if (grantedBytes < 0)
+    {
+        return "HydraScan: the workspace this engine was built with is unknown (neither configurePlugin ran nor "
+               "an engine's workspace_size was read); rebuild the engine";
+    }
+    CudaPlan plan{};
+    const std::string e = planCuda(s, act, &plan);
+    if (!e.empty())
+    {
+        return e;
+    }
+    if (plan.workspaceBytes > static_cast<uint64_t>(grantedBytes))
+    {
+        return "HydraScan: this run (" + shapeText(s) + ", " + dtypeName(act) + ", "
+            + std::to_string(plan.tilesPerChunk) + " tile(s) per state chunk) needs "
+            + std::to_string(plan.workspaceBytes) + " bytes of workspace, the engine was built with "
+            + std::to_string(grantedBytes)
+            + "; rebuild the engine (with this library, for a profile that covers this shape)";
+    }
+    return {};
 }
 
 } // namespace plugin

@@ -59,8 +59,11 @@ std::string checkIoCount(int32_t nbInputs, int32_t nbOutputs);
 // above all). Engines record it; a library with another value refuses them (createPlugin at
 // TensorRT's runtime phase) instead of running with a workspace sized for another kernel.
 // 1: the sequential kernel (fp32 y accumulator; engines of that era did not record it).
-// 2: the chunked kernel (per-chunk states and decays).
-constexpr int32_t kSerializationVersion = 2;
+// 2: the chunked kernel (per-chunk states and decays), workspace sized for the build's
+//    tiles-per-chunk setting and not recorded.
+// 3: the workspace is a function of shape and dtype only, and the engine records the bytes it was
+//    built with (workspace_size), which enqueue checks the run's plan against.
+constexpr int32_t kSerializationVersion = 3;
 
 struct Attributes
 {
@@ -74,10 +77,14 @@ struct Attributes
     // kSerializationVersion of the library that serialized the engine; 0 when not given (an ONNX
     // node at build time, or an engine serialized before the field existed).
     int32_t serializationVersion = 0;
+    // Workspace bytes the engine was built with: the largest getWorkspaceSize over the plugin's
+    // configurePlugin calls (recordWorkspace), i.e. what TensorRT grants enqueue. -1 = not recorded
+    // (not configured yet; createPlugin drops a value given at the build phase).
+    int64_t workspaceSize = -1;
 };
 
 // At TensorRT's runtime phase (engine deserialization): error unless the engine was serialized by
-// a library with this kSerializationVersion.
+// a library with this kSerializationVersion and records its workspace size.
 std::string checkSerializationVersion(const Attributes& attrs);
 
 // Values mirror nvinfer1::PluginFieldType (checked by static_assert in hydraScanPlugin.cpp).
@@ -134,6 +141,7 @@ private:
     int32_t mChunkSize;
     int32_t mHasInitialStates;
     int32_t mSerializationVersion = kSerializationVersion;
+    int64_t mWorkspaceSize;
     std::vector<FieldView> mFields;
 };
 
@@ -188,9 +196,26 @@ std::string validateInputDims(const std::vector<Dims>& inputs, HmScanShape* shap
 
 std::string computeOutputDims(const std::vector<Dims>& inputs, std::vector<Dims>* outputs);
 
-// Workspace for the largest shapes of a profile: x's and B_f's max dims and y's type (0 when a
-// dimension is unknown or the CUDA kernel cannot run the shape).
+// ---- Workspace ----------------------------------------------------------------------------------
+
+// configurePlugin: plans the profile's largest shape (x's max dims, B_f's max G and N, x's type)
+// with the current tiles-per-chunk setting and fills *workspaceBytes (cudaWorkspaceSize: the same
+// for every setting). Error when a dimension is unknown, the shape is invalid, the CUDA kernel
+// cannot run it, or the setting is invalid; the build must then fail.
+std::string planProfile(const Dims& xMaxDims, const Dims& bMaxDims, IoType xType, size_t* workspaceBytes);
+
+// getWorkspaceSize: planProfile's bytes, 0 when it fails (configurePlugin has refused the profile).
 size_t workspaceSize(const Dims& xMaxDims, const Dims& bMaxDims, IoType yType);
+
+// What an engine records after a configurePlugin call planned `bytes`: the largest so far (TensorRT
+// may configure one layer for several profiles and formats before serializing it; a run never
+// needs more than its own profile's bytes, so the largest refuses no valid run).
+int64_t recordWorkspace(int64_t recorded, size_t bytes);
+
+// onShapeChange / enqueue: error unless the plan of this run (shape, dtype, the tiles-per-chunk
+// setting now) fits the workspace the engine was built with (grantedBytes = Attributes::
+// workspaceSize; -1: not recorded, refused). The message names both sizes and says to rebuild.
+std::string checkWorkspace(const HmScanShape& s, HmDType act, int64_t grantedBytes);
 
 } // namespace plugin
 } // namespace hydra_scan

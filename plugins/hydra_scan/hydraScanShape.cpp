@@ -216,16 +216,12 @@ std::string tilesPerChunkSetting(int* tiles)
     return {};
 }
 
-} // namespace
-
-std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan)
+// The setting-dependent part of a plan: tile (the largest whose shared memory fits), carve-ups,
+// chunk length and count, and the grid limit. Leaves the workspace fields alone.
+std::string planTiles(const HmScanShape& s, HmDType act, int tilesPerChunk, CudaPlan* plan)
 {
     CudaPlan p{};
-    std::string err = tilesPerChunkSetting(&p.tilesPerChunk);
-    if (!err.empty())
-    {
-        return err;
-    }
+    p.tilesPerChunk = tilesPerChunk;
     p.tensorCores = act != HM_FLOAT32 && s.headdim % 16 == 0 && s.dstate % 16 == 0;
     p.operandBytes = p.tensorCores ? 2 : sizeof(float);
     // Tiles of at most 64 steps: the device's scans hold two steps per warp lane, one warp per tile.
@@ -243,14 +239,14 @@ std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan)
     {
         return "HydraScan CUDA kernel: headdim P=" + std::to_string(s.headdim) + " and dstate N="
             + std::to_string(s.dstate) + " need " + std::to_string(p.outputSmem.total)
-            + " bytes of shared memory per block even with 16-step tiles; the budget is "
-            + std::to_string(kCudaSharedMemoryBudget) + " (P, N <= 128 always fit)";
+            + " bytes of shared memory per block even with 16-step tiles (" + std::to_string(tilesPerChunk)
+            + " tile(s) per state chunk); the budget is " + std::to_string(kCudaSharedMemoryBudget)
+            + " (P, N <= 128 always fit)";
     }
     p.chunk = p.tile * p.tilesPerChunk;
     p.numChunks = (s.length + p.chunk - 1) / p.chunk;
     // Blocks are numbered (batch*head, tile) on grid.x, which holds up to 2^31 - 1; the output
     // kernel has a block for every tile of every chunk, the last chunk's past-the-end tiles included.
-    const int64_t tiles = (s.length + p.tile - 1) / p.tile;
     const int64_t outputBlocks = p.numChunks * p.tilesPerChunk;
     const int64_t stateBlocks = (s.headdim * s.dstate + 255) / 256;
     if (s.batch * s.heads > std::numeric_limits<int32_t>::max() / std::max<int64_t>({outputBlocks, stateBlocks, 1}))
@@ -258,15 +254,65 @@ std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan)
         return "HydraScan CUDA kernel: B*H*tiles = " + std::to_string(s.batch * s.heads) + "*"
             + std::to_string(outputBlocks) + " blocks exceed the grid limit 2^31-1";
     }
-    // Sized for one tile per chunk (the most chunks), so a workspace sized by one process fits the
-    // plan of another with a different kTilesPerChunkEnv (a TensorRT engine built and run apart).
-    const size_t perDir = static_cast<size_t>(s.batch * s.heads * tiles);
-    p.chunkStatesOffset = 0;
-    p.chunkDecaysOffset = alignUp(2 * perDir * static_cast<size_t>(s.headdim * s.dstate) * sizeof(float), 256);
-    // 256-byte multiples: TensorRT and cudaMalloc hand out 256-byte aligned blocks.
-    p.workspaceBytes = perDir == 0 ? 0 : p.chunkDecaysOffset + alignUp(2 * perDir * sizeof(float), 256);
     *plan = p;
     return {};
+}
+
+// Chunk slots per (direction, batch*head) in the workspace: the most chunks any setting that can
+// run the shape makes, so the size depends on shape and dtype only and a workspace sized by one
+// process (a TensorRT engine's build) holds the plan of another with any kTilesPerChunkEnv. For
+// every P, N <= 128 that is T = 1's count (its chunks are the shortest; hydraScanLogicTest checks
+// it), but it is computed here, not assumed. -1 when no setting can run the shape.
+int64_t workspaceChunkSlots(const HmScanShape& s, HmDType act)
+{
+    int64_t slots = -1;
+    for (int tiles : kCudaTilesPerChunkSettings)
+    {
+        CudaPlan p;
+        if (planTiles(s, act, tiles, &p).empty())
+        {
+            slots = std::max(slots, p.numChunks);
+        }
+    }
+    return slots;
+}
+
+// Workspace layout for `slots` chunks per (direction, batch*head); 256-byte multiples (TensorRT and
+// cudaMalloc hand out 256-byte aligned blocks).
+void layoutWorkspace(const HmScanShape& s, int64_t slots, CudaPlan* p)
+{
+    const size_t perDir = static_cast<size_t>(s.batch * s.heads * slots);
+    p->chunkStatesOffset = 0;
+    p->chunkDecaysOffset = alignUp(2 * perDir * static_cast<size_t>(s.headdim * s.dstate) * sizeof(float), 256);
+    p->workspaceBytes = perDir == 0 ? 0 : p->chunkDecaysOffset + alignUp(2 * perDir * sizeof(float), 256);
+}
+
+} // namespace
+
+std::string planCudaWithTiles(const HmScanShape& s, HmDType act, int tilesPerChunk, CudaPlan* plan)
+{
+    if (std::find(std::begin(kCudaTilesPerChunkSettings), std::end(kCudaTilesPerChunkSettings), tilesPerChunk)
+        == std::end(kCudaTilesPerChunkSettings))
+    {
+        return "HydraScan CUDA kernel: tiles per state chunk must be 1, 2 or 4, got " + std::to_string(tilesPerChunk);
+    }
+    CudaPlan p{};
+    const std::string err = planTiles(s, act, tilesPerChunk, &p);
+    if (!err.empty())
+    {
+        return err;
+    }
+    // This setting plans the shape, so the maximum over settings is at least its chunk count.
+    layoutWorkspace(s, workspaceChunkSlots(s, act), &p);
+    *plan = p;
+    return {};
+}
+
+std::string planCuda(const HmScanShape& s, HmDType act, CudaPlan* plan)
+{
+    int tiles = 1;
+    const std::string err = tilesPerChunkSetting(&tiles);
+    return err.empty() ? planCudaWithTiles(s, act, tiles, plan) : err;
 }
 
 std::string validateCudaShape(const HmScanShape& s, HmDType act)
@@ -277,11 +323,17 @@ std::string validateCudaShape(const HmScanShape& s, HmDType act)
 
 size_t cudaWorkspaceSize(const HmScanShape& s, HmDType act)
 {
-    CudaPlan p;
-    if (!validateShape(s).empty() || !planCuda(s, act, &p).empty())
+    if (!validateShape(s).empty())
     {
         return 0;
     }
+    const int64_t slots = workspaceChunkSlots(s, act); // independent of kTilesPerChunkEnv
+    if (slots < 0)
+    {
+        return 0;
+    }
+    CudaPlan p;
+    layoutWorkspace(s, slots, &p);
     return p.workspaceBytes;
 }
 

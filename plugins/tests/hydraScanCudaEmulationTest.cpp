@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../common/hmFloat16.h"
+#include "../hydra_scan/hydraScanPluginLogic.h"
 
 #define HM_CUDA_EMULATION 1
 #define __global__ inline
@@ -350,9 +351,12 @@ double relErr(const std::vector<float>& got, const std::vector<float>& want)
 }
 
 // T: activation storage type (float, Half, BFloat16); Tdt: dt/A/dt_bias type; KT: the kernel's name
-// for T (float, __half, __nv_bfloat16).
+// for T (float, __half, __nv_bfloat16). expectTile 0: any tile. grantedWorkspace: the kernels get a
+// workspace of exactly that many bytes (as a TensorRT engine hands enqueue what getWorkspaceSize
+// asked for at build time) instead of the run-time plan's size plus a spare float.
 template <typename T, typename Tdt, typename KT, typename KTdt>
-void runCase(const char* name, HmScanShape s, bool withStates, int expectTile, bool expectTensorCores, double tol)
+void runCase(const char* name, HmScanShape s, bool withStates, int expectTile, bool expectTensorCores, double tol,
+    const size_t* grantedWorkspace = nullptr)
 {
     std::mt19937 rng(static_cast<unsigned>(s.length * 131 + s.dstate * 7 + s.headdim));
     auto x = randomTensor<T>(numel(s, "x"), rng);
@@ -398,7 +402,7 @@ void runCase(const char* name, HmScanShape s, bool withStates, int expectTile, b
         ++gFailures;
         return;
     }
-    if (plan.tile != expectTile || plan.tensorCores != expectTensorCores)
+    if ((expectTile != 0 && plan.tile != expectTile) || plan.tensorCores != expectTensorCores)
     {
         std::printf("FAIL %s: plan tile=%d tensorCores=%d, expected %d/%d\n", name, plan.tile,
             plan.tensorCores ? 1 : 0, expectTile, expectTensorCores ? 1 : 0);
@@ -408,7 +412,10 @@ void runCase(const char* name, HmScanShape s, bool withStates, int expectTile, b
     {
         return;
     }
-    std::vector<float> workspace(plan.workspaceBytes / sizeof(float) + 1, 99.0f);
+    // Exactly the granted bytes (256-byte multiples), so AddressSanitizer flags any write past them.
+    std::vector<float> workspace(
+        grantedWorkspace != nullptr ? *grantedWorkspace / sizeof(float) : plan.workspaceBytes / sizeof(float) + 1,
+        99.0f);
     HmScanTensors t = ref;
     t.y = y.data();
     t.state_f = sf.data();
@@ -477,10 +484,66 @@ void runCases()
         64, false, 1e-2);
 }
 
+// An engine built with the default setting (T = 1) and run with T = 2 and 4: the workspace is the
+// one the build sized (the plugin's getWorkspaceSize for the profile's shape), the plan the run's.
+// Shapes whose shared-memory plan drops to a smaller tile at larger T (16-bit x with P = 64,
+// N = 128: 64-step tiles at T = 1 and 2, 32-step at T = 4; fp32 P = 32, N = 80: 64 at T = 1, 32 at
+// T = 2 and 4) are the ones where a per-setting workspace would grow. Built with AddressSanitizer
+// as its own CTest (hydra_scan_cuda_emulation_asan).
+template <typename T, typename Tdt, typename KT, typename KTdt>
+void runEngineCase(const char* name, HmScanShape s, bool expectTensorCores, double tol)
+{
+    const plugin::IoType io = std::is_same<T, float>::value ? plugin::IoType::kFLOAT32
+        : std::is_same<T, Half>::value                      ? plugin::IoType::kFLOAT16
+                                                            : plugin::IoType::kBFLOAT16;
+    setenv(kTilesPerChunkEnv, "1", 1);
+    const size_t granted = plugin::workspaceSize(
+        plugin::Dims{s.batch, s.length, s.heads, s.headdim}, plugin::Dims{s.batch, s.length, s.groups, s.dstate}, io);
+    if (granted == 0)
+    {
+        std::printf("FAIL %s: no workspace planned at build time\n", name);
+        ++gFailures;
+        return;
+    }
+    const HmDType act = static_cast<HmDType>(plugin::toDtypeCode(io));
+    for (const char* tiles : {"2", "4"})
+    {
+        setenv(kTilesPerChunkEnv, tiles, 1);
+        const std::string full = std::string(name) + " (built T=1, run T=" + tiles + ")";
+        // What the plugin's enqueue decides before launching: the run's plan must fit the grant.
+        const std::string refused = plugin::checkWorkspace(s, act, static_cast<int64_t>(granted));
+        if (!refused.empty())
+        {
+            std::printf("FAIL %s: enqueue would refuse: %s\n", full.c_str(), refused.c_str());
+            ++gFailures;
+            continue;
+        }
+        runCase<T, Tdt, KT, KTdt>(full.c_str(), s, true, 0, expectTensorCores, tol, &granted);
+    }
+}
+
+void runEngineCases()
+{
+    std::printf("-- engine workspace sized with %s=1, run with 2 and 4\n", kTilesPerChunkEnv);
+    runEngineCase<Half, float, __half, float>("fp16 P=64 N=128 L=300 wmma", {1, 300, 1, 64, 1, 128}, true, 4e-3);
+    runEngineCase<float, float, float, float>("fp32 P=32 N=80 L=300 G=2", {1, 300, 2, 32, 2, 80}, false, 1e-5);
+}
+
 } // namespace
 
-int main()
+int main(int argc, char** argv)
 {
+    if (argc > 1 && std::string(argv[1]) == "--engine-workspace")
+    {
+        runEngineCases(); // the AddressSanitizer build runs only these
+        std::printf("hydraScanCudaEmulationTest --engine-workspace: %d failure(s)\n", gFailures);
+        return gFailures == 0 ? 0 : 1;
+    }
+    if (argc > 1)
+    {
+        std::printf("usage: %s [--engine-workspace]\n", argv[0]);
+        return 2;
+    }
     // Every case with 1 tile per state chunk, then the shapes of several tiles with 2 and 4 (the
     // tuning knob planCuda reads).
     for (const char* tiles : {"1", "2", "4"})
@@ -490,6 +553,7 @@ int main()
         std::printf("-- %s=%s\n", kTilesPerChunkEnv, tiles);
         runCases();
     }
+    runEngineCases();
     setenv(kTilesPerChunkEnv, "3", 1);
     CudaPlan unused;
     if (planCuda(HmScanShape{1, 10, 1, 4, 1, 8}, HM_FLOAT32, &unused).find(kTilesPerChunkEnv) == std::string::npos)

@@ -164,6 +164,66 @@ void testShapeValidation()
     CHECK(validatePointers(HmScanShape{0, 0, 8, 4, 1, 16}, HmScanTensors{}).find("'A'") != std::string::npos);
 }
 
+// The workspace is a function of shape and dtype only: every tiles-per-chunk setting's plan has the
+// same layout and size, cudaWorkspaceSize's, which is T = 1's (the most chunks). A workspace sized
+// at one setting (a TensorRT engine's build) therefore holds the plan of any other (its run).
+void testWorkspaceIndependentOfTilesPerChunk()
+{
+    int mismatches = 0;
+    int notOneTile = 0;
+    for (HmDType act : {HM_FLOAT32, HM_FLOAT16, HM_BFLOAT16})
+    {
+        for (int64_t P = 1; P <= 128; ++P)
+        {
+            for (int64_t N = 1; N <= 128; ++N)
+            {
+                const HmScanShape s{1, 65536, 12, P, 1, N};
+                const size_t ws = cudaWorkspaceSize(s, act);
+                CudaPlan one{};
+                if (!planCudaWithTiles(s, act, 1, &one).empty())
+                {
+                    ++mismatches;
+                    continue;
+                }
+                // T = 1: one chunk per tile.
+                const size_t perDir = static_cast<size_t>(12 * one.numChunks);
+                const size_t expected = (2 * perDir * P * N * 4 + 255) / 256 * 256 + (2 * perDir * 4 + 255) / 256 * 256;
+                notOneTile += ws == expected ? 0 : 1;
+                for (int tiles : kCudaTilesPerChunkSettings)
+                {
+                    CudaPlan p{};
+                    const bool ok = planCudaWithTiles(s, act, tiles, &p).empty();
+                    mismatches += ok && p.workspaceBytes == ws && p.chunkDecaysOffset == one.chunkDecaysOffset
+                            && p.numChunks <= one.numChunks
+                        ? 0
+                        : 1;
+                }
+            }
+        }
+    }
+    CHECK(mismatches == 0);
+    CHECK(notOneTile == 0);
+
+    // Issue 17's shape: fp16, P = 64, N = 128, L = 65536, H = 12 drops to 32-step tiles at T = 4
+    // (the plan of 64-step tiles no longer fits with 256-step chunks); its workspace stays T = 1's
+    // 0.81 GB instead of doubling to 1.61 GB.
+    const HmScanShape big{1, 65536, 12, 64, 1, 128};
+    CudaPlan p1{}, p4{};
+    CHECK(planCudaWithTiles(big, HM_FLOAT16, 1, &p1).empty() && p1.tile == 64 && p1.numChunks == 1024);
+    CHECK(planCudaWithTiles(big, HM_FLOAT16, 4, &p4).empty() && p4.tile == 32 && p4.numChunks == 512);
+    CHECK(p4.workspaceBytes == p1.workspaceBytes && p1.workspaceBytes == 805404672u);
+    CHECK(cudaWorkspaceSize(big, HM_FLOAT16) == 805404672u);
+    // cudaWorkspaceSize does not read the setting, not even an invalid one; planCuda does.
+    setenv(kTilesPerChunkEnv, "4", 1);
+    CHECK(planCuda(big, HM_FLOAT16, &p4).empty() && p4.tilesPerChunk == 4 && p4.workspaceBytes == 805404672u);
+    setenv(kTilesPerChunkEnv, "3", 1);
+    CHECK(cudaWorkspaceSize(big, HM_FLOAT16) == 805404672u);
+    CHECK_ERR(planCuda(big, HM_FLOAT16, &p4), "got '3'");
+    unsetenv(kTilesPerChunkEnv);
+    CHECK_ERR(planCudaWithTiles(big, HM_FLOAT16, 3, &p4), "must be 1, 2 or 4, got 3");
+
+}
+
 void testAttributes()
 {
     logic::Attributes a;
@@ -199,18 +259,35 @@ void testAttributes()
     const void* before = ser.fields()[0].data;
     logic::Attributes out;
     CHECK(logic::parseAttributes(ser.fields().data(), static_cast<int32_t>(ser.fields().size()), &out).empty());
-    CHECK(out.chunkSize == 96 && out.hasInitialStates == 1);
+    CHECK(out.chunkSize == 96 && out.hasInitialStates == 1 && out.workspaceSize == -1);
     in.hasInitialStates = 0;
+    in.workspaceSize = int64_t{5} << 32; // > 2^32: the field is INT64
     ser.update(in);
     CHECK(ser.fields()[0].data == before);
+    CHECK(ser.fields().size() == 4 && std::string(ser.fields()[3].name) == "workspace_size"
+        && ser.fields()[3].type == logic::FieldType::kINT64);
     CHECK(logic::parseAttributes(ser.fields().data(), static_cast<int32_t>(ser.fields().size()), &out).empty());
-    CHECK(out.hasInitialStates == 0);
+    CHECK(out.hasInitialStates == 0 && out.workspaceSize == (int64_t{5} << 32));
+    const int64_t negative = -2;
+    logic::FieldView badWorkspace{"workspace_size", &negative, logic::FieldType::kINT64, 1};
+    CHECK_ERR(logic::parseAttributes(&badWorkspace, 1, &a), "workspace_size");
 
     // Engines record the library's serialization version; at the runtime phase another (or none:
     // an engine of the sequential-kernel era) is refused, since its workspace was sized for another
     // kernel.
-    CHECK(out.serializationVersion == logic::kSerializationVersion);
+    CHECK(out.serializationVersion == logic::kSerializationVersion && logic::kSerializationVersion == 3);
     CHECK(logic::checkSerializationVersion(out).empty());
+    // An engine of this version that does not record its workspace is refused too.
+    logic::Attributes unrecorded = out;
+    unrecorded.workspaceSize = -1;
+    CHECK_ERR(logic::checkSerializationVersion(unrecorded), "does not record the workspace");
+    CHECK(logic::parseAttributes(ser.fields().data(), 3, &unrecorded).empty()); // without workspace_size
+    CHECK_ERR(logic::checkSerializationVersion(unrecorded), "workspace_size");
+    // Version 2 engines (workspace sized at the build's tiles-per-chunk setting, not recorded).
+    const int32_t two32 = 2;
+    logic::FieldView v2{"serialization_version", &two32, logic::FieldType::kINT32, 1};
+    CHECK(logic::parseAttributes(&v2, 1, &unrecorded).empty());
+    CHECK_ERR(logic::checkSerializationVersion(unrecorded), "serialization version 2");
     logic::Attributes oldEngine;
     CHECK(logic::parseAttributes(ser.fields().data(), 2, &oldEngine).empty()); // chunk_size, has_initial_states only
     CHECK_ERR(logic::checkSerializationVersion(oldEngine), "older library");
@@ -224,11 +301,13 @@ void testAttributes()
 
     // The advertised field names are exactly what the parser accepts.
     const auto& specs = logic::attributeFieldSpecs();
-    CHECK(specs.size() == 3);
+    CHECK(specs.size() == 4);
     for (const auto& s : specs)
     {
         const int32_t one = 1;
-        logic::FieldView f{s.name, &one, s.type, s.length};
+        const int64_t one64 = 1;
+        logic::FieldView f{s.name, s.type == logic::FieldType::kINT64 ? static_cast<const void*>(&one64) : &one,
+            s.type, s.length};
         CHECK(logic::parseAttributes(&f, 1, &out).empty());
     }
 
@@ -383,6 +462,55 @@ void testShapes()
     CHECK(logic::workspaceSize({2, 300, 8, 64}, {2, 300, 2, -1}, IoType::kFLOAT16) == 0);
 }
 
+// configurePlugin plans the profile's largest shape (and fails when it cannot), the engine records
+// the largest workspace it was configured for, and enqueue checks each run's plan against it.
+void testWorkspaceDecisions()
+{
+    size_t bytes = 1;
+    CHECK(logic::planProfile({2, 300, 8, 64}, {2, 300, 2, 16}, IoType::kFLOAT16, &bytes).empty());
+    CHECK(bytes == logic::workspaceSize({2, 300, 8, 64}, {2, 300, 2, 16}, IoType::kFLOAT16) && bytes > 0);
+    CHECK(logic::planProfile({2, 0, 8, 64}, {2, 0, 2, 16}, IoType::kFLOAT32, &bytes).empty() && bytes == 0);
+    CHECK_ERR(logic::planProfile({2, -1, 8, 64}, {2, -1, 2, 16}, IoType::kFLOAT16, &bytes), "unknown dimension");
+    CHECK_ERR(logic::planProfile({1, 10, 1, 160}, {1, 10, 1, 160}, IoType::kFLOAT32, &bytes), "cannot be planned");
+    CHECK_ERR(logic::planProfile({1, 10, 1, 160}, {1, 10, 1, 160}, IoType::kFLOAT32, &bytes), "shared memory");
+    CHECK_ERR(logic::planProfile({1, 10, 6, 8}, {1, 10, 4, 16}, IoType::kFLOAT32, &bytes), "divisible");
+    CHECK_ERR(logic::planProfile({1, 10, 2, 8}, {1, 10, 1, 16}, IoType::kOTHER, &bytes), "x must be");
+    CHECK_ERR(logic::planProfile({1, 10, 2}, {1, 10, 1, 16}, IoType::kFLOAT32, &bytes), "rank 4");
+    CHECK(logic::workspaceSize({1, 10, 1, 160}, {1, 10, 1, 160}, IoType::kFLOAT32) == 0);
+    setenv(kTilesPerChunkEnv, "5", 1);
+    CHECK_ERR(logic::planProfile({2, 300, 8, 64}, {2, 300, 2, 16}, IoType::kFLOAT16, &bytes), kTilesPerChunkEnv);
+    unsetenv(kTilesPerChunkEnv);
+
+    CHECK(logic::recordWorkspace(-1, 0) == 0);
+    CHECK(logic::recordWorkspace(-1, 4096) == 4096);
+    CHECK(logic::recordWorkspace(8192, 4096) == 8192);
+
+    // An engine built at T = 1 for fp16 P = 64, N = 128 (the tile drops at T = 4) runs at T = 2 and 4.
+    const HmScanShape s{1, 1000, 4, 64, 1, 128};
+    size_t granted = 0;
+    CHECK(logic::planProfile({1, 1000, 4, 64}, {1, 1000, 1, 128}, IoType::kFLOAT16, &granted).empty());
+    for (const char* tiles : {"1", "2", "4"})
+    {
+        setenv(kTilesPerChunkEnv, tiles, 1);
+        CHECK(logic::checkWorkspace(s, HM_FLOAT16, static_cast<int64_t>(granted)).empty());
+        CHECK(logic::checkWorkspace(HmScanShape{1, 500, 4, 64, 1, 128}, HM_FLOAT16, static_cast<int64_t>(granted))
+                  .empty());
+    }
+    unsetenv(kTilesPerChunkEnv);
+    // Refused, with both sizes and the advice, instead of writing past the workspace: less than the
+    // plan needs (another library's sizing), a shape above the profile, nothing recorded, a bad setting.
+    CHECK_ERR(logic::checkWorkspace(s, HM_FLOAT16, static_cast<int64_t>(granted) - 256), "rebuild the engine");
+    CHECK_ERR(logic::checkWorkspace(s, HM_FLOAT16, static_cast<int64_t>(granted) - 256),
+        std::to_string(granted).c_str());
+    CHECK_ERR(logic::checkWorkspace(HmScanShape{1, 2000, 4, 64, 1, 128}, HM_FLOAT16, static_cast<int64_t>(granted)),
+        "needs");
+    CHECK_ERR(logic::checkWorkspace(s, HM_FLOAT16, -1), "unknown");
+    CHECK(logic::checkWorkspace(HmScanShape{0, 1000, 4, 64, 1, 128}, HM_FLOAT16, 0).empty()); // B = 0: nothing
+    setenv(kTilesPerChunkEnv, "x", 1);
+    CHECK_ERR(logic::checkWorkspace(s, HM_FLOAT16, static_cast<int64_t>(granted)), "got 'x'");
+    unsetenv(kTilesPerChunkEnv);
+}
+
 // Double-precision recurrence, independent of the kernel's code path.
 void naiveScan(const HmScanShape& s, const std::vector<float>& x, const std::vector<float>& dtf,
     const std::vector<float>& dtb, const std::vector<float>& A, const std::vector<float>& bias,
@@ -506,9 +634,11 @@ int main()
 {
     testFloat16();
     testShapeValidation();
+    testWorkspaceIndependentOfTilesPerChunk();
     testAttributes();
     testFormats();
     testShapes();
+    testWorkspaceDecisions();
     testCpuKernel();
     std::printf("hydraScanLogicTest: %d checks, %d failures (CUDA kernel compiled in: %s)\n", gChecks, gFailures,
         cudaCompiled() ? "yes" : "no");

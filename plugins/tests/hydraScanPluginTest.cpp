@@ -147,6 +147,12 @@ std::vector<DynamicPluginTensorDesc> outDescs(int64_t B, int64_t L, int64_t H, i
     return d;
 }
 
+// The first 9 descriptors (no initial states).
+std::vector<DynamicPluginTensorDesc> withoutStates(const std::vector<DynamicPluginTensorDesc>& io)
+{
+    return std::vector<DynamicPluginTensorDesc>(io.begin(), io.begin() + 9);
+}
+
 int32_t fieldValue(const PluginFieldCollection* fc, const char* name)
 {
     for (int32_t i = 0; i < fc->nbFields; ++i)
@@ -159,6 +165,25 @@ int32_t fieldValue(const PluginFieldCollection* fc, const char* name)
     return -999;
 }
 
+int64_t fieldValue64(const PluginFieldCollection* fc, const char* name)
+{
+    for (int32_t i = 0; i < fc->nbFields; ++i)
+    {
+        if (std::strcmp(fc->fields[i].name, name) == 0 && fc->fields[i].type == PluginFieldType::kINT64)
+        {
+            return *static_cast<const int64_t*>(fc->fields[i].data);
+        }
+    }
+    return -999;
+}
+
+// The workspace_size field a plugin would serialize now.
+int64_t serializedWorkspace(IPluginV3* plugin)
+{
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    return fieldValue64(runtime->getFieldsToSerialize(), "workspace_size");
+}
+
 // ---- Tests ---------------------------------------------------------------------------------------
 
 void testCreator()
@@ -168,7 +193,8 @@ void testCreator()
     CHECK(std::string(creator.getPluginVersion()) == "1");
     CHECK(std::string(creator.getPluginNamespace()) == "hieramamba");
     const PluginFieldCollection* names = creator.getFieldNames();
-    CHECK(names != nullptr && names->nbFields == 3); // chunk_size, has_initial_states, serialization_version
+    // chunk_size, has_initial_states, serialization_version, workspace_size
+    CHECK(names != nullptr && names->nbFields == 4);
 
     int32_t nbCreators = 0;
     IPluginCreatorInterface* const* list = getCreators(nbCreators);
@@ -251,13 +277,45 @@ void testBuildAndRuntime()
     all[0].desc.type = DataType::kINT8;
     CHECK(!build->supportsFormatCombination(0, all.data(), 11, 3));
 
-    // configurePlugin records the input count; it is serialized for the runtime.
+    // configurePlugin records the input count and the workspace; both are serialized for the runtime.
+    CHECK(fieldValue64(runtime->getFieldsToSerialize(), "workspace_size") == -1); // not configured yet
     CHECK(build->configurePlugin(io.data(), 11, outs.data(), 3) == 0);
     // The CUDA kernel's per-chunk states: 2 directions x B x H x 5 chunks (64 steps) x P x N fp32, and the
     // decays (2*2*8*5 floats, rounded up to 256 bytes).
-    CHECK(build->getWorkspaceSize(io.data(), 11, outs.data(), 3) == 2u * 2 * 8 * 5 * 64 * 64 * 4 + 768);
+    const size_t granted = build->getWorkspaceSize(io.data(), 11, outs.data(), 3);
+    CHECK(granted == 2u * 2 * 8 * 5 * 64 * 64 * 4 + 768);
     const PluginFieldCollection* ser = runtime->getFieldsToSerialize();
     CHECK(fieldValue(ser, "has_initial_states") == 1 && fieldValue(ser, "chunk_size") == 256);
+    CHECK(fieldValue(ser, "serialization_version") == 3);
+    CHECK(fieldValue64(ser, "workspace_size") == static_cast<int64_t>(granted)); // what getWorkspaceSize asked for
+    const std::string metadata = build->getMetadataString();
+    CHECK(metadata.find("workspace_size=" + std::to_string(granted)) != std::string::npos);
+
+    // A profile whose largest shape the CUDA kernel cannot run fails configurePlugin (no engine that
+    // would run with a zero workspace); so does one whose maximum is not known.
+    {
+        std::unique_ptr<IPluginV3> p2(creator.createPlugin("big", nullptr, TensorRTPhase::kBUILD));
+        auto* b2 = static_cast<IPluginV3OneBuild*>(p2->getCapabilityInterface(PluginCapabilityType::kBUILD));
+        auto tooBig
+            = dynDescs(shapes(1, 10, 2, 160, 1, 160, false), DataType::kFLOAT, DataType::kFLOAT, {1, 10, 2, 160});
+        auto tooBigOut = outDescs(1, 10, 2, 160, 160, DataType::kFLOAT);
+        std::fprintf(stderr, "(a 'cannot be planned ... shared memory' error message is expected next)\n");
+        CHECK(b2->configurePlugin(tooBig.data(), 9, tooBigOut.data(), 3) != 0);
+        CHECK(b2->getWorkspaceSize(tooBig.data(), 9, tooBigOut.data(), 3) == 0);
+        auto unknown
+            = dynDescs(shapes(2, 300, 8, 64, 1, 64, false), DataType::kHALF, DataType::kFLOAT, {2, -1, 8, 64});
+        std::fprintf(stderr, "(an 'unknown dimension' error message is expected next)\n");
+        CHECK(b2->configurePlugin(unknown.data(), 9, outs.data(), 3) != 0);
+        CHECK(serializedWorkspace(p2.get()) == -1);
+        // A second profile with a longer maximum: the engine records the larger workspace.
+        auto longer
+            = dynDescs(shapes(2, 300, 8, 64, 1, 64, false), DataType::kHALF, DataType::kFLOAT, {2, 1000, 8, 64});
+        CHECK(b2->configurePlugin(longer.data(), 9, outs.data(), 3) == 0);
+        CHECK(b2->configurePlugin(withoutStates(io).data(), 9, outs.data(), 3) == 0);
+        const size_t longWs = b2->getWorkspaceSize(longer.data(), 9, outs.data(), 3);
+        CHECK(longWs > granted);
+        CHECK(serializedWorkspace(p2.get()) == static_cast<int64_t>(longWs));
+    }
 
     // Runtime phase: recreate from the serialized fields, as engine deserialization does.
     std::unique_ptr<IPluginV3> restored(creator.createPlugin("hydra", ser, TensorRTPhase::kRUNTIME));
@@ -276,6 +334,17 @@ void testBuildAndRuntime()
     CHECK(creator.createPlugin("hydra", &oldFields, TensorRTPhase::kRUNTIME) == nullptr);
     std::unique_ptr<IPluginV3> fromOnnx(creator.createPlugin("hydra", &oldFields, TensorRTPhase::kBUILD));
     CHECK(fromOnnx != nullptr);
+
+    // This version's engines must record their workspace; a value given at the build phase (an ONNX
+    // node) is not taken: only configurePlugin records one.
+    PluginFieldCollection noWorkspace{3, ser->fields};
+    CHECK(std::string(ser->fields[3].name) == "workspace_size");
+    std::fprintf(stderr, "(a 'does not record the workspace' error message is expected next)\n");
+    CHECK(creator.createPlugin("hydra", &noWorkspace, TensorRTPhase::kRUNTIME) == nullptr);
+    {
+        std::unique_ptr<IPluginV3> fromNode(creator.createPlugin("hydra", ser, TensorRTPhase::kBUILD));
+        CHECK(fromNode != nullptr && serializedWorkspace(fromNode.get()) == -1);
+    }
 
     // A 9-input graph contradicts the recorded has_initial_states=1.
     auto nine = dynDescs(shapes(2, 300, 8, 64, 1, 64, false), DataType::kHALF, DataType::kFLOAT, {2, 300, 8, 64});
@@ -318,6 +387,27 @@ void testBuildAndRuntime()
         nullptr, nullptr, nullptr};
     void* outputs[3] = {nullptr, nullptr, nullptr};
     CHECK(art->enqueue(emptyIn.data(), emptyOutDesc.data(), inputs, outputs, nullptr, nullptr) == 0);
+
+    // An engine whose recorded workspace is smaller than this run's plan (built by a library that
+    // sized it otherwise, or a shape beyond the profile): onShapeChange and enqueue refuse before any
+    // device work, instead of writing past what TensorRT granted.
+    {
+        std::vector<PluginField> small(ser->fields, ser->fields + ser->nbFields);
+        const int64_t tooSmall = static_cast<int64_t>(granted) - 256;
+        small[3].data = &tooSmall;
+        PluginFieldCollection smallFc{static_cast<int32_t>(small.size()), small.data()};
+        std::unique_ptr<IPluginV3> starved(creator.createPlugin("hydra", &smallFc, TensorRTPhase::kRUNTIME));
+        CHECK(starved != nullptr);
+        auto* srt = static_cast<IPluginV3OneRuntime*>(starved->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        concrete[7].dims.d[1] = 300;
+        std::fprintf(stderr, "(two 'needs ... bytes of workspace' error messages are expected next)\n");
+        CHECK(srt->onShapeChange(concrete.data(), 11, concreteOut.data(), 3) != 0);
+        const void* none[11] = {};
+        void* noneOut[3] = {};
+        CHECK(srt->enqueue(concrete.data(), concreteOut.data(), none, noneOut, nullptr, nullptr) != 0);
+        // The same sizes with what was granted pass onShapeChange.
+        CHECK(art->onShapeChange(concrete.data(), 11, concreteOut.data(), 3) == 0);
+    }
 
     // A plugin that was never configured does not know its input count: enqueue refuses.
     std::unique_ptr<IPluginV3> fresh(creator.createPlugin("fresh", nullptr, TensorRTPhase::kBUILD));
