@@ -3,7 +3,7 @@
 A TensorRT engine sizes the workspace at build time (``getWorkspaceSize``) and runs later, perhaps
 with another ``$HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK``; a setting that drops the shared-memory plan
 to a smaller tile must not need more workspace than the default granted. Planned on the host by
-``hieramamba.ops.native.cuda_scan_plan``: needs the built library, no GPU.
+``hieramamba.ops.hydra_scan.native.cuda_scan_plan``: needs the built library, no GPU.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hieramamba.ops import native
+from hieramamba.ops.hydra_scan import native
 
 SETTINGS = ("1", "2", "4")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

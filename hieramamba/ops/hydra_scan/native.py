@@ -171,7 +171,8 @@ def cuda_scan_plan(batch: int, length: int, heads: int, headdim: int, groups: in
     """How the CUDA kernel would run this shape (planned on the host: no GPU needed):
     ``{"tile": steps per block tile, "chunk": steps per state chunk, "tensor_cores": bool,
     "workspace_bytes": int}``. ``dtype`` is x's torch dtype; ``chunk`` follows
-    ``$HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK`` (1, 2 or 4 tiles; default 1). Raises ``InputError``
+    ``$HIERAMAMBA_CUDA_SCAN_TILES_PER_CHUNK`` (1, 2 or 4 tiles; default 1); ``workspace_bytes`` does
+    not depend on that setting (an engine built with one runs with any other). Raises ``InputError``
     for a bad shape or dtype and ``BackendUnavailableError`` when the CUDA kernel cannot run the
     shape or the setting is invalid (the message says why)."""
     import torch
