@@ -154,12 +154,20 @@ def build_engine(onnx_path, engine_path, profile: ProfileSpec, *, plugin_library
     return em
 
 
-def _timing_cache(builder, path):
-    """One timing cache for the builds of a session (read from ``path`` when it exists)."""
+def _timing_cache(builder, path, log=None):
+    """One timing cache for the builds of a session, read from ``path`` when it exists. TensorRT
+    refuses (``set_timing_cache`` returns False) a cache made on another GPU or TensorRT version:
+    then a fresh one is used, and written back, and ``log`` is told."""
     if not path:
         return None
+    config = builder.create_builder_config()
     blob = Path(path).read_bytes() if Path(path).is_file() else b""
-    return builder.create_builder_config().create_timing_cache(blob)
+    cache = config.create_timing_cache(blob)
+    if blob and not config.set_timing_cache(cache, ignore_mismatch=False):
+        (log or print)(f"warning: timing cache {path} was made on another GPU or TensorRT version and is "
+                       "not used; starting a fresh one")
+        cache = config.create_timing_cache(b"")
+    return cache
 
 
 def serialize_network(trt, builder, logger, onnx_path, profile_for, workspace_gib, cache=None,
@@ -194,9 +202,12 @@ def serialize_network(trt, builder, logger, onnx_path, profile_for, workspace_gi
             opt_profile.set_shape_input(inp.name, *ranges)
         else:
             opt_profile.set_shape(inp.name, *ranges)
-    config.add_optimization_profile(opt_profile)
-    if cache is not None:
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    if config.add_optimization_profile(opt_profile) < 0:
+        shapes = {network.get_input(i).name: profile_for(network.get_input(i)) for i in range(network.num_inputs)}
+        raise ExportError(f"{onnx_path}: TensorRT rejected the optimization profile (each input needs min ≤ opt "
+                          f"≤ max of one rank): {shapes}")
+    if cache is not None and not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise ExportError(f"TensorRT refused the timing cache while building {onnx_path}")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
@@ -245,7 +256,7 @@ def build_bundle_engines(bundle_dir, limits: EngineLimits, out_dir=None, *, plug
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         old_cache = out / "timing.cache"
-        cache = _timing_cache(builder, old_cache if old_cache.is_file() else tmp / "timing.cache")
+        cache = _timing_cache(builder, old_cache if old_cache.is_file() else tmp / "timing.cache", log)
         from tqdm import tqdm
 
         stages = {}

@@ -2,11 +2,27 @@
 calls), for tests on machines without TensorRT. Installed as ``sys.modules["tensorrt"]``.
 
 It behaves like TensorRT where our code could get it wrong, and checks as TensorRT does:
-* the parser needs the ``HydraScan`` plugin creator (name, version, namespace) in the registry
-  for graphs that hold the node; "plugin libraries" are text files listing creators;
-* networks must be strongly typed; a build fails (returns None) unless every dynamic input has
-  a profile of the right rank with static dims equal to the graph's and min ≤ opt ≤ max, and
-  every shape-tensor input (0-d int64 here) has value ranges;
+* the parser maps a ``HydraScan`` node to the registered plugin creator named by the node's op
+  type and its ``plugin_version`` / ``plugin_namespace`` attributes (not its domain), as
+  onnx-tensorrt does; with no such creator it falls back to the node's model-local function
+  (TensorRT >= 10.7; the layers are then ordinary ones), and fails only when there is none.
+  ``INLINE_FUNCTIONS`` makes it a TensorRT <= 10.6, which inlines local functions first.
+  "Plugin libraries" are text files listing creators;
+* networks must be strongly typed; ``add_optimization_profile`` returns -1 for a profile that
+  is not valid on its own (a shape without min/opt/max of one rank, min ≤ opt ≤ max); a build
+  fails (returns None) unless every dynamic input has a profile of the right rank with static
+  dims equal to the graph's, and every shape-tensor input has value ranges;
+* a timing cache remembers the GPU it was made on: ``set_timing_cache(..., ignore_mismatch=False)``
+  returns False for another GPU's;
+* inputs TensorRT keeps in host memory: those named in ``SHAPE_INPUTS`` are shape tensors
+  (``is_shape_inference_io`` true, location HOST) and those in ``HOST_INPUTS`` execution tensors
+  the network placed on the host (location HOST only); ``get_tensor_location`` is the API that
+  says where a tensor must live;
+* devices: engines and execution contexts belong to the device current when they are made
+  (``cuda_device(i)`` sets it, as ``cudaSetDevice`` does); ``execute_async_v3`` fails for a
+  context made on another device than its engine, or run with another device current. With
+  device memory registered (``register_device_memory``), every device tensor must be bound to
+  device memory of the engine's device and every host tensor to host memory;
 * an execution context refuses input shapes outside the profile; output shapes are known
   only once every input's shape and address are set; ``execute_async_v3`` needs every
   address; engine I/O dtypes are the graph's, and buffers are read and written at the raw
@@ -33,6 +49,49 @@ class Logger:
 
 
 INLINE_FUNCTIONS = False  # tests set it to act as a TensorRT that inlines model-local functions
+SHAPE_INPUTS: set = set()  # input names TensorRT makes host shape tensors (tests set them)
+HOST_INPUTS: set = set()   # execution inputs the network placed in host memory (tests set them)
+GPU = "fake-gpu-0"         # what a timing cache made here is tagged with
+
+_current_device = 0
+_device_memory: list = []  # (start, end, device) of memory registered as device memory
+
+
+class cuda_device:
+    """Make ``index`` the current device for a block (``cudaSetDevice``)."""
+
+    def __init__(self, index: int):
+        self.index, self.previous = int(index), None
+
+    def __enter__(self):
+        global _current_device
+        self.previous, _current_device = _current_device, self.index
+        return self
+
+    def __exit__(self, *exc):
+        global _current_device
+        _current_device = self.previous
+        return False
+
+
+def register_device_memory(ptr: int, nbytes: int, device: int) -> None:
+    """Mark ``[ptr, ptr + nbytes)`` as memory of ``device`` (tests allocate "device" buffers on the
+    host and register them; the memory must stay allocated while registered)."""
+    _device_memory.append((int(ptr), int(ptr) + int(nbytes), int(device)))
+
+
+def reset_devices() -> None:
+    global _current_device
+    _current_device = 0
+    _device_memory.clear()
+
+
+def _memory_device(ptr: int):
+    """The device whose registered memory holds ``ptr``, or None (host memory)."""
+    for start, end, device in _device_memory:
+        if start <= ptr < end:
+            return device
+    return None
 
 
 class DataType(enum.Enum):
@@ -48,6 +107,11 @@ class DataType(enum.Enum):
 class TensorIOMode(enum.Enum):
     INPUT = 1
     OUTPUT = 2
+
+
+class TensorLocation(enum.Enum):
+    DEVICE = 0
+    HOST = 1
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
@@ -106,12 +170,15 @@ def _graph_io(path):
 
 
 class _Input:
-    def __init__(self, d):
+    def __init__(self, d, mode=None):
         self.name, self.shape, self.dtype = d["name"], tuple(d["shape"]), DataType[d["dtype"]]
         # The bundles' 0-d int64 inputs (n_valid, slot_offset, pe_start, pe_total) feed values
         # only (masks, position encoding), never a shape operand, so TensorRT makes them device
-        # execution tensors, not host shape tensors.
-        self.is_shape_tensor = False
+        # execution tensors unless a test says otherwise (SHAPE_INPUTS, HOST_INPUTS).
+        is_input = mode in (None, TensorIOMode.INPUT)
+        self.is_shape_tensor = is_input and self.name in SHAPE_INPUTS
+        host = is_input and (self.name in SHAPE_INPUTS or self.name in HOST_INPUTS)
+        self.location = TensorLocation.HOST if host else TensorLocation.DEVICE
 
 
 class LayerType(enum.Enum):  # the members the project looks at
@@ -120,9 +187,8 @@ class LayerType(enum.Enum):  # the members the project looks at
 
 
 class _Layer:
-    def __init__(self, node, inline_plugins):
-        plugin = node.op_type == "HydraScan" and not inline_plugins
-        self.type = LayerType.PLUGIN_V3 if plugin else LayerType.OTHER
+    def __init__(self, kind):
+        self.type = kind
 
 
 class _Network:
@@ -156,15 +222,32 @@ class OnnxParser:
         return self.errors[i]
 
     def parse_from_file(self, path):
+        import onnx
+
         ins, _, g = _graph_io(path)
+        functions = {(f.domain, f.name) for f in onnx.load(str(path), load_external_data=False).functions}
+        layers = []
         for node in g.node:
-            if node.op_type == "HydraScan" and _registry.get_creator("HydraScan", "1", node.domain) is None:
-                self.errors.append(f"plugin HydraScan version 1 namespace {node.domain} not registered")
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+            local = (node.domain, node.op_type) in functions
+            if node.domain in ("", "ai.onnx"):
+                layers.append(_Layer(LayerType.OTHER))
+            elif local and INLINE_FUNCTIONS:  # TensorRT <= 10.6: the function first
+                layers.append(_Layer(LayerType.OTHER))
+            elif "plugin_namespace" in attrs and _registry.get_creator(
+                    node.op_type, str(attrs.get("plugin_version", "1")), attrs["plugin_namespace"]) is not None:
+                layers.append(_Layer(LayerType.PLUGIN_V3))
+            elif local:  # no matching creator: the model-local function (TensorRT >= 10.7)
+                layers.append(_Layer(LayerType.OTHER))
+            else:
+                self.errors.append(f"no importer for {node.domain}::{node.op_type}: plugin "
+                                   f"{node.op_type} version {attrs.get('plugin_version')} namespace "
+                                   f"{attrs.get('plugin_namespace')} not registered and no local function")
                 return False
         self.network.inputs = [_Input(d) for d in ins]
         self.network.path = str(path)
-        # INLINE_FUNCTIONS=1: parse as a TensorRT that prefers the node's ONNX function (<= 10.6).
-        self.network.layers = [_Layer(n, INLINE_FUNCTIONS) for n in g.node]
+        self.network.layers = layers
         return True
 
 
@@ -178,13 +261,26 @@ class _Profile:
     def set_shape_input(self, name, mn, opt, mx):
         self.values[name] = [list(mn), list(opt), list(mx)]
 
+    def is_valid(self):
+        """The partial check TensorRT makes without the network: one rank per shape and
+        0 <= min <= opt <= max per dimension."""
+        for s in self.shapes.values():
+            if len({len(x) for x in s}) != 1 or any(not 0 <= a <= b <= c for a, b, c in zip(*s)):
+                return False
+        return all(v[0][i] <= v[1][i] <= v[2][i] for v in self.values.values() for i in range(len(v[0])))
+
+
+_CACHE_MAGIC = b"fake timing cache for "
+
 
 class _TimingCache:
     def __init__(self, blob):
         self.blob = bytes(blob)
+        self.gpu = self.blob[len(_CACHE_MAGIC):].decode(errors="replace") if self.blob.startswith(_CACHE_MAGIC) \
+            else (GPU if not self.blob else None)
 
     def serialize(self):
-        return b"fake timing cache"
+        return _CACHE_MAGIC + (self.gpu or "unknown").encode()
 
 
 class _Config:
@@ -195,6 +291,8 @@ class _Config:
         assert pool == MemoryPoolType.WORKSPACE and size > 0
 
     def add_optimization_profile(self, profile):
+        if not profile.is_valid():
+            return -1
         self.profiles.append(profile)
         return len(self.profiles) - 1
 
@@ -202,6 +300,8 @@ class _Config:
         return _TimingCache(blob)
 
     def set_timing_cache(self, cache, ignore_mismatch):
+        if cache.gpu != GPU and not ignore_mismatch:  # another GPU's (or not a cache at all)
+            return False
         self.cache = cache
         return True
 
@@ -247,7 +347,8 @@ class Builder:
         if self.errors:
             return None
         blob = {"fake_tensorrt": __version__, "onnx": network.path,
-                "profile": {k: [list(x) for x in v] for k, v in prof.shapes.items()}}
+                "profile": {k: [list(x) for x in v] for k, v in prof.shapes.items()},
+                "shape_inputs": sorted(SHAPE_INPUTS), "host_inputs": sorted(HOST_INPUTS)}
         return json.dumps(blob).encode()
 
 
@@ -268,9 +369,17 @@ class _Engine:
     def __init__(self, d):
         import onnxruntime as ort
 
+        global SHAPE_INPUTS, HOST_INPUTS
+        self.device = _current_device  # deserialized onto the current device
         self.profile = {k: [tuple(x) for x in v] for k, v in d["profile"].items()}
         ins, outs, _ = _graph_io(d["onnx"])
-        self.io = [(_Input(i), TensorIOMode.INPUT) for i in ins] + [(_Input(o), TensorIOMode.OUTPUT) for o in outs]
+        saved = SHAPE_INPUTS, HOST_INPUTS
+        SHAPE_INPUTS, HOST_INPUTS = set(d.get("shape_inputs", ())), set(d.get("host_inputs", ()))
+        try:  # the placement decided at build time
+            self.io = [(_Input(i, TensorIOMode.INPUT), TensorIOMode.INPUT) for i in ins] + \
+                      [(_Input(o, TensorIOMode.OUTPUT), TensorIOMode.OUTPUT) for o in outs]
+        finally:
+            SHAPE_INPUTS, HOST_INPUTS = saved
         self.by_name = {t.name: (t, mode) for t, mode in self.io}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
@@ -292,6 +401,9 @@ class _Engine:
     def is_shape_inference_io(self, name):
         t, mode = self.by_name[name]
         return mode == TensorIOMode.INPUT and t.is_shape_tensor
+
+    def get_tensor_location(self, name):
+        return self.by_name[name][0].location
 
     def get_tensor_profile_shape(self, name, profile_index):
         # Strict: only inputs with dynamic dims are in the profile (what TensorRT returns for
@@ -317,6 +429,8 @@ def _read(ptr, shape, dtype):
 class _Context:
     def __init__(self, engine):
         self.engine, self.shapes, self.addresses, self.outputs = engine, {}, {}, None
+        self.device = _current_device  # its activation memory lives on the current device
+        self.error = None
 
     def set_input_shape(self, name, shape):
         t = self.engine.by_name[name][0]
@@ -358,7 +472,28 @@ class _Context:
             self.outputs = dict(zip(wanted, self.engine.session.run(wanted, feeds)))
         return self.outputs[name].shape
 
+    def _placement_error(self):
+        if self.device != self.engine.device or _current_device != self.engine.device:
+            return (f"engine on device {self.engine.device}, execution context made on device {self.device}, "
+                    f"run with device {_current_device} current")
+        if not _device_memory:
+            return None
+        for t, _ in self.engine.io:
+            ptr = self.addresses.get(t.name)
+            if ptr is None:
+                continue
+            where = _memory_device(ptr)
+            if t.location == TensorLocation.HOST and where is not None:
+                return f"{t.name} must be in host memory, bound to memory of device {where}"
+            if t.location == TensorLocation.DEVICE and where != self.engine.device:
+                return (f"{t.name} must be in memory of device {self.engine.device}, bound to "
+                        + ("host memory" if where is None else f"memory of device {where}"))
+        return None
+
     def execute_async_v3(self, stream_handle):
+        self.error = self._placement_error()
+        if self.error:
+            return False
         feeds = self._inputs()
         if feeds is None:
             return False

@@ -267,3 +267,152 @@ def test_concurrent_calls_get_their_own_contexts(engines):
     for a, b in zip(alone, together):
         for la, lb in zip(a[0][0], b[0][0]):  # first query's logits, every level
             np.testing.assert_array_equal(la, lb)
+
+
+# -- what a first real TensorRT run would hit (issue 17): each test fails on the code before it --
+
+class DeviceTrtBackend(HostTrtBackend):
+    """``HostTrtBackend`` on "device" ``index`` of the stand-in: engines and contexts are made
+    with that device current, and every buffer meant for the device comes from memory registered
+    as that device's (kept allocated for the backend's lifetime)."""
+
+    def __init__(self, bundle_dir, engines_dir, index=1):
+        self.index, self._keep = index, []
+        super().__init__(bundle_dir, engines_dir)
+
+    def _device_scope(self):
+        import fake_tensorrt
+
+        return fake_tensorrt.cuda_device(self.index)
+
+    def _device_empty(self, shape, dtype):
+        import fake_tensorrt
+
+        t = super()._device_empty(shape, dtype)
+        fake_tensorrt.register_device_memory(t.data_ptr(), max(1, t.numel() * t.element_size()), self.index)
+        self._keep.append(t)
+        return t
+
+    def _in_device_memory(self, t):
+        import fake_tensorrt
+
+        return fake_tensorrt._memory_device(t.data_ptr()) == self.index
+
+
+def _same_numbers_as_onnxruntime(backend, bundle_dir, clips=137, chunk=6):
+    from hieramamba.runtime.backends.onnxruntime import OrtBackend
+
+    ort_be = OrtBackend(bundle_dir, scan_kernel="graph")
+    rng = np.random.default_rng(7)
+    video = rng.standard_normal((clips, ort_be.plan.vid_in_dim)).astype(np.float32)
+    queries = [rng.standard_normal((5, ort_be.plan.text_in_dim)).astype(np.float32) for _ in range(2)]
+    got = GroundingRuntime(backend, chunk=chunk, max_batch=2).level_outputs(video, queries)
+    want = GroundingRuntime(ort_be, chunk=chunk, max_batch=2).level_outputs(video, queries)
+    for g, w in zip(got, want):
+        for part_g, part_w in zip(g, w):
+            for a, b in zip(part_g, part_w):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_engines_on_a_second_gpu_make_their_contexts_there(engines, fake_trt):
+    """device="cuda:1" with device 0 current: an execution context made outside the device scope
+    lives on device 0 and its engine's first run fails (issue 17, item 2)."""
+    bundle_dir, eng_dir, _ = engines
+    fake_trt.reset_devices()
+    try:
+        _same_numbers_as_onnxruntime(DeviceTrtBackend(bundle_dir, eng_dir, index=1), bundle_dir)
+    finally:
+        fake_trt.reset_devices()
+
+
+def test_host_and_device_buffers_follow_get_tensor_location(bundle, fake_trt, plugin, tmp_path, monkeypatch):
+    """A shape-tensor input and an execution input the network put on the host must be bound in
+    host memory, everything else in device memory: the place is what ``get_tensor_location``
+    says, not ``is_shape_inference_io`` (issue 17, item 3)."""
+    from hieramamba.export import trt_build
+
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: {"name": "NVIDIA H200", "compute_capability": "9.0"})
+    monkeypatch.setattr(fake_trt, "SHAPE_INPUTS", {"pe_total"})
+    monkeypatch.setattr(fake_trt, "HOST_INPUTS", {"n_valid"})
+    out = trt_build.build_bundle_engines(bundle[0], LIMITS, tmp_path / "engines", plugin_library=plugin,
+                                         progress=False)
+    fake_trt.reset_devices()
+    try:
+        be = DeviceTrtBackend(bundle[0], out, index=0)
+        assert be._engine("pre0").engine.get_tensor_location("n_valid") == fake_trt.TensorLocation.HOST
+        assert not be._engine("pre0").engine.is_shape_inference_io("n_valid")
+        _same_numbers_as_onnxruntime(be, bundle[0])
+    finally:
+        fake_trt.reset_devices()
+
+
+def test_an_invalid_optimization_profile_is_named(bundle, fake_trt, plugin, tmp_path, monkeypatch):
+    """``add_optimization_profile`` returns -1 for an invalid profile: say so, with the stage and
+    the shapes, instead of a generic build failure later (issue 17, item 4)."""
+    from hieramamba.export import trt_build
+
+    real = trt_build.bundle_profiles
+
+    def broken(bundle_dir, limits):
+        profiles = real(bundle_dir, limits)
+        lo, opt, hi = profiles["text"]["shapes"]["text"]
+        profiles["text"]["shapes"]["text"] = (lo, opt, lo)  # opt > max
+        return profiles
+
+    monkeypatch.setattr(trt_build, "bundle_profiles", broken)
+    with pytest.raises(trt_build.ExportError, match="text.onnx: TensorRT rejected the optimization profile.*text"):
+        trt_build.build_bundle_engines(bundle[0], LIMITS, tmp_path / "e", plugin_library=plugin, progress=False)
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_timing_cache_from_another_gpu_is_replaced_and_said(bundle, fake_trt, plugin, tmp_path, monkeypatch):
+    """``set_timing_cache`` returns False for another GPU's cache: start a fresh one and say so,
+    never write the rejected one back as if it were used (issue 17, item 4)."""
+    from hieramamba.export import trt_build
+
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: {"name": "NVIDIA H200", "compute_capability": "9.0"})
+    out = tmp_path / "engines"
+    out.mkdir()
+    (out / "timing.cache").write_bytes(b"fake timing cache for another-gpu")
+    lines = []
+    trt_build.build_bundle_engines(bundle[0], LIMITS, out, plugin_library=plugin, progress=False, log=lines.append)
+    assert any("timing cache" in x and "fresh" in x for x in lines), lines
+    assert (out / "timing.cache").read_bytes() == b"fake timing cache for " + fake_trt.GPU.encode()
+    # This GPU's cache is taken without a word.
+    lines.clear()
+    trt_build.build_bundle_engines(bundle[0], LIMITS, out, plugin_library=plugin, progress=False, log=lines.append)
+    assert not any("timing cache" in x for x in lines), lines
+
+
+def test_the_parser_maps_hydrascan_by_its_plugin_attributes(bundle, fake_trt, plugin, tmp_path):
+    """TensorRT's ONNX parser finds the plugin by the node's op type and its ``plugin_version`` /
+    ``plugin_namespace`` attributes, and falls back to the model-local function when no creator
+    matches (TensorRT >= 10.7); the stand-in must do the same (issue 17, item 5)."""
+    import onnx
+
+    def layers(path):
+        network = fake_trt.Builder(None).create_network(1 << int(fake_trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        parser = fake_trt.OnnxParser(network, None)
+        assert parser.parse_from_file(str(path)), [parser.get_error(i) for i in range(parser.num_errors)]
+        return [network.get_layer(i).type for i in range(network.num_layers)]
+
+    scan = bundle[0] / "scan0.onnx"
+    assert fake_trt.LayerType.PLUGIN_V3 not in layers(scan)  # no plugin loaded: the function body
+    fake_trt.get_plugin_registry().load_library(str(plugin))
+    assert layers(scan).count(fake_trt.LayerType.PLUGIN_V3) == 1
+    # The node's domain is not what maps it: the attributes are.
+    proto = onnx.load(str(scan))
+    node = next(n for n in proto.graph.node if n.op_type == "HydraScan")
+    node.domain = "another.domain"
+    proto.opset_import.append(onnx.helper.make_opsetid("another.domain", 1))
+    moved = tmp_path / "moved.onnx"
+    onnx.save(proto, str(moved))
+    assert layers(moved).count(fake_trt.LayerType.PLUGIN_V3) == 1
+    # No creator of that version and no local function: the parser fails, naming the plugin.
+    for a in node.attribute:
+        if a.name == "plugin_version":
+            a.s = b"7"
+    onnx.save(proto, str(moved))
+    network = fake_trt.Builder(None).create_network(1 << int(fake_trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = fake_trt.OnnxParser(network, None)
+    assert not parser.parse_from_file(str(moved)) and "version 7" in parser.get_error(0)

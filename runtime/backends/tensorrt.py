@@ -27,8 +27,9 @@ TRT_ALIGNMENT = 256
 
 
 class _Engine:
-    """A deserialized engine and its I/O: ``inputs``/``outputs`` as (name, torch dtype,
-    host-resident shape input?)."""
+    """A deserialized engine and its I/O: ``inputs``/``outputs`` as (name, torch dtype, in host
+    memory?). Where a tensor must live is ``get_tensor_location`` (HOST for shape tensors, and
+    for anything else the network placed on the host), not ``is_shape_inference_io``."""
 
     def __init__(self, engine, trt, torch_dtypes):
         self.engine = engine
@@ -36,8 +37,12 @@ class _Engine:
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dt = torch_dtypes[str(engine.get_tensor_dtype(name)).split(".")[-1]]
+            host = engine.get_tensor_location(name) == trt.TensorLocation.HOST
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self.inputs.append((name, dt, bool(engine.is_shape_inference_io(name))))
+                self.inputs.append((name, dt, host))
+            elif host:  # a shape output: no stage graph computes one
+                raise CheckpointError(f"engine output {name} lives in host memory; the runtime takes device "
+                                      f"outputs only; {REBUILD}")
             else:
                 self.outputs.append((name, dt))
         self.contexts = threading.local()  # an execution context is not thread-safe: one per thread
@@ -121,13 +126,24 @@ class TrtBackend(GraphBackend):
         current.wait_stream(side)
         return ok
 
-    def _aligned(self, t):
-        """``t`` itself when TensorRT may take its address, else a copy at a 256-byte boundary
-        (slices of a chunk, e.g. the scan inputs of a one-query window, start anywhere)."""
-        if t.data_ptr() % TRT_ALIGNMENT == 0:
+    def _device_empty(self, shape, dtype):
+        """An uninitialized tensor in this backend's device memory."""
+        return self.torch.empty(shape, dtype=dtype, device=self.device)
+
+    def _in_device_memory(self, t) -> bool:
+        return t.device == self.device
+
+    def _placed(self, t, host: bool):
+        """``t`` as TensorRT may take its address: in host or device memory as the engine says,
+        at a 256-byte boundary (slices of a chunk, e.g. the scan inputs of a one-query window,
+        start anywhere; host tensors too: setTensorAddress asks it of every pointer)."""
+        torch = self.torch
+        in_place = (t.device.type == "cpu" and not self._in_device_memory(t)) if host else self._in_device_memory(t)
+        if in_place and t.data_ptr() % TRT_ALIGNMENT == 0 and t.is_contiguous():
             return t
         n = t.numel() * t.element_size()
-        buf = self.torch.empty(n + TRT_ALIGNMENT, dtype=self.torch.uint8, device=t.device)
+        buf = (torch.empty(n + TRT_ALIGNMENT, dtype=torch.uint8) if host
+               else self._device_empty((n + TRT_ALIGNMENT,), torch.uint8))
         start = (-buf.data_ptr()) % TRT_ALIGNMENT
         out = buf[start:start + n].view(t.dtype).view(t.shape)
         out.copy_(t)
@@ -153,8 +169,9 @@ class TrtBackend(GraphBackend):
 
     def _context(self, eng: _Engine):
         ctx = getattr(eng.contexts, "ctx", None)
-        if ctx is None:
-            ctx = eng.contexts.ctx = eng.engine.create_execution_context()
+        if ctx is None:  # its activation memory goes to the current device: make it self.device
+            with self._device_scope():
+                ctx = eng.contexts.ctx = eng.engine.create_execution_context()
         return ctx
 
     def _check_profile(self, stage, eng, name, shape):
@@ -173,19 +190,17 @@ class TrtBackend(GraphBackend):
             if name not in feeds:
                 raise CheckpointError(f"engine of stage {stage} wants input {name!r}, which the bundle "
                                       f"stage does not take; {REBUILD}")
-            t = feeds[name]
-            t = torch.as_tensor(t).to(device="cpu" if host else self.device, dtype=dt).contiguous()
-            if not host:
-                t = self._aligned(t)
-                if -1 in tuple(eng.engine.get_tensor_shape(name)):  # static inputs have no profile
-                    self._check_profile(stage, eng, name, t.shape)
+            t = torch.as_tensor(feeds[name])
+            t = self._placed(t if t.dtype == dt else t.to(dt), host)
+            if not host and -1 in tuple(eng.engine.get_tensor_shape(name)):  # static inputs have no profile
+                self._check_profile(stage, eng, name, t.shape)
             if not ctx.set_input_shape(name, tuple(t.shape)):
                 raise InputError(f"stage {stage}: TensorRT rejected shape {tuple(t.shape)} for input {name}")
             self._bind(ctx, stage, name, t)
             keep.append(t)
         outs = []
         for name, dt in eng.outputs:
-            t = self._aligned(torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=dt, device=self.device))
+            t = self._placed(self._device_empty(tuple(ctx.get_tensor_shape(name)), dt), False)
             self._bind(ctx, stage, name, t)
             outs.append(t)
         with self._device_scope():
