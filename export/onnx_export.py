@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,6 +30,16 @@ import torch.nn.functional as F
 from hieramamba.errors import ExportError
 
 from . import scan_node
+
+class _NoTorchvisionNotice(logging.Filter):
+    """The exporter's registry warns once per torchvision op when torchvision is absent (dozens of
+    lines per export); this project exports no torchvision op. Only those lines are dropped."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(_NoTorchvisionNotice())
 
 MIN_OPSET = 18  # the dynamo exporter's minimum; also first opset with ReduceMean axes as input
 DEFAULT_OPSET = 18
@@ -219,7 +230,10 @@ def check_graph(model_proto, expect_scan_nodes: Optional[int] = None) -> None:
 
 
 def save_model(model_proto, path) -> Path:
+    """Write the graph atomically (a graph over 2 GiB keeps its weights in ``<file>.data``)."""
     import onnx
+
+    from hieramamba.artifacts import write_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +242,7 @@ def save_model(model_proto, path) -> Path:
         onnx.save_model(model_proto, path, save_as_external_data=True,
                         location=path.name + ".data")
     else:
-        onnx.save_model(model_proto, path)
+        write_atomic(path, model_proto.SerializeToString())
     return path
 
 

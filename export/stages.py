@@ -18,7 +18,6 @@ import copy
 import io
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from hieramamba.artifacts import BUNDLE_SCHEMA, BUNDLE_VERSION, SCAN_OP, BundleManifest, StageFile, file_sha256
+from hieramamba.artifacts import (BUNDLE_SCHEMA, BUNDLE_VERSION, SCAN_OP, BundleManifest, StageFile,
+                                  check_output_location, file_sha256, temp_sibling)
 from hieramamba.errors import ExportError
 from hieramamba.ort_options import ort_session_options
 from hieramamba.stage_modules import plan_from_model, stage_module
@@ -220,12 +220,14 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
     out = Path(out_dir)
     if out.exists():
         raise ExportError(f"bundle folder {out} already exists; remove it or choose another")
+    check_output_location(out, "bundle folder", folder=True)  # before minutes of export, not after
     if next(model.parameters()).dtype != tdtype:
         model = copy.deepcopy(model).to(tdtype)
     model = model.eval()
     plan = plan_from_model(model, opt)
     log = log or (lambda line: None)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(out, folder=True)
     files = {}
     traced = {}  # structure key -> (stage name, unoptimized proto)
     islands = fp32_islands if dtype == "float16" else contextlib.nullcontext
@@ -290,30 +292,52 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HIERAMAMBA_CACHE") or Path.home() / ".cache" / "hieramamba")
 
 
+def _valid_bundle(folder: Path) -> str | None:
+    """None when ``folder`` holds a complete, intact bundle, else why not."""
+    from hieramamba.errors import CheckpointError
+
+    try:
+        BundleManifest.read(folder).verify_stage_files(folder)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
 def default_bundle(dtype: str = "float16", log=None) -> Path:
     """The runtime bundle of the embedded default (``hieramamba.checkpoint.load_default``),
     exported on first use into ``cache_dir()/bundles`` and reused afterwards. The folder name
     holds a hash of the weights file, the package version and the bundle format, so a new
-    default or a new exporter never reuses a stale bundle."""
+    default or a new exporter never reuses a stale bundle. A cached bundle is verified (manifest
+    and every stage file's hash) before use; a corrupt one is exported again. Concurrent
+    processes take turns on a lock file: one exports, the others then use its bundle."""
+    import fcntl
     import hashlib
 
     import hieramamba
+    from hieramamba.artifacts import check_output_folder
     from hieramamba.checkpoint import default_experiment_dir, load_default
 
+    log = log or (lambda line: None)
     folder = default_experiment_dir()
     h = hashlib.sha256()
     for part in (folder / "models" / "last.pth", folder / "opt.yaml"):
         h.update(part.read_bytes())
     h.update(f"{hieramamba.__version__}|{BUNDLE_SCHEMA}/{BUNDLE_VERSION}|{SCAN_OP.version}".encode())
-    out = cache_dir() / "bundles" / f"{folder.name}-{dtype}-{h.hexdigest()[:16]}"
-    if not (out / "manifest.json").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        model, opt = load_default()
-        (log or (lambda line: None))(f"exporting the default's {dtype} bundle to {out} (once)")
-        try:
-            export_bundle(model, opt, out, dtype=dtype, log=log)
-        except ExportError:
-            if (out / "manifest.json").is_file():  # a concurrent process finished first
+    bundles = cache_dir() / "bundles"
+    out = bundles / f"{folder.name}-{dtype}-{h.hexdigest()[:16]}"
+    if out.is_dir() and _valid_bundle(out) is None:
+        return out
+    check_output_folder(bundles, "the cache folder ($HIERAMAMBA_CACHE or ~/.cache/hieramamba)")
+    bundles.mkdir(parents=True, exist_ok=True)
+    with open(bundles / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (also if this process dies)
+        if out.is_dir():
+            why = _valid_bundle(out)
+            if why is None:  # another process exported it meanwhile
                 return out
-            raise
+            log(f"the cached bundle {out} is unusable ({why}); exporting it again")
+            shutil.rmtree(out)
+        model, opt = load_default()
+        log(f"exporting the default's {dtype} bundle to {out} (once)")
+        export_bundle(model, opt, out, dtype=dtype, log=log)
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from hieramamba.artifacts import (SCAN_OP, BundleManifest, EngineLimits, EnginesManifest, StageFile,
-                                  bundle_fingerprint, file_sha256, write_artifact, write_atomic)
+                                  bundle_fingerprint, file_sha256, temp_sibling, write_artifact, write_atomic)
 from hieramamba.errors import ExportError
 from hieramamba.stage_table import index_ranges, profile_shapes, stage_instances
 from hieramamba.trt_env import gpu_info, import_tensorrt, load_scan_plugin
@@ -235,7 +235,6 @@ def build_bundle_engines(bundle_dir, limits: EngineLimits, out_dir=None, *, plug
     atomically: a failed build leaves the previous engines, or nothing). A timing cache is
     shared by the stages and kept as ``timing.cache``. Returns the folder."""
     import shutil
-    import tempfile
     import time
 
     bundle_dir = Path(bundle_dir)
@@ -249,7 +248,7 @@ def build_bundle_engines(bundle_dir, limits: EngineLimits, out_dir=None, *, plug
     lib = load_scan_plugin(trt, plugin_library) if needs_plugin else None
     out = Path(out_dir) if out_dir else bundle_dir / "trt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_sibling(out, folder=True)
     log = log or (lambda line: None)
     t0 = time.perf_counter()
     try:

@@ -85,25 +85,114 @@ def verify_file(path, sha256: str, what: str, remedy: str) -> None:
         _verified[key] = sha256
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path) -> None:
+    """Remove the temporary siblings (``.<name>.<pid>.*``) an earlier writer of ``path`` left when
+    it was killed: those whose process is gone. Live writers' (other processes', this one's) stay."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    prefix = f".{path.name}."
+    for sib in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        pid = sib.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        if sib.is_dir() and not sib.is_symlink():
+            import shutil
+
+            shutil.rmtree(sib, ignore_errors=True)
+        else:
+            try:
+                sib.unlink()
+            except OSError:
+                pass
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def temp_sibling(path, folder: bool = False) -> Path:
+    """A new temporary file (or folder) beside ``path`` named ``.<name>.<pid>.<random>``, after
+    removing stale ones of dead writers (``remove_stale_temps``): renamed onto ``path`` when done."""
+    path = Path(path)
+    remove_stale_temps(path)
+    prefix = f".{path.name}.{os.getpid()}."
+    umask = os.umask(0)
+    os.umask(umask)
+    if folder:  # mkdtemp/mkstemp make private (0700/0600) entries: give the usual permissions
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        os.chmod(tmp, 0o777 & ~umask)
+        return tmp
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
 def write_atomic(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary sibling and a rename: never a half file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
     return path
+
+
+def check_output_location(path, flag: str, folder: bool = False) -> Path:
+    """Before any work: ``InputError`` unless ``path`` can be written (a file, or with ``folder`` a
+    folder that does not exist yet): its nearest existing ancestor must be a writable folder, and
+    an existing ``path`` a writable file. ``flag`` names the option in the message."""
+    path = Path(path).expanduser()
+    if folder and path.exists():
+        raise InputError(f"{flag} {path} already exists; remove it or choose another")
+    if path.exists() and (path.is_dir() or not os.access(path, os.W_OK)):
+        raise InputError(f"{flag} {path} is {'a folder' if path.is_dir() else 'not writable'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write into {parent} (permission denied)")
+    return path
+
+
+def check_output_folder(path, flag: str) -> Path:
+    """``InputError`` unless ``path`` is (or can be made) a folder this process can write into."""
+    path = Path(path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{flag} {path} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"{flag} {path}: cannot write into it (permission denied)")
+        return path
+    return check_output_location(path, flag, folder=True)
 
 
 def write_artifact(path, schema: str, version: int, body: Mapping[str, Any]) -> Path:
     """``{"schema", "version", **body}`` as JSON at ``path``, atomically."""
     doc = {"schema": schema, "version": version, **body}
     return write_atomic(path, (json.dumps(doc, indent=1, default=str) + "\n").encode())
+
+
+def content_hash(body: Mapping[str, Any]) -> str:
+    """The hash a manifest records of its own content (canonical JSON): an edit is noticed."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def read_artifact(path, schema: str, version: int, remedy: str, missing: Optional[str] = None) -> dict:
@@ -363,7 +452,9 @@ class BundleManifest:
                 "export_seconds": self.export_seconds}
 
     def write(self, folder) -> Path:
-        return write_artifact(Path(folder) / BUNDLE_MANIFEST, BUNDLE_SCHEMA, BUNDLE_VERSION, self.to_dict())
+        body = self.to_dict()
+        body["content_sha256"] = content_hash(body)
+        return write_artifact(Path(folder) / BUNDLE_MANIFEST, BUNDLE_SCHEMA, BUNDLE_VERSION, body)
 
     @classmethod
     def read(cls, folder) -> "BundleManifest":
@@ -374,6 +465,10 @@ class BundleManifest:
                             missing=f"{folder}: not a runtime bundle (no {BUNDLE_MANIFEST}); export one with "
                                     "`hieramamba export-bundle`")
         f = _Fields(doc, str(path))
+        body = {k: v for k, v in doc.items() if k not in ("schema", "version", "content_sha256")}
+        if f.str("content_sha256") != content_hash(body):
+            raise CheckpointError(f"{path}: the manifest was edited after export (its content hash differs); "
+                                  f"{REEXPORT}")
         op_version = f.str("scan_op_version")
         if op_version != SCAN_OP.version:
             f.fail("scan_op_version", f"{SCAN_OP.version!r} (this hieramamba's HydraScan); {REEXPORT}", op_version)

@@ -24,9 +24,10 @@ def _load_pth(path: Path) -> dict:
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
-                              f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # torch raises many types for truncated / foreign / pickled-code files
+        first = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated, or holding "
+                              f"code, which is never run): {type(exc).__name__}: {first}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict with 'model'/'model_ema', got {type(obj).__name__}")
     return obj
@@ -34,6 +35,11 @@ def _load_pth(path: Path) -> dict:
 
 def check_state_dict(model: torch.nn.Module, state: dict, source: str) -> None:
     """Strict key and shape comparison with a message that says what differs."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{source}: entries that are not tensors: {', '.join(not_tensors[:5])}")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

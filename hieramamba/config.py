@@ -107,9 +107,16 @@ def _check(opt: dict, source: str) -> None:
     for section in ("model", "eval"):
         if section not in opt:
             raise ConfigError(f"{source}: missing section '{section}'")
-    for key in ("text_net", "vid_net"):
-        if key not in opt["model"]:
+    for key in ("text_net", "vid_net", "fusion", "cls_head", "reg_head"):
+        if key in ("text_net", "vid_net") and key not in opt["model"]:
             raise ConfigError(f"{source}: missing 'model.{key}'")
+        if not isinstance(opt["model"].get(key, {}), dict):
+            raise ConfigError(f"{source}: model.{key} must be a mapping, got {opt['model'][key]!r}")
+    for section, key in (("train", "data"), ("eval", "nms"), ("eval", "data")):
+        if not isinstance(opt.get(section, {}).get(key, {}), dict):
+            raise ConfigError(f"{source}: {section}.{key} must be a mapping")
+    if not isinstance(opt.get("model_net", {}), dict):
+        raise ConfigError(f"{source}: model_net must be a mapping")
     name = opt.get("model_net", {}).get("name", "hieramamba")
     if name != "hieramamba":
         raise ConfigError(f"{source}: model_net.name is {name!r}; only 'hieramamba' is supported")
@@ -144,13 +151,78 @@ def _check(opt: dict, source: str) -> None:
         raise ConfigError(f"{source}: text_net.embd_dim is required")
 
 
+# The types of the keys the model, decoding and clip geometry read ("int", "num", "bool", "ints",
+# None allowed where the value may be null). Checked before anything is built, so a string or a
+# float where an int belongs is one line naming the key, not a failure deep inside a module.
+INT, NUM, BOOL, INTS, STR = "an int", "a number", "true or false", "a list of ints", "a string"
+TYPES = {
+    "model.early_fusion": BOOL,
+    "model.text_net.in_dim": INT, "model.text_net.embd_dim": (INT, None), "model.text_net.n_heads": INT,
+    "model.text_net.max_seq_len": INT, "model.text_net.use_abs_pe": BOOL, "model.text_net.use_bkgd_token": BOOL,
+    "model.vid_net.in_dim": INT, "model.vid_net.embd_dim": INT, "model.vid_net.max_seq_len": INT,
+    "model.vid_net.arch": INTS, "model.vid_net.stride": INT, "model.vid_net.use_abs_pe": BOOL,
+    "model.vid_net.local_window_size": INT, "model.vid_net.local_encode_num_layers": INT,
+    "model.vid_net.mamba_headdim": INT, "model.vid_net.mamba_dstate": INT, "model.vid_net.mamba_expand": INT,
+    "model.vid_net.mamba_dconv": INT, "model.vid_net.n_heads": INT,
+    "model.fusion.n_layers": INT, "model.fusion.n_heads": INT, "model.fusion.name": STR,
+    "model.cls_head.n_layers": INT, "model.cls_head.prior_prob": NUM, "model.reg_head.n_layers": INT,
+    "pt_gen.regression_range": NUM, "pt_gen.sigma": NUM,
+    "train.data.clip_size": NUM, "train.data.clip_stride": NUM, "train.data.downsample_rate": INT,
+    "train.batch_size": INT, "train.epochs": INT, "train.warmup_epochs": INT,
+    "eval.max_text_len": INT, "eval.pre_nms_thresh": NUM, "eval.pre_nms_topk": INT, "eval.seg_len_thresh": NUM,
+    "eval.batchify_text_queries": BOOL, "eval.nms.iou_thresh": NUM, "eval.nms.min_score": NUM,
+    "eval.nms.max_num_segs": INT, "eval.nms.sigma": NUM, "eval.nms.voting_thresh": NUM, "eval.nms.mode": STR,
+}
+POSITIVE = {"model.text_net.in_dim", "model.vid_net.in_dim", "model.vid_net.embd_dim", "model.vid_net.max_seq_len",
+            "model.text_net.max_seq_len", "model.vid_net.mamba_headdim", "model.vid_net.mamba_dstate",
+            "model.vid_net.mamba_expand", "model.text_net.n_heads", "model.fusion.n_heads",
+            "eval.max_text_len", "eval.pre_nms_topk", "eval.nms.max_num_segs", "train.data.clip_stride",
+            "train.data.downsample_rate"}
+
+
+def _type_ok(value, kind) -> bool:
+    if isinstance(kind, tuple):
+        return any(value is None if k is None else _type_ok(value, k) for k in kind)
+    if kind == INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == NUM:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == BOOL:
+        return isinstance(value, bool)
+    if kind == STR:
+        return isinstance(value, str)
+    return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _check_types(opt: dict, source: str) -> None:
+    for dotted, kind in TYPES.items():
+        node, parts = opt, dotted.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            continue  # absent: a default or the module's own default applies
+        value = node[parts[-1]]
+        if not _type_ok(value, kind):
+            want = kind if not isinstance(kind, tuple) else " or ".join("null" if k is None else k for k in kind)
+            raise ConfigError(f"{source}: {dotted} must be {want}, got {value!r}")
+        if dotted in POSITIVE and value is not None and value <= 0:
+            raise ConfigError(f"{source}: {dotted} must be positive, got {value!r}")
+    arch = opt["model"]["vid_net"].get("arch")
+    if arch is not None and (len(arch) != 3 or min(arch) < 0 or arch[2] < 1):
+        raise ConfigError(f"{source}: model.vid_net.arch must be [stem convs, 0, levels ≥ 1], got {arch!r}")
+
+
 def parse_config(raw: dict, is_training: bool = False, source: str = "<dict>") -> dict:
     """Merge defaults into a raw config dict (a copy) and add derived keys."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     opt = copy.deepcopy(raw)
+    for section in ("model", "train", "eval", "pt_gen"):
+        if section in opt and not isinstance(opt[section], dict):
+            raise ConfigError(f"{source}: {section} must be a mapping, got {type(opt[section]).__name__}")
     _fill_missing(DEFAULTS, opt)
     _check(opt, source)
+    _check_types(opt, source)
     _derive(opt, is_training)
     return opt
 
@@ -160,10 +232,14 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is text)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return raw
 
 

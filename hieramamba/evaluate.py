@@ -73,7 +73,8 @@ def evaluate_model(model, opt: dict, *, root=None, data_paths: Optional[dict] = 
 
 def evaluate_pipeline(pipeline: GroundingPipeline, opt: dict, *, root=None, data_paths: Optional[dict] = None,
                       split: Optional[str] = None, progress: bool = False, max_videos: Optional[int] = None,
-                      mask_semantics: Optional[str] = None, source: str = "the pipeline") -> dict:
+                      mask_semantics: Optional[str] = None, source: str = "the pipeline",
+                      outside_moments: str = "error") -> dict:
     """Evaluate a ready pipeline (e.g. the chunked runtime on an export bundle:
     ``hieramamba.runtime.GroundingRuntime.load``) on a split of the dataset ``opt`` describes — the
     config its model came from, which also gives the ranks and IoU thresholds. Refuses a pipeline
@@ -88,7 +89,7 @@ def evaluate_pipeline(pipeline: GroundingPipeline, opt: dict, *, root=None, data
         if getattr(plan, key) != value:
             raise InputError(f"{source}: exported with {key}={getattr(plan, key)!r}, the config has "
                              f"{value!r}; evaluate it with the config it was exported from")
-    dataset = make_dataset(opt, False, root=root, split=split, **(data_paths or {}))
+    dataset = make_dataset(opt, False, root=root, split=split, outside_moments=outside_moments, **(data_paths or {}))
     return evaluate_dataset(pipeline, dataset, ev, progress=progress, max_videos=max_videos)
 
 
@@ -105,7 +106,7 @@ def evaluate_experiment(folder, ckpt: str = "last", *, out_dir=None, root=None,
                         device="cpu", use_ema: bool = True, mask_semantics: str = "official",
                         text_overflow: str = "error", progress: bool = False,
                         max_videos: Optional[int] = None, pipeline: Optional[GroundingPipeline] = None,
-                        pipeline_source: str = "the pipeline") -> dict:
+                        pipeline_source: str = "the pipeline", outside_moments: str = "error") -> dict:
     """Evaluate an official (or our own) experiment folder: loads ``opt.yaml`` and the EMA weights
     of ``models/<ckpt>.pth`` strictly, runs :func:`evaluate_model`, writes ``eval_<ckpt>.txt`` and
     ``predictions_<ckpt>.json`` into ``out_dir`` (default: the folder). Data paths in the
@@ -121,7 +122,8 @@ def evaluate_experiment(folder, ckpt: str = "last", *, out_dir=None, root=None,
         t0 = time.perf_counter()
         result = evaluate_pipeline(pipeline, load_experiment_config(folder), root=root, data_paths=data_paths,
                                    split=split, progress=progress, max_videos=max_videos,
-                                   mask_semantics=mask_semantics, source=pipeline_source)
+                                   mask_semantics=mask_semantics, source=pipeline_source,
+                                   outside_moments=outside_moments)
     else:
         tag = ckpt
         device = resolve_device(device)
@@ -129,7 +131,8 @@ def evaluate_experiment(folder, ckpt: str = "last", *, out_dir=None, root=None,
                                      device=device)
         t0 = time.perf_counter()
         result = evaluate_model(model, opt, root=root, data_paths=data_paths, split=split, device=device,
-                                text_overflow=text_overflow, progress=progress, max_videos=max_videos)
+                                text_overflow=text_overflow, progress=progress, max_videos=max_videos,
+                                outside_moments=outside_moments)
     elapsed = time.perf_counter() - t0
     out = Path(out_dir) if out_dir is not None else Path(folder)
     out.mkdir(parents=True, exist_ok=True)

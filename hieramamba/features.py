@@ -33,6 +33,6 @@ def query_tokens_to_keep(index: int, shape, text_dim: int, max_text_len: int, ba
         if text_overflow == "error":
             raise InputError(
                 f"query {index} has {shape[0]} tokens, more than eval.max_text_len={max_text_len}; "
-                "pass text_overflow='truncate' to keep the first tokens")
+                "pass text_overflow='truncate' (--text-overflow truncate) to keep the first tokens")
         return max_text_len
     return shape[0]

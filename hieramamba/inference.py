@@ -33,6 +33,7 @@ class EagerEngine:
         self.device, self.dtype = resolve_device(device), dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.plan = plan_from_model(self.model, opt)
+        self.input_dtype = str(dtype).replace("torch.", "")
 
     @torch.no_grad()
     def level_outputs(self, clips, text, text_mask, official_batch, on_level=None):

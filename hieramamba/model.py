@@ -125,8 +125,15 @@ class HieraMamba(nn.Module):
 
 
 def build_model(opt: dict, mask_semantics: str = "official") -> HieraMamba:
-    """Build the network from a full config (``load_config``) or its ``model`` section."""
-    return HieraMamba(opt["model"] if "model" in opt else opt, mask_semantics=mask_semantics)
+    """Build the network from a full config (``load_config``) or its ``model`` section. A config
+    the modules cannot be built from (sizes that do not divide, ...) is a ``ConfigError``."""
+    try:
+        return HieraMamba(opt["model"] if "model" in opt else opt, mask_semantics=mask_semantics)
+    except (TypeError, ValueError, KeyError, AssertionError, ZeroDivisionError, RuntimeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"the model cannot be built from this config: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
 @torch.no_grad()

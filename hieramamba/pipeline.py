@@ -37,6 +37,7 @@ class Segment:
 class LevelOutputsEngine(Protocol):
     plan: object            # hieramamba.artifacts.Plan
     max_batch: Optional[int]  # most queries run together; None: a whole group at once
+    input_dtype: str        # the dtype features are cast to ("float32", "float16", ...)
 
     def level_outputs(self, clips: np.ndarray, text: np.ndarray, text_mask: np.ndarray,
                       official_batch: int, on_level: Optional[Callable[[int], None]] = None):
@@ -50,9 +51,32 @@ def default_duration(num_clips: int, fps: float, clip_size: float, clip_stride: 
     return ((num_clips - 1) * clip_stride + clip_size) / fps
 
 
+def check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) \
+            or value <= 0:
+        raise InputError(f"{name} must be a positive number, got {value!r}")
+
+
+def check_duration(duration, num_clips: int, fps: float, clip_stride: float) -> None:
+    """A duration the features contradict is refused: segments are clamped to ``[0, duration]``
+    (as the official evaluator does), so a duration shorter than the time the clips start
+    within would silently squash every answer (e.g. all 10.00–10.00 s). One clip stride of slack:
+    a video's features may start their last clip just before its end."""
+    if isinstance(duration, bool) or not isinstance(duration, (int, float, np.number)) or not np.isfinite(duration) \
+            or duration <= 0:
+        raise InputError(f"duration must be a positive number of seconds, got {duration!r}")
+    last_start = (num_clips - 1) * clip_stride / fps
+    if duration + clip_stride / fps < last_start:
+        raise InputError(f"duration {duration:g} s is shorter than the video the features cover: {num_clips} clips "
+                         f"at fps {fps:g} and clip stride {clip_stride:g} frames start up to {last_start:.2f} s; every "
+                         "segment would be clamped to it. Pass the video's real duration (or none: the end of "
+                         "the last clip), or check fps")
+
+
 def as_feature_array(x, what: str) -> np.ndarray:
-    """A NumPy view of floating-point features (a torch tensor is converted without importing
-    torch; bfloat16, which NumPy lacks, becomes float32 exactly)."""
+    """A NumPy view of floating-point features in native byte order (a torch tensor is converted
+    without importing torch; bfloat16, which NumPy lacks, becomes float32 exactly; a big-endian
+    ``.npy`` is byte-swapped, values unchanged)."""
     if type(x).__module__.startswith("torch"):
         x = x.detach().cpu()
         if not x.is_floating_point():
@@ -62,15 +86,28 @@ def as_feature_array(x, what: str) -> np.ndarray:
         raise InputError(f"{what}: expected a numpy array or torch tensor, got {type(x).__name__}")
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"{what}: expected floating-point features, got dtype {x.dtype}")
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
     return x
 
 
-def check_finite(x: np.ndarray, what: str, rows: int = 4096) -> None:
-    for r0 in range(0, x.shape[0], rows):  # in blocks: no mask of the whole video
-        bad = ~np.isfinite(x[r0:r0 + rows])
+def check_finite(x: np.ndarray, what: str, rows: int = 4096, limit: Optional[float] = None,
+                 dtype_name: str = "") -> None:
+    """NaN/Inf, and with ``limit`` values beyond what the engine's dtype holds, are refused with
+    the first row named (checked in blocks: no mask of the whole video)."""
+    for r0 in range(0, x.shape[0], rows):
+        block = x[r0:r0 + rows]
+        bad = ~np.isfinite(block)
         if bad.any():
             row = r0 + int(np.argwhere(bad)[0, 0])
             raise InputError(f"{what} contains NaN/Inf (first at row {row}); clean or drop those features")
+        if limit is not None:
+            big = np.abs(block) > limit
+            if big.any():
+                row = r0 + int(np.argwhere(big)[0, 0])
+                raise InputError(f"{what} hold {float(np.abs(block).max()):.6g} (first beyond range at row {row}), "
+                                 f"more than {dtype_name} holds ({limit:g}), the precision this runs in: scale "
+                                 "the features or use a float32 bundle / model")
 
 
 class GroundingPipeline:
@@ -84,12 +121,19 @@ class GroundingPipeline:
             raise InputError(f"text_overflow must be 'error' or 'truncate', got {text_overflow!r}")
         self.engine, self.plan = engine, engine.plan
         self.text_overflow, self.progress = text_overflow, progress
+        # The largest magnitude the engine's input dtype holds (16-bit engines): beyond it the
+        # features would become inf inside the network and be reported as a model NaN.
+        self._dtype_name = getattr(engine, "input_dtype", "float32")
+        self._limit = float(np.finfo(np.float16).max) if self._dtype_name == "float16" else None
 
     # -- validation ------------------------------------------------------------------------
+    def _check(self, x, what):
+        check_finite(x, what, limit=self._limit, dtype_name=self._dtype_name)
+
     def _video(self, video) -> np.ndarray:
         v = as_feature_array(video, "video features")
         check_video_shape(v.shape, self.plan.vid_in_dim)
-        check_finite(v, "video features")
+        self._check(v, "video features")
         return v
 
     def _queries(self, queries) -> list:
@@ -103,7 +147,7 @@ class GroundingPipeline:
             q = as_feature_array(q, f"query {i}")
             q = q[:query_tokens_to_keep(i, q.shape, self.plan.text_in_dim, self.plan.max_text_len,
                                         self.plan.batchify, self.text_overflow)]
-            check_finite(q, f"query {i}")
+            self._check(q, f"query {i}")
             out.append(q)
         return out
 
@@ -149,12 +193,14 @@ class GroundingPipeline:
         ``clip_size``/``clip_stride`` (effective: stride × downsample) default to the plan's;
         ``duration`` defaults to the end of the last clip. Returns, per query, segments sorted by
         score (at most ``plan.max_num_segs``)."""
-        if not fps or fps <= 0:
-            raise InputError(f"fps must be positive, got {fps}")
+        check_positive("fps", fps)
         cs = self.plan.clip_size if clip_size is None else clip_size
         st = self.plan.clip_stride if clip_stride is None else clip_stride
+        check_positive("clip_stride", st)
         num_clips = int(video.shape[0]) if hasattr(video, "shape") and len(video.shape) else 0
         dur = default_duration(num_clips, fps, cs, st) if duration is None else duration
+        if duration is not None:
+            check_duration(duration, num_clips, fps, st)
         meta = {"fps": fps, "clip_size": cs, "clip_stride": st, "duration": dur}
         out = []
         for logits, offsets, masks in self.level_outputs(video, queries):

@@ -273,6 +273,12 @@ def _make_logger(path: Path, quiet: bool) -> logging.Logger:
     return log
 
 
+# What a training state holds beyond tensors and plain Python values: numpy's RNG state (an
+# array) — the only globals ``torch.load(weights_only=True)`` is allowed to build.
+_NP_CORE = getattr(np, "_core", None) or np.core  # numpy 2 / 1
+_STATE_GLOBALS = [_NP_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 class Trainer:
     """Train one experiment folder.
 
@@ -358,10 +364,15 @@ class Trainer:
             check_state_dict(self.model, blob[key], f"{weights}['{key}']")
         self.model.load_state_dict(blob["model"])
         self.ema.load_state_dict(blob["model_ema"])
-        try:
-            state = torch.load(states, map_location="cpu", weights_only=False)
+        try:  # weights_only: a planted pickle is refused, not run; numpy arrays hold the RNG state
+            with torch.serialization.safe_globals(_STATE_GLOBALS):
+                state = torch.load(states, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"{states}: not a readable training state ({type(exc).__name__}: {exc})") from exc
+            first = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{states}: not a readable training state ({first}); remove the folder's "
+                                  "states/ to start over, or pass --no-resume") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{states}: expected a dict of training state, got {type(state).__name__}")
         for key in ("optimizer", "scheduler", "epoch", "itr"):
             if key not in state:
                 raise CheckpointError(f"{states}: no '{key}' entry to resume from")

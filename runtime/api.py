@@ -33,6 +33,7 @@ class ChunkedEngine:
         backend.check_request(chunk=chunk, max_batch=max_batch)
         self.backend, self.plan = backend, backend.plan
         self.chunk, self.attn_rows = chunk, attn_rows
+        self.input_dtype = str(backend.arrays.dtype).replace("torch.", "")
 
     def level_outputs(self, clips, text, text_mask, official_batch, on_level=None):
         length = clips.shape[0]

@@ -398,6 +398,10 @@ def test_register_kernel_dispatch():
                                          state_f0, state_b0, chunk_size)
         return y + 1.0, sf, sb  # recognisable
 
+    import importlib
+
+    op = importlib.import_module("hieramamba.ops.hydra_scan.op")
+    previous = op._KERNELS.pop("cpu", None)  # restored at the end: other tests rely on the default
     args = make_inputs(4, 1, 12, 2, 2, 1, 3, torch.float32)
     want = hydra_scan(*args, chunk_size=4)
     register_kernel("cpu", fake_kernel)
@@ -423,6 +427,8 @@ def test_register_kernel_dispatch():
     assert not unregister_kernel("cpu")
     with pytest.raises(InputError):
         register_kernel("cpu", "not callable")
+    if previous is not None:
+        op._KERNELS["cpu"] = previous
 
 
 def test_registered_kernel_is_not_baked_into_export():
@@ -437,6 +443,10 @@ def test_registered_kernel_is_not_baked_into_export():
         calls.append(1)
         return hydra_scan_reference(*args)
 
+    import importlib
+
+    op = importlib.import_module("hieramamba.ops.hydra_scan.op")
+    previous = op._KERNELS.get("cpu")
     register_kernel("cpu", kernel)
     try:
         ep = torch.export.export(module, inp, strict=False)
@@ -445,6 +455,8 @@ def test_registered_kernel_is_not_baked_into_export():
         assert calls == [1]
     finally:
         unregister_kernel("cpu")
+        if previous is not None:
+            op._KERNELS["cpu"] = previous
 
 
 def test_decay_math_sanity():

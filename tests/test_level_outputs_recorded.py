@@ -22,10 +22,22 @@ def recorded():
 
 @pytest.fixture()
 def one_thread():
+    """As recorded: one torch thread and HydraScan on CPU by the C++ kernel (the default when
+    the library is built); whatever other tests left registered is restored after."""
+    import importlib
+
+    op = importlib.import_module("hieramamba.ops.hydra_scan.op")
+    saved = op._KERNELS.get("cpu")
+    if not op.register_native_cpu_kernel(required=False):
+        pytest.skip("libhieramamba_plugins is not built: the recording ran the C++ scan kernel")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+    if saved is None:
+        op.unregister_kernel("cpu")
+    else:
+        op._KERNELS["cpu"] = saved
 
 
 def check(recorded, prefix, results, exact):

@@ -6,8 +6,10 @@
 * ``export`` — ``export``, ``export-bundle``, ``check-onnx``, ``build-engine``, ``build-engines``
 * ``profile`` — ``bench``, ``profile``
 
-Options the verbs share are declared once in ``common``. A ``HieraMambaError`` ends the command
-with its message on one line and exit code 2.
+Options the verbs share are declared once in ``common``. A ``HieraMambaError`` (or an operating
+system error: a file that cannot be read or written) ends the command with its message on one
+line and exit code 2; Ctrl-C with one line and exit code 130 (temporary files are removed by the
+writers on the way out).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def main(argv=None) -> int:
     except HieraMambaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system said no: name the file, not a traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -113,8 +113,15 @@ def load_features(path: str):
     if p.suffix == ".pt":
         import torch
 
-        return torch.load(p, map_location="cpu", weights_only=True)
+        try:  # weights_only: a pickle that would run code is refused, not run
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for foreign or corrupt files
+            first = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{p}: not a readable tensor file ({first})") from None
+        if not isinstance(obj, torch.Tensor):
+            raise InputError(f"{p}: holds a {type(obj).__name__}, expected one (rows, dim) tensor")
+        return obj
     try:
         return np.load(p, allow_pickle=False)
     except Exception as exc:
-        raise InputError(f"{p}: not a readable .npy file ({exc})") from exc
+        raise InputError(f"{p}: not a readable .npy file ({exc})") from None

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from hieramamba.errors import InputError
+
 from .common import add_model_source, add_scan_kernel, add_threads, load_model_from_args, positive_int
 
 
@@ -14,28 +16,54 @@ def _default_text_len(opt) -> int:
     return int(opt.get("eval", {}).get("max_text_len", 24))
 
 
-def cmd_export(args) -> int:
-    from hieramamba.export.api import export_to_file
-
-    model, opt, source = load_model_from_args(args)
+def _export_outputs(args) -> list:
+    """(path, dtype, portable) of every file ``hieramamba export`` writes."""
+    outs = []
     for dtype in args.dtype:
         for portable in ([False, True] if args.both else [args.portable]):
             out = Path(args.out)
             if len(args.dtype) > 1 or args.both:
                 out = out.with_name(f"{out.stem}.{dtype}{'.portable' if portable else ''}{out.suffix}")
-            t0 = time.perf_counter()
-            path, man = export_to_file(model, opt, out, dtype=dtype, portable=portable,
-                                       opset=args.opset, source=source)
-            dt = time.perf_counter() - t0
-            size = path.stat().st_size / 2 ** 20
-            print(f"wrote {path} ({size:.1f} MiB, {man['hydra_scan']['custom_nodes']} HydraScan nodes,"
-                  f" {dtype}, opset {args.opset}) in {dt:.1f} s; manifest {path}.json")
+            outs.append((out, dtype, portable))
+    return outs
+
+
+def _check_before_export(args) -> None:
+    """What would fail only after minutes of export, checked first."""
+    from hieramamba.export.onnx_export import check_opset
+
+    try:
+        check_opset(args.opset)
+    except Exception as exc:
+        raise InputError(f"--opset: {exc}") from None
+
+
+def cmd_export(args) -> int:
+    from hieramamba.artifacts import check_output_location
+    from hieramamba.export.api import export_to_file
+
+    _check_before_export(args)
+    if not str(args.out).endswith(".onnx"):
+        raise InputError(f"--out must end in .onnx, got {args.out}")
+    outs = _export_outputs(args)
+    for out, _, _ in outs:
+        check_output_location(out, "--out")
+    model, opt, source = load_model_from_args(args)
+    for out, dtype, portable in outs:
+        t0 = time.perf_counter()
+        path, man = export_to_file(model, opt, out, dtype=dtype, portable=portable, opset=args.opset, source=source)
+        size = path.stat().st_size / 2 ** 20
+        print(f"wrote {path} ({size:.1f} MiB, {man['hydra_scan']['custom_nodes']} HydraScan nodes,"
+              f" {dtype}, opset {args.opset}) in {time.perf_counter() - t0:.1f} s; manifest {path}.json")
     return 0
 
 
 def cmd_export_bundle(args) -> int:
+    from hieramamba.artifacts import check_output_location
     from hieramamba.export.stages import export_bundle
 
+    _check_before_export(args)
+    check_output_location(args.out, "--out", folder=True)
     model, opt, _ = load_model_from_args(args)
     t0 = time.perf_counter()
     out = export_bundle(model, opt, args.out, dtype=args.dtype, opset=args.opset,
@@ -93,8 +121,11 @@ def cmd_build_engine(args) -> int:
 
 
 def cmd_build_engines(args) -> int:
-    from hieramamba.artifacts import BundleManifest, EngineLimits
+    from hieramamba.artifacts import BundleManifest, EngineLimits, check_output_folder
     from hieramamba.export.trt_build import build_bundle_engines
+
+    if args.out:
+        check_output_folder(args.out, "--out")
 
     plan = BundleManifest.read(args.bundle).plan
     limits = EngineLimits(chunk=args.chunk, max_batch=args.max_batch,

@@ -77,6 +77,10 @@ def cmd_ground(args) -> int:
     from .common import apply_threads
 
     apply_threads(args)
+    if args.out:
+        from hieramamba.artifacts import check_output_location
+
+        check_output_location(args.out, "--out")
     video = load_features(args.video)
     queries = [load_features(q) for q in args.query]
     grounder = make_grounder(args, len(video))
@@ -89,6 +93,7 @@ def cmd_ground(args) -> int:
     if args.out:
         from hieramamba.artifacts import write_atomic
 
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(args.out), json.dumps(payload, indent=2).encode())
     else:
         print_groundings(results)

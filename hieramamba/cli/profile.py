@@ -53,6 +53,9 @@ def cmd_bench(args) -> int:
         print(markdown_report(report))
         print(f"wrote {', '.join(files.values())}", file=sys.stderr)
         return 0
+    from hieramamba.artifacts import check_output_folder
+
+    check_output_folder(args.out, "--out")
     paths = tuple(p.strip() for p in args.paths.split(",")) if args.paths else DEFAULT_PATHS
     settings = BenchSettings(config=args.config, experiment=args.experiment, clips=_ints(args.clips),
                              queries=_ints(args.queries), tokens=args.tokens, paths=paths,
@@ -84,7 +87,11 @@ def cmd_profile(args) -> int:
         print(stats_command(stem))
         print(f"hieramamba profile --parse {stem}_nvtx_sum.csv")
         return 0
+    from hieramamba.artifacts import check_output_location
     from hieramamba.profiling.capture import ProfileSettings, run_profile
+
+    if args.out:
+        check_output_location(args.out, "--out")
 
     ps = ProfileSettings(config=args.config, experiment=args.experiment, clips=args.clips,
                          queries=args.queries, tokens=args.tokens, dtype=args.dtype, device=_device(args),

@@ -23,7 +23,10 @@ def cmd_train(args) -> int:
     from hieramamba.config import PACKAGED_CONFIGS, packaged_config_path, read_yaml
     from hieramamba.train import Trainer
 
+    from hieramamba.artifacts import check_output_folder
+
     apply_threads(args)
+    check_output_folder(args.output, "--output")
     path = packaged_config_path(args.config) if args.config in PACKAGED_CONFIGS else args.config
     raw = read_yaml(path)
     paths = _data_paths(args)
@@ -62,9 +65,11 @@ def _bundle_runtime(args):
 
 
 def cmd_eval(args) -> int:
+    from hieramamba.artifacts import check_output_folder
     from hieramamba.evaluate import evaluate_experiment, format_metrics
 
     apply_threads(args)
+    check_output_folder(args.out_dir or args.experiment, "--out-dir" if args.out_dir else "--experiment (results go there)")
     paths = _data_paths(args)
     if args.data:
         import os
@@ -77,13 +82,16 @@ def cmd_eval(args) -> int:
         split=args.split, device=args.device, use_ema=not args.no_ema,
         mask_semantics=args.mask_semantics, text_overflow=args.text_overflow,
         progress=not args.no_progress, max_videos=args.max_videos, pipeline=_bundle_runtime(args),
-        pipeline_source=str(args.bundle))
+        pipeline_source=str(args.bundle), outside_moments=args.outside_moments)
     print(format_metrics(result["summary"]), end="")
     return 0
 
 
 def cmd_make_synthetic(args) -> int:
+    from hieramamba.artifacts import check_output_folder
     from hieramamba.data import make_synthetic
+
+    check_output_folder(args.out, "--out")
 
     syn = make_synthetic(
         args.out, args.config, n_videos=args.videos, min_len=args.min_len, max_len=args.max_len,
@@ -131,6 +139,8 @@ def register(sub) -> None:
     add_mask_semantics(p)
     add_text_overflow(p)
     p.add_argument("--max-videos", type=positive_int, help="evaluate only the first N videos")
+    p.add_argument("--outside-moments", default="error", choices=["error", "drop"],
+                   help="an annotated moment outside [0, duration]: refuse the dataset (error) or skip it (drop)")
     p.add_argument("--bundle", help="evaluate this export bundle (chunked runtime) instead of the weights; "
                    "writes eval_bundle.txt / predictions_bundle.json")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],

@@ -157,7 +157,7 @@ def load_annotations(anno_file: str | os.PathLike, splits: Sequence[str],
                         continue
                     raise DataError(
                         f"{here}: moment [{start}, {end}] s lies outside the video "
-                        f"[0, {duration}] s (pass outside_moments='drop' to skip such moments)")
+                        f"[0, {duration}] s (pass outside_moments='drop' — CLI: --outside-moments drop — to skip such moments)")
                 c_start, c_end = max(start, 0.0), min(end, duration)
                 if (c_start, c_end) != (start, end):
                     stats["clipped"] += 1

@@ -222,7 +222,7 @@ def make_synthetic(out_dir: str | os.PathLike, config_name_or_dims: Any = "tiny"
         overwrite: allow writing into a directory that already holds ``annotations.json``.
     """
     if n_videos < 1:
-        raise InputError(f"n_videos must be >= 1, got {n_videos}")
+        raise InputError(f"n_videos (--videos) must be >= 1, got {n_videos}")
     if not 1 <= min_len <= max_len:
         raise InputError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     if n_scenes < 3:
@@ -249,7 +249,7 @@ def make_synthetic(out_dir: str | os.PathLike, config_name_or_dims: Any = "tiny"
     meta_file = os.path.join(out_dir, "meta.json")
     glove_path = os.path.join(out_dir, "glove.txt") if write_glove else None
     if os.path.exists(anno_file) and not overwrite:
-        raise DataError(f"{anno_file} already exists; pass overwrite=True to replace the dataset")
+        raise DataError(f"{anno_file} already exists; pass overwrite=True (--overwrite) to replace the dataset")
     try:
         os.makedirs(vid_dir, exist_ok=True)
         os.makedirs(text_dir, exist_ok=True)
