@@ -20,10 +20,9 @@ def _data_paths(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    from hieramamba.artifacts import check_output_folder
     from hieramamba.config import PACKAGED_CONFIGS, packaged_config_path, read_yaml
     from hieramamba.train import Trainer
-
-    from hieramamba.artifacts import check_output_folder
 
     apply_threads(args)
     check_output_folder(args.output, "--output")
@@ -43,10 +42,14 @@ def cmd_train(args) -> int:
             raw.setdefault("train", {})[key] = getattr(args, key)
     if args.lr is not None:
         raw.setdefault("train", {}).setdefault("optimizer", {})["lr"] = args.lr
+    data_folder = _data_folder(args, paths)
+    if not args.no_resume:  # continuing an experiment on another world's data is worth a word
+        warn_if_another_world(data_folder, args.output)
     t0 = time.perf_counter()
     trainer = Trainer(raw, args.output, root=args.root, data_paths=paths, device=args.device,
                       num_workers=args.num_workers, resume=not args.no_resume,
                       max_iters=args.max_iters, progress=not args.no_progress)
+    record_world(data_folder, args.output)
     trainer.fit()
     print(f"trained {trainer.itr} iterations in {time.perf_counter() - t0:.1f} s → {args.output}",
           file=sys.stderr)
@@ -77,6 +80,7 @@ def cmd_eval(args) -> int:
         paths.setdefault("anno_file", os.path.join(args.data, "annotations.json"))
         paths.setdefault("vid_feat_dir", os.path.join(args.data, "video"))
         paths.setdefault("text_feat_dir", os.path.join(args.data, "text"))
+    warn_if_another_world(_data_folder(args, paths), args.experiment)
     result = evaluate_experiment(
         args.experiment, args.ckpt, out_dir=args.out_dir, root=args.root, data_paths=paths,
         split=args.split, device=args.device, use_ema=not args.no_ema,
@@ -87,20 +91,87 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# make-synthetic flag -> make_synthetic argument; unset flags take the embedded default's values
+SYNTHETIC_FLAGS = {"videos": "n_videos", "min_len": "min_len", "max_len": "max_len", "seed": "seed",
+                   "scenes": "n_scenes", "min_scene_len": "min_scene_len", "max_scene_len": "max_scene_len",
+                   "max_moment_len": "max_moment_len", "noise": "noise", "drift": "drift",
+                   "occurrence_jitter": "occurrence_jitter", "text_noise": "text_noise"}
+
+
 def cmd_make_synthetic(args) -> int:
     from hieramamba.artifacts import check_output_folder
+    from hieramamba.checkpoint import default_synthetic_settings
     from hieramamba.data import make_synthetic
 
     check_output_folder(args.out, "--out")
-
-    syn = make_synthetic(
-        args.out, args.config, n_videos=args.videos, min_len=args.min_len, max_len=args.max_len,
-        seed=args.seed, n_scenes=args.scenes, queries_per_video=(args.min_queries, args.max_queries),
-        min_scene_len=args.min_scene_len, max_scene_len=args.max_scene_len, max_moment_len=args.max_moment_len, noise=args.noise,
-        drift=args.drift, text_noise=args.text_noise, write_glove=args.glove, overwrite=args.overwrite)
+    settings = dict(default_synthetic_settings()["make_synthetic"])  # the default's world and recipe
+    for flag, key in SYNTHETIC_FLAGS.items():
+        if getattr(args, flag) is not None:
+            settings[key] = getattr(args, flag)
+    lo, hi = settings.pop("queries_per_video", (2, 8))
+    settings["queries_per_video"] = (args.min_queries or lo, args.max_queries or hi)
+    syn = make_synthetic(args.out, args.config, write_glove=args.glove, overwrite=args.overwrite, **settings)
     counts = {k: len(v) for k, v in syn.splits.items()}
     print(json.dumps({"root": syn.root, "anno_file": syn.anno_file, "splits": counts}, indent=1))
     return 0
+
+
+def _data_folder(args, paths):
+    """The dataset folder (``--data``, or the annotation file's folder), where a synthetic set keeps
+    its ``meta.json``."""
+    import os
+
+    if args.data:
+        return args.data
+    anno = paths.get("anno_file")
+    return os.path.dirname(anno) if anno else None
+
+
+def warn_if_another_world(data_folder, exp_folder) -> None:
+    """One warning line when ``data_folder`` is a synthetic set made with another world than the
+    one ``exp_folder``'s model was trained on (its ``synthetic.json``): its scores mean little."""
+    from pathlib import Path
+
+    from hieramamba.data.synthetic import read_world, world_differences, world_of
+
+    if data_folder is None or not (Path(exp_folder) / "synthetic.json").is_file():
+        return
+    data_world = read_world(data_folder)
+    if data_world is None:
+        return
+    try:
+        trained = world_of(json.loads((Path(exp_folder) / "synthetic.json").read_text()))
+    except (OSError, ValueError):
+        return
+    diff = world_differences(data_world, trained)
+    if diff:
+        print(f"warning: {data_folder} is another synthetic world than {exp_folder} was trained on "
+              f"({'; '.join(diff[:4])}{'; …' if len(diff) > 4 else ''}): scores there mean little; make the "
+              "set with the experiment's settings (`hieramamba make-synthetic` defaults are the embedded "
+              "default's)", file=sys.stderr)
+
+
+def record_world(data_folder, exp_folder) -> None:
+    """Keep the synthetic world a model is trained on in its experiment folder (``synthetic.json``,
+    the embedded default's format) for ``warn_if_another_world`` to compare with later."""
+    from pathlib import Path
+
+    from hieramamba.artifacts import write_atomic
+
+    if data_folder is None or not (Path(data_folder) / "meta.json").is_file():
+        return
+    try:
+        meta = json.loads((Path(data_folder) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return
+    if meta.get("generator") != "hieramamba.data.synthetic":
+        return
+    record = {"make_synthetic": {k: meta.get(k) for k in ("seed", "n_scenes", "min_scene_len", "max_scene_len",
+                                                          "max_moment_len", "noise", "drift", "occurrence_jitter",
+                                                          "text_noise")},
+              "geometry": meta.get("geometry"), "data": str(Path(data_folder).resolve())}
+    Path(exp_folder).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(exp_folder) / "synthetic.json", (json.dumps(record, indent=1) + "\n").encode())
 
 
 def _data_args(p) -> None:
@@ -151,19 +222,23 @@ def register(sub) -> None:
     p = sub.add_parser("make-synthetic", help="write the synthetic long-video grounding dataset (official layout)")
     p.add_argument("--out", required=True)
     p.add_argument("--config", default="tiny", help="geometry: 'tiny' or a config name / opt.yaml")
-    p.add_argument("--videos", type=positive_int, default=8)
-    p.add_argument("--min-len", type=int, default=256, help="shortest video in feature rows")
-    p.add_argument("--max-len", type=int, default=1024, help="longest video in feature rows")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scenes", type=int, default=12)
-    p.add_argument("--min-queries", type=int, default=2)
-    p.add_argument("--max-queries", type=int, default=8)
-    p.add_argument("--min-scene-len", type=int, default=1, help="shortest scene occurrence in rows")
-    p.add_argument("--max-scene-len", type=int)
-    p.add_argument("--max-moment-len", type=int)
-    p.add_argument("--noise", type=float, default=0.5)
-    p.add_argument("--drift", type=float, default=0.3)
-    p.add_argument("--text-noise", type=float, default=0.3)
+    # Every setting defaults to the embedded default's (hieramamba/assets/tiny/synthetic.json): its
+    # world (seed, scenes, noise...) and its recipe (videos, lengths), so the default model can be
+    # evaluated on a freshly made set.
+    p.add_argument("--videos", type=positive_int, help="number of videos (default: the embedded default's)")
+    p.add_argument("--min-len", type=positive_int, help="shortest video in feature rows")
+    p.add_argument("--max-len", type=positive_int, help="longest video in feature rows")
+    p.add_argument("--seed", type=int, help="world seed (scene prototypes, text map; and each video's stream)")
+    p.add_argument("--scenes", type=positive_int)
+    p.add_argument("--min-queries", type=positive_int)
+    p.add_argument("--max-queries", type=positive_int)
+    p.add_argument("--min-scene-len", type=positive_int, help="shortest scene occurrence in rows")
+    p.add_argument("--max-scene-len", type=positive_int)
+    p.add_argument("--max-moment-len", type=positive_int)
+    p.add_argument("--noise", type=float)
+    p.add_argument("--drift", type=float)
+    p.add_argument("--occurrence-jitter", type=float)
+    p.add_argument("--text-noise", type=float)
     p.add_argument("--glove", action="store_true", help="also write glove.txt for the sentences")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_make_synthetic)

@@ -49,7 +49,8 @@ import numpy as np
 
 from ..errors import DataError, InputError
 
-__all__ = ["TINY_DIMS", "SyntheticDataset", "make_synthetic"]
+__all__ = ["TINY_DIMS", "SyntheticDataset", "make_synthetic", "WORLD_KEYS", "world_of", "read_world",
+           "world_differences"]
 
 #: Default geometry ("tiny"): 16/30 s between features, 32-frame clips.
 TINY_DIMS: dict[str, Any] = {
@@ -57,6 +58,42 @@ TINY_DIMS: dict[str, Any] = {
     "downsample_rate": 1,
 }
 _FORMAT_VERSION = 1
+
+# What makes a synthetic "world": the scene prototypes and text map (drawn from the seed), how
+# scenes occur, the noise, the queried moments and the clip geometry. Two sets of one world differ
+# only in their videos; a model trained on one world means little on another.
+WORLD_KEYS = ("seed", "n_scenes", "min_scene_len", "max_scene_len", "max_moment_len", "noise", "drift",
+              "occurrence_jitter", "text_noise", "geometry")
+
+
+def world_of(settings: dict) -> dict:
+    """The world of generator settings (a set's ``meta.json``, or the ``make_synthetic`` section
+    plus ``geometry`` of an experiment's ``synthetic.json``)."""
+    flat = dict(settings.get("make_synthetic", {}), **{k: v for k, v in settings.items() if k != "make_synthetic"})
+    return {k: flat.get(k) for k in WORLD_KEYS}
+
+
+def read_world(folder) -> Optional[dict]:
+    """The world a synthetic dataset folder was generated with (its ``meta.json``), or None when
+    the folder does not hold a synthetic set."""
+    path = os.path.join(os.fspath(folder), "meta.json")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("generator") != "hieramamba.data.synthetic":
+        return None
+    return world_of(meta)
+
+
+def world_differences(a: dict, b: dict) -> list:
+    """``["key: a vs b", ...]`` for the world keys on which two worlds differ."""
+    out = []
+    for k in WORLD_KEYS:
+        if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True):
+            out.append(f"{k} {a.get(k)!r} vs {b.get(k)!r}")
+    return out
 
 
 @dataclass(frozen=True)
