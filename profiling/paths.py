@@ -272,18 +272,21 @@ register(PathSpec("ort_native", "ONNX Runtime, graph with HydraScan nodes run by
 
 # -- chunked runtime and TensorRT ------------------------------------------------------------
 
-def _scheduler_runner(backend):
-    """A runner driving ``ChunkScheduler`` (default chunk) over ``backend`` group by group,
-    with the official batch count of each group."""
+def _scheduler_runner(backend, chunk_for=None):
+    """A runner driving ``ChunkScheduler`` over ``backend`` group by group, with the official
+    batch count of each group, at the chunk ``GroundingRuntime`` picks (``auto_chunk``;
+    ``chunk_for(level-0 tokens)`` overrides it: TensorRT engines have a largest chunk)."""
+    from hieramamba.runtime.api import auto_chunk
     from hieramamba.runtime.scheduler import ChunkScheduler
 
     def run(inputs):
         vid, vmask, groups = inputs
         v = np.ascontiguousarray(vid[0].cpu().numpy())
         valid = int(vmask.sum())
+        chunk = (chunk_for or auto_chunk)(v.shape[-1] // backend.plan.vid_stride)
         results = []
         for text, tmask in groups:
-            sched = ChunkScheduler(backend.plan, backend)
+            sched = ChunkScheduler(backend.plan, backend, chunk)
             logits, offsets, _ = sched.run(v, valid, text.cpu().numpy(), tmask.cpu().numpy(),
                                            official_batch=text.shape[0])
             results.append(([np.asarray(x) for x in logits], [np.asarray(x) for x in offsets]))
@@ -411,7 +414,8 @@ def _trt_runner(ctx):
     """Per-stage TensorRT engines of the fp16 bundle through the chunk scheduler."""
     from hieramamba.runtime.backends.tensorrt import TrtBackend
 
-    return _scheduler_runner(TrtBackend(_bundle_dir(ctx, "float16"), _trt_engines_dir(ctx), device=ctx.device))
+    backend = TrtBackend(_bundle_dir(ctx, "float16"), _trt_engines_dir(ctx), device=ctx.device)
+    return _scheduler_runner(backend, lambda tokens: backend.limits.chunk)
 
 
 register(PathSpec("runtime_trt_fp16", "hieramamba.runtime chunk scheduler on TensorRT engines per stage "

@@ -163,10 +163,18 @@ def test_bundle_version_mismatch_and_missing_files(tmp_path, bundle):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "hieramamba-runtime-bundle/4"}))
     with pytest.raises(CheckpointError, match="older hieramamba.*re-export the bundle with `hieramamba export-bundle`"):
         BundleManifest.read(tmp_path)
+    from hieramamba.artifacts import content_hash
+
     good = json.loads((bundle[0] / "manifest.json").read_text())
+
+    def written_as(doc):  # what another hieramamba would have written (its own content hash)
+        body = {k: v for k, v in doc.items() if k not in ("schema", "version", "content_sha256")}
+        return {**doc, "content_sha256": content_hash(body)}
+
     for edit, needle in ((dict(version=BUNDLE_VERSION + 1), "version"), (dict(scan_op_version="2"), "scan_op_version"),
-                         (dict(stages={}), "stages do not match")):
-        (tmp_path / "manifest.json").write_text(json.dumps({**good, **edit}))
+                         (dict(stages={}), "stages do not match"), (dict(opset=17), "edited after export")):
+        doc = {**good, **edit}
+        (tmp_path / "manifest.json").write_text(json.dumps(doc if "opset" in edit else written_as(doc)))
         with pytest.raises(CheckpointError, match=needle):
             BundleManifest.read(tmp_path)
     assert good["schema"] == BUNDLE_SCHEMA

@@ -121,11 +121,11 @@ def cmd_demo(args) -> int:
         bundle = default_bundle(args.dtype, log=log)
         runtime = GroundingRuntime.load(bundle, chunk=args.chunk, threads=args.threads)
         scan = {"native": "C++ kernel", "graph": "ONNX function body"}[runtime.backend.scan_kernel]
-        path = f"chunked {args.dtype} runtime on ONNX Runtime (exported bundle, HydraScan: {scan}), chunk {args.chunk}"
+        path = f"chunked {args.dtype} runtime on ONNX Runtime (exported bundle, HydraScan: {scan})"
     else:
         model, opt = load_default()
         runtime = GroundingRuntime.from_model(model, opt, dtype=args.dtype, chunk=args.chunk)
-        path = f"chunked {args.dtype} runtime on the torch backend, chunk {args.chunk}"
+        path = f"chunked {args.dtype} runtime on the torch backend"
     demo = demo_video(args.minutes, args.seed, args.queries)
     video, queries, truths, fps, duration = (demo[k] for k in ("video", "queries", "truths", "fps", "duration"))
     print(f"synthetic video {demo['id']}: {len(video)} clips ({duration / 60:.1f} min), {len(queries)} queries; "
@@ -179,7 +179,8 @@ def register(sub) -> None:
     p.add_argument("--minutes", type=positive_float, default=30.0, help="video length (default 30 minutes)")
     p.add_argument("--seed", type=int, default=0, help="which synthetic video (index in the generator)")
     p.add_argument("--queries", type=positive_int, default=5, help="at most this many queries")
-    p.add_argument("--chunk", type=positive_int, default=512, help="chunked runtime: level tokens per chunk")
+    p.add_argument("--chunk", type=positive_int, help="chunked runtime: level tokens per chunk (default: the "
+                   "runtime's, whole levels up to 4096 level-0 tokens)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
                    help="chunked runtime backend (onnxruntime: the exported bundle, cached)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="runtime precision")

@@ -111,8 +111,8 @@ def register(sub) -> None:
     p.add_argument("--bundle", help="exported runtime bundle (hieramamba export-bundle) instead of --experiment")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
                    help="chunked runtime backend (default: eager PyTorch for --experiment, onnxruntime for --bundle)")
-    p.add_argument("--chunk", type=positive_int, help="chunked runtime: level tokens per chunk (default 2048; "
-                   "tensorrt: the engines' chunk)")
+    p.add_argument("--chunk", type=positive_int, help="chunked runtime: level tokens per chunk (default: a level "
+                   "whole up to 4096 level-0 tokens, else 2048; tensorrt: the engines' chunk)")
     p.add_argument("--max-batch", type=positive_int, help="chunked runtime: most queries per batch (default 16, "
                    "at most the engines' max batch)")
     p.add_argument("--engines", help="--backend tensorrt: engines folder (default <bundle>/trt, "
