@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from hieramamba.profiling.memory import peak_rss_mb
 
 CASES = ["ego4d:2304:1", "ego4d:2304:8", "mad:32768:1"]
 
@@ -45,7 +46,7 @@ def run_case(spec: str, repeats: int, warmup: int) -> dict:
         grounder.ground(video, queries, fps=30.0)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     return {"case": spec, "median_s": statistics.median(times), "min_s": min(times),
             "repeats": repeats, "peak_rss_mb": round(peak_mb, 1), "threads": torch.get_num_threads(),
             "torch": torch.__version__}

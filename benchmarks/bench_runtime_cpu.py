@@ -1,7 +1,7 @@
 """Peak RSS and latency vs video length: chunked runtime vs whole-sequence eager (CPU).
 
 Not a CI test. Each (path, length) runs in a fresh subprocess so that its peak RSS
-(``ru_maxrss``) is its own. Random weights; the video is random features of the given length.
+(``VmHWM``, ``hieramamba.profiling.memory``) is its own. Random weights; the video is random features of the given length.
 
     python benchmarks/bench_runtime_cpu.py --config tiny --minutes 10,60,180,600 --paths chunked,eager
     python benchmarks/bench_runtime_cpu.py --bundle /tmp/bundle --paths ort --minutes 10,600
@@ -15,22 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
-
-def _rss_mb() -> float:
-    """Peak RSS of this process. VmHWM, not ru_maxrss: Linux carries the forking parent's
-    ru_maxrss across exec (harmless here, the driver is small, but VmHWM is exact)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from hieramamba.profiling.memory import peak_rss_mb
 
 
 def run_one(args) -> dict:
@@ -42,8 +31,8 @@ def run_one(args) -> dict:
 
         rt = GroundingRuntime.load(args.bundle, chunk=args.chunk, threads=args.threads)
         plan = rt.plan
-        dv, dt = plan["vid_in_dim"], plan["text_in_dim"]
-        sec_per_clip = plan["clip_stride"] / 30.0
+        dv, dt = plan.vid_in_dim, plan.text_in_dim
+        sec_per_clip = plan.clip_stride / 30.0
         run = lambda v, q: rt.level_outputs(v, q)  # noqa: E731
     else:
         import torch
@@ -74,11 +63,11 @@ def run_one(args) -> dict:
     rng = np.random.default_rng(0)
     video = rng.standard_normal((n_clips, dv), dtype=np.float32)  # no float64 temporary in the peak
     queries = [rng.standard_normal((8, dt), dtype=np.float32) for _ in range(args.queries)]
-    base = _rss_mb()
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     run(video, queries)
     latency = time.perf_counter() - t0
-    peak = _rss_mb()
+    peak = peak_rss_mb()
     return {"path": args.path, "minutes": args.minutes, "clips": n_clips, "queries": args.queries,
             "latency_s": latency, "peak_rss_mb": peak, "rss_before_run_mb": base,
             "input_mb": video.nbytes / 2 ** 20, "peak_minus_input_mb": peak - video.nbytes / 2 ** 20}

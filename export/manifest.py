@@ -10,7 +10,6 @@ caller expects; any mismatch raises ExportError naming the field, expected and a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 

@@ -22,7 +22,6 @@ import warnings
 from typing import Optional
 
 import torch
-from torch import Tensor
 
 from hieramamba.artifacts import SCAN_OP
 from hieramamba.errors import ExportError

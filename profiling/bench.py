@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import numpy as np
 from hieramamba.errors import HieraMambaError, InputError
 
 from . import paths as paths_mod
+from .memory import peak_rss_mb, rss_mb
 
 SCHEMA = "hieramamba.bench/1"
 REFERENCE_PATH = "eager_fp32"
@@ -70,29 +70,6 @@ class BenchSettings:
 
 def _percentile(xs, q):
     return float(np.percentile(np.asarray(xs, dtype=np.float64), q))
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except OSError:
-        return float("nan")
-
-
-def _maxrss_mb() -> float:
-    """This process's RSS high-water mark. Linux: ``VmHWM`` of /proc/self/status, because
-    ``ru_maxrss`` survives exec and so starts at the forking parent's RSS (the bench parent can
-    be large); elsewhere ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2 ** 20 if sys.platform == "darwin" else r / 1024
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -348,10 +325,10 @@ def _memory_child(settings: BenchSettings) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
-    before = _rss_mb()
+    before = rss_mb()
     for _ in range(2):
         runner(inputs)
-    peak = _maxrss_mb()
+    peak = peak_rss_mb()
     # run_rss_mb: high-water mark minus the RSS before the first run (an upper bound of the
     # run's own working memory when building the runner set the high-water mark).
     out = {"kind": "RSS high-water mark (VmHWM) of a fresh process (includes interpreter, torch, weights)",

@@ -38,7 +38,7 @@ import numpy as np
 from hieramamba.errors import InputError
 from hieramamba.nvtx import nvtx_range
 from hieramamba.stage_table import (ATTN_SCORES_PER_BLOCK, FRONT_HALO, HEAD_HALO, SLOT_HALO,  # noqa: F401
-                                    SCAN_INPUTS, LevelGeometry, ceil_div, level_geometry, nvtx_name)
+                                    SCAN_INPUTS, LevelGeometry, level_geometry, nvtx_name)
 
 
 DEFAULT_CHUNK = 2048  # level tokens per chunk

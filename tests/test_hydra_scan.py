@@ -4,7 +4,6 @@ independent of ``hieramamba.ops.hydra_scan``)."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings

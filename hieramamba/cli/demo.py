@@ -51,43 +51,23 @@ def demo_video(minutes: float, index: int = 0, max_queries: int = 5) -> dict:
             "truths": [tuple(a["segment"]) for a in items], "fps": fps, "duration": entry["duration"]}
 
 
-def _clear_peak_rss() -> bool:
-    """Reset this process's RSS high-water mark (Linux: ``/proc/self/clear_refs`` = 5)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise OSError(field)
-
-
 def measure(fn, runs: int = 2):
     """``fn()``'s result, its best wall time over ``runs`` calls after a warm-up call, and the
     process's peak RSS during those calls with its rise over the RSS before them (MB; None where
     the peak cannot be reset)."""
+    from hieramamba.profiling.memory import peak_rss_mb, reset_peak_rss, rss_mb
+
     out = fn()  # warm-up: sessions, caches, first-touch memory
-    memory = None
-    try:
-        before = _status_mb("VmRSS") if _clear_peak_rss() else None
-    except OSError:
-        before = None
+    before = rss_mb() if reset_peak_rss() else None
     best = float("inf")
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
-    if before is not None:
-        peak = _status_mb("VmHWM")
-        memory = (peak, peak - before)
-    return out, best, memory
+    if before is None:
+        return out, best, None
+    peak = peak_rss_mb()
+    return out, best, (peak, peak - before)
 
 
 def top1_agreement(a, b) -> list:
