@@ -9,13 +9,13 @@ Whole model
     ``masks_l``) and writes ``m.onnx.json`` (the manifest). CLI: ``hieramamba export``.
 
 Stage export (for the chunked runtime) — the reusable pieces
+(the bundle of every stage of a model: ``hieramamba.export.stages.export_bundle``)
 ------------------------------------------------------------
 ``export_stage(module, args, out, dynamic_shapes=..., input_names=..., output_names=...,
 kind="stage:<name>", mask_semantics=..., config=..., dtype=..., portable=..., extra=...)``
-    exports any ``nn.Module`` (eval mode) whose forward calls ``hydra_scan`` through
-    ``hieramamba.modules.hydra`` (``Hydra.forward``) or ``hieramamba.ops.hydra_scan`` (module
-    attribute lookup, e.g. ``from hieramamba import ops; ops.hydra_scan(...)``); pass other
-    ``(module, "hydra_scan")`` lookup sites as ``extra_scan_targets``. Every scan becomes one
+    exports any ``nn.Module`` (eval mode) whose forward calls ``hieramamba.ops.hydra_scan``
+    (from anywhere: the op routes its calls to the exporter, ``hieramamba.ops.scan_override``).
+    Every scan becomes one
     ``hieramamba::HydraScan`` node (9 inputs, or 11 when initial states are passed; the
     states ``state_f``/``state_b`` are node outputs you may return as graph outputs), the graph
     carries the local function with the portable body, ``onnx.checker`` full check runs, and a
@@ -39,7 +39,7 @@ TensorRT
 --------
 ``trt_build.build_engine(onnx, engine, ProfileSpec(...), plugin_library=..., timing_cache=...)``;
 ``profile_from_args("128:2304:9216", "1:8:32", "24")``; per stage of a runtime bundle:
-``trt_build.build_bundle_engines(bundle, runtime.trt.EngineLimits(...))``. Without TensorRT or
+``trt_build.build_bundle_engines(bundle, hieramamba.artifacts.EngineLimits(...))``. Without TensorRT or
 the plugin library: ``BackendUnavailableError``.
 """
 
