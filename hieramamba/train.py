@@ -10,9 +10,10 @@ What follows the official code (REFERENCE §10.3, §10.4):
 
 * AdamW β=(0.9, 0.999); weight decay on Linear/Conv weights and on Hydra ``A_log``/``D``, none on
   biases (``dt_bias`` included), norms, layer scales, ``Scale``, ``bkgd_token``.
-* Learning rate ``lr·i/(W−1)`` for iteration ``i < W = warmup_epochs·iters_per_epoch``, then constant
-  (the official multistep milestone ``-1`` never fires). Training runs ``epochs + warmup_epochs``
-  epochs.
+* Learning rate ``lr·i/(W−1)`` for iteration ``i < W = warmup_epochs·iters_per_epoch``, then
+  constant, times ``gamma`` for every multistep milestone ``s ≥ 0`` passed (``train.scheduler.steps``,
+  in epochs after the warm-up: from iteration ``(warmup_epochs + s)·iters_per_epoch``). The official
+  configs' milestone ``-1`` never fires. Training runs ``epochs + warmup_epochs`` epochs.
 * Model EMA with β = ``train.ema_beta`` after every optimiser step, on every floating-point entry
   of the state dict (buffers too); evaluation and the exported default use the EMA weights.
 * Loss terms divided by the normaliser ``N̄``; ``N̄ ← 0.9·N̄ + 0.1·max(#pos, 1)`` after each step.
@@ -36,6 +37,7 @@ Divergences (deliberate, documented):
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
 import math
 import os
@@ -61,7 +63,7 @@ from .losses import (AnchorContrastiveLoss, LossNormalizer, SegmentPooledContras
 from .model import ModelOutput, build_model
 from .modules.hydra import Hydra
 
-__all__ = ["param_groups", "ModelEma", "WarmupConstantLR", "GroundingLoss", "Trainer", "train"]
+__all__ = ["param_groups", "ModelEma", "WarmupMultiStepLR", "GroundingLoss", "Trainer", "train"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,14 +126,18 @@ class ModelEma:
             self.state[k].copy_(v)
 
 
-class WarmupConstantLR:
+class WarmupMultiStepLR:
     """Per-iteration linear warm-up from 0 over ``warmup_iters`` iterations
-    (``lr_i = lr·i/(W−1)``), then the base rate (REFERENCE §10.4). Call :meth:`step` after every
-    optimiser step; iteration 0 runs at the rate set at construction."""
+    (``lr_i = lr·i/(W−1)``), then the base rate (REFERENCE §10.4) times ``gamma`` per milestone
+    iteration passed (none for the official configs, whose milestone ``-1`` never fires). Call
+    :meth:`step` after every optimiser step; iteration 0 runs at the rate set at construction."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_iters: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_iters: int,
+                 milestone_iters: tuple = (), gamma: float = 0.1):
         self.optimizer = optimizer
         self.warmup_iters = int(warmup_iters)
+        self.milestone_iters = tuple(sorted(int(m) for m in milestone_iters))
+        self.gamma = float(gamma)
         self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
         for g, lr in zip(optimizer.param_groups, self.base_lrs):
             g["initial_lr"] = lr
@@ -140,9 +146,9 @@ class WarmupConstantLR:
 
     def factor(self, it: int) -> float:
         w = self.warmup_iters
-        if w <= 1 or it >= w:
-            return 1.0
-        return it / (w - 1)
+        if w > 1 and it < w:
+            return it / (w - 1)
+        return self.gamma ** sum(it >= m for m in self.milestone_iters)
 
     def _apply(self) -> None:
         f = self.factor(self.last_iter)
@@ -157,10 +163,14 @@ class WarmupConstantLR:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"warmup_iters": self.warmup_iters, "last_iter": self.last_iter, "base_lrs": self.base_lrs}
+        return {"warmup_iters": self.warmup_iters, "last_iter": self.last_iter, "base_lrs": self.base_lrs,
+                "milestone_iters": list(self.milestone_iters), "gamma": self.gamma}
 
     def load_state_dict(self, state: dict) -> None:
         self.warmup_iters = int(state["warmup_iters"])
+        # states written before milestones existed keep the constructed schedule
+        self.milestone_iters = tuple(int(m) for m in state.get("milestone_iters", self.milestone_iters))
+        self.gamma = float(state.get("gamma", self.gamma))
         self.last_iter = int(state["last_iter"])
         self.base_lrs = list(state["base_lrs"])
         self._apply()
@@ -275,8 +285,11 @@ def _make_logger(path: Path, quiet: bool) -> logging.Logger:
 
 # What a training state holds beyond tensors and plain Python values: numpy's RNG state (an
 # array) — the only globals ``torch.load(weights_only=True)`` is allowed to build.
-_NP_CORE = getattr(np, "_core", None) or np.core  # numpy 2 / 1
-_STATE_GLOBALS = [_NP_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+# numpy 2 names the module numpy._core.multiarray, numpy 1 numpy.core.multiarray (numpy 1.26 has a
+# numpy._core without it).
+_NP_MULTIARRAY = importlib.import_module("numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2
+                                         else "numpy.core.multiarray")
+_STATE_GLOBALS = [_NP_MULTIARRAY._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 class Trainer:
@@ -328,8 +341,14 @@ class Trainer:
             lr=float(opt_cfg["lr"]), betas=tuple(opt_cfg.get("betas", (0.9, 0.999))))
         self.iters_per_epoch = math.ceil(len(self.dataset) / self.batch_size)
         self.epochs = int(train["epochs"]) + int(train.get("warmup_epochs", 0))
-        self.scheduler = WarmupConstantLR(self.optimizer,
-                                          int(train.get("warmup_epochs", 0)) * self.iters_per_epoch)
+        warmup_epochs = int(train.get("warmup_epochs", 0))
+        sched = train.get("scheduler") or {}
+        if sched.get("name", "multistep").lower() != "multistep":
+            raise ConfigError(f"train.scheduler.name {sched.get('name')!r} is not supported (multistep)")
+        milestones = [(warmup_epochs + int(s)) * self.iters_per_epoch
+                      for s in sched.get("steps", ()) if int(s) >= 0]
+        self.scheduler = WarmupMultiStepLR(self.optimizer, warmup_epochs * self.iters_per_epoch,
+                                           milestones, sched.get("gamma", 0.1))
         self.ema = ModelEma(self.model, train.get("ema_beta", 0.999))
         self.clip_grad = train.get("clip_grad_norm", 1.0)
         self.vid_len = self.opt["train"]["data"]["max_vid_len"]

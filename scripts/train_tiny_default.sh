@@ -5,16 +5,16 @@
 #   bash scripts/train_tiny_default.sh            # work files in build/tiny_default, assets updated
 #   WORK=/tmp/x INSTALL=0 bash scripts/train_tiny_default.sh   # leave hieramamba/assets alone
 #
-# The synthetic settings must stay equal to SYNTHETIC in benchmarks/bench_train_tiny.py (same
-# data, same seed, same result: the benchmark numbers describe this model). One torch thread:
-# on a shared 2-core machine two OpenMP threads were 5-50x slower per step.
+# Install records the synthetic settings in hieramamba/assets/tiny/synthetic.json, where
+# `hieramamba make-synthetic` and benchmarks/bench_train_tiny.py read them. One torch thread: on a
+# shared 2-core machine two OpenMP threads were 5-50x slower per step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-build/tiny_default}
 INSTALL=${INSTALL:-1}
 
 hieramamba make-synthetic --out "$WORK/data" --config tiny --videos 200 --min-len 64 --max-len 128 \
-    --seed 0 --scenes 6 --min-scene-len 4 --max-scene-len 24 --max-moment-len 32 --noise 0.3 \
+    --seed 0 --scenes 12 --min-scene-len 8 --max-scene-len 32 --max-moment-len 32 --noise 0.3 \
     --min-queries 2 --max-queries 6 --overwrite
 hieramamba train --config tiny --data "$WORK/data" --output "$WORK/experiment" --device cpu \
     --threads 1 --no-resume --no-progress
@@ -31,7 +31,7 @@ shutil.copyfile(work / "experiment" / "opt.yaml", dst / "opt.yaml")
 shutil.copyfile(work / "experiment" / "models" / "last.pth", dst / "models" / "last.pth")
 meta = json.loads((work / "data" / "meta.json").read_text())
 settings = {
-    "make_synthetic": {"n_videos": 200, "min_len": 64, "max_len": 128, "seed": meta["seed"],
+    "make_synthetic": {"n_videos": len(meta["videos"]), "min_len": 64, "max_len": 128, "seed": meta["seed"],
                        "n_scenes": meta["n_scenes"], "min_scene_len": meta["min_scene_len"],
                        "max_scene_len": meta["max_scene_len"], "max_moment_len": meta["max_moment_len"],
                        "noise": meta["noise"], "drift": meta["drift"],

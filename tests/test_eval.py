@@ -178,5 +178,5 @@ def test_embedded_default_is_trained_and_demo_prints_true_moments(tmp_path, caps
     assert len([p for p in (tmp_path / "cache" / "bundles").iterdir() if not p.name.startswith(".")]) == 1
     out = capsys.readouterr().out
     assert out.count("true moment") == 2 and "#1" in out and "embedded default" in out
-    assert "exported float16 bundle on ONNX Runtime" in out
+    assert "chunked float16 runtime on ONNX Runtime (exported bundle" in out
     assert "top-1 segment same as eager for 2/2 queries" in out  # fp16 chunked runtime agrees with eager

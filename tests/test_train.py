@@ -10,7 +10,7 @@ from hieramamba.checkpoint import load_experiment
 from hieramamba.config import packaged_config_path, parse_config, read_yaml
 from hieramamba.data import make_synthetic
 from hieramamba.errors import CheckpointError
-from hieramamba.train import GroundingLoss, ModelEma, Trainer, WarmupConstantLR, param_groups
+from hieramamba.train import GroundingLoss, ModelEma, Trainer, WarmupMultiStepLR, param_groups
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +68,7 @@ def test_smoke_training_decreases_the_loss(syn, tmp_path):
 def test_warmup_then_constant_schedule():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=0.3)
-    sched = WarmupConstantLR(opt, warmup_iters=4)
+    sched = WarmupMultiStepLR(opt, warmup_iters=4)
     seen = []
     for _ in range(7):
         seen.append(opt.param_groups[0]["lr"])
@@ -77,10 +77,25 @@ def test_warmup_then_constant_schedule():
     # lr_i = lr·i/(W−1) for i < W, then lr (REFERENCE §10.4)
     np.testing.assert_allclose(seen, [0.0, 0.1, 0.2, 0.3, 0.3, 0.3, 0.3], rtol=1e-12)
     state = sched.state_dict()
-    sched2 = WarmupConstantLR(torch.optim.AdamW([p], lr=0.3), warmup_iters=4)
+    sched2 = WarmupMultiStepLR(torch.optim.AdamW([p], lr=0.3), warmup_iters=4)
     sched2.load_state_dict(state)
     assert sched2.optimizer.param_groups[0]["lr"] == pytest.approx(0.3)
-    assert WarmupConstantLR(torch.optim.AdamW([p], lr=0.3), 0).optimizer.param_groups[0]["lr"] == 0.3
+    assert WarmupMultiStepLR(torch.optim.AdamW([p], lr=0.3), 0).optimizer.param_groups[0]["lr"] == 0.3
+
+
+def test_multistep_milestones_after_warmup_scale_by_gamma():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=0.4)
+    sched = WarmupMultiStepLR(opt, warmup_iters=3, milestone_iters=(5, 7), gamma=0.5)
+    seen = []
+    for _ in range(9):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(seen, [0.0, 0.2, 0.4, 0.4, 0.4, 0.2, 0.2, 0.1, 0.1], rtol=1e-12)
+    resumed = WarmupMultiStepLR(torch.optim.AdamW([p], lr=0.4), warmup_iters=3)
+    resumed.load_state_dict(sched.state_dict())
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
 
 
 def test_model_ema_update_rule():
