@@ -85,7 +85,7 @@ def verify_file(path, sha256: str, what: str, remedy: str) -> None:
         _verified[key] = sha256
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -104,7 +104,7 @@ def remove_stale_temps(path) -> None:
     prefix = f".{path.name}."
     for sib in path.parent.glob(f".{glob_escape(path.name)}.*"):
         pid = sib.name[len(prefix):].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         if sib.is_dir() and not sib.is_symlink():
             import shutil

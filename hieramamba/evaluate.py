@@ -29,7 +29,8 @@ from .inference import Grounder
 from .metrics import metric_key, predictions_json
 from .pipeline import GroundingPipeline
 
-__all__ = ["evaluate_dataset", "evaluate_model", "evaluate_pipeline", "evaluate_experiment", "format_metrics"]
+__all__ = ["evaluate_dataset", "evaluate_model", "evaluate_pipeline", "evaluate_experiment", "format_metrics",
+           "check_plan_matches_config"]
 
 
 def evaluate_dataset(pipeline: GroundingPipeline, dataset, eval_cfg: dict, progress: bool = False,
@@ -84,13 +85,21 @@ def evaluate_pipeline(pipeline: GroundingPipeline, opt: dict, *, root=None, data
     if mask_semantics is not None and plan.mask_semantics != mask_semantics:
         raise InputError(f"{source}: exported with mask semantics {plan.mask_semantics!r}, "
                          f"{mask_semantics!r} was asked for; evaluate with that setting or re-export")
-    want = {"decode": {k: ev[k] for k in plan.decode}, "max_text_len": int(ev.get("max_text_len", 24))}
-    for key, value in want.items():
-        if getattr(plan, key) != value:
-            raise InputError(f"{source}: exported with {key}={getattr(plan, key)!r}, the config has "
-                             f"{value!r}; evaluate it with the config it was exported from")
+    check_plan_matches_config(plan, opt, source, "evaluate it with the config it was exported from")
     dataset = make_dataset(opt, False, root=root, split=split, outside_moments=outside_moments, **(data_paths or {}))
     return evaluate_dataset(pipeline, dataset, ev, progress=progress, max_videos=max_videos)
+
+
+def check_plan_matches_config(plan, opt: dict, source: str, remedy: str) -> None:
+    """``InputError`` unless a bundle's plan was exported from a config like ``opt`` where
+    grounding reads it: decoding, text length and clip geometry (stride × downsample rate)."""
+    ev, data = opt["eval"], opt["train"]["data"]
+    want = {"decode": {k: ev[k] for k in plan.decode}, "max_text_len": int(ev.get("max_text_len", 24)),
+            "clip_size": float(data.get("clip_size", 1)),
+            "clip_stride": float(data.get("clip_stride", 1) * data.get("downsample_rate", 1))}
+    for key, value in want.items():
+        if getattr(plan, key) != value:
+            raise InputError(f"{source}: exported with {key}={getattr(plan, key)!r}, the config has {value!r}; {remedy}")
 
 
 def format_metrics(summary: dict) -> str:

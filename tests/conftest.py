@@ -66,3 +66,17 @@ def bundle16(tmp_path_factory):
     return out, model, opt
 
 
+@pytest.fixture(scope="session")
+def bundle_per_sample(tmp_path_factory):
+    """The small model with per-sample masks (answers independent of the batch: what
+    ``hieramamba_ground_query`` serves), as an fp32 bundle."""
+    pytest.importorskip("onnxruntime")
+    from hieramamba.export.stages import export_bundle
+    from hieramamba.model import build_model
+
+    model, opt = small_model()
+    per_sample = build_model(opt, mask_semantics="per_sample").eval()
+    per_sample.load_state_dict(model.state_dict())
+    out = tmp_path_factory.mktemp("rt_ps") / "bundle"
+    export_bundle(per_sample, opt, out, dtype="float32")
+    return out, per_sample, opt

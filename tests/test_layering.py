@@ -8,7 +8,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Import name -> folder, as pyproject.toml maps them.
 ROOTS = {"hieramamba": REPO / "hieramamba", "hieramamba.export": REPO / "export",
-         "hieramamba.runtime": REPO / "runtime", "hieramamba.profiling": REPO / "profiling"}
+         "hieramamba.runtime": REPO / "runtime", "hieramamba.profiling": REPO / "profiling",
+         "hieramamba.serving": REPO / "serving", "hieramamba.corpus": REPO / "corpus"}
 # Parts of the hieramamba/ folder that sit on top of everything (they may import any layer).
 TOP = ("hieramamba.cli",)
 
@@ -60,7 +61,8 @@ def imports(mod: str, path: Path, known: set, top_level_only: bool) -> set:
 def layer(mod: str) -> str:
     if any(mod == t or mod.startswith(t + ".") for t in TOP):
         return "top"
-    for name in ("hieramamba.export", "hieramamba.runtime", "hieramamba.profiling"):
+    for name in ("hieramamba.export", "hieramamba.runtime", "hieramamba.profiling", "hieramamba.serving",
+                 "hieramamba.corpus"):
         if mod == name or mod.startswith(name + "."):
             return name.split(".")[1]
     return "model"
@@ -78,7 +80,9 @@ def test_layers_import_only_downwards():
     known = set(mods)
     allowed = {"model": {"model"}, "export": {"model", "export"}, "runtime": {"model", "runtime"},
                "profiling": {"model", "export", "runtime", "profiling"},
-               "top": {"model", "export", "runtime", "profiling", "top"}}
+               # Triton serving and corpus runs sit on the runtime's grounding pipeline (DESIGN §7)
+               "serving": {"model", "runtime", "serving"}, "corpus": {"model", "runtime", "corpus"},
+               "top": {"model", "export", "runtime", "profiling", "serving", "corpus", "top"}}
     bad = []
     for mod, path in mods.items():
         for dep in imports(mod, path, known, top_level_only=False):

@@ -5,6 +5,8 @@
 * ``train`` — ``train``, ``eval``, ``make-synthetic``
 * ``export`` — ``export``, ``export-bundle``, ``check-onnx``, ``build-engine``, ``build-engines``
 * ``profile`` — ``bench``, ``profile``
+* ``serve`` — ``serve``, ``triton-repo`` (Triton Inference Server)
+* ``corpus`` — ``ground-corpus`` (Ray Data or local processes)
 
 Options the verbs share are declared once in ``common``. A ``HieraMambaError`` (or an operating
 system error: a file that cannot be read or written) ends the command with its message on one
@@ -19,9 +21,9 @@ import sys
 
 from hieramamba.errors import HieraMambaError
 
-from . import demo, export, ground, profile, train
+from . import corpus, demo, export, ground, profile, serve, train
 
-VERB_GROUPS = (ground, demo, train, export, profile)
+VERB_GROUPS = (ground, demo, train, export, profile, serve, corpus)
 
 
 def build_parser() -> argparse.ArgumentParser:

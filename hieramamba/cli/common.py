@@ -24,6 +24,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -62,6 +72,14 @@ def add_scan_kernel(p):
 def add_threads(p):
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads of torch / ONNX Runtime (default: theirs; on a busy machine 1 is often fastest)")
+
+
+def add_dataset_files(p):
+    """A dataset in the official layout: its folder, or its three parts."""
+    p.add_argument("--data", help="dataset folder in the official layout (annotations.json, video/, text/)")
+    p.add_argument("--anno-file", dest="anno_file")
+    p.add_argument("--vid-feat-dir", dest="vid_feat_dir")
+    p.add_argument("--text-feat-dir", dest="text_feat_dir")
 
 
 def add_device(p):

@@ -35,11 +35,32 @@ def print_groundings(results, truths=None):
             print(f"  #{rank + 1}  {s.start_sec:8.2f} s – {s.end_sec:8.2f} s   score {s.score:.4f}")
 
 
+class ServerGrounder:
+    """``ground --server URL``: the same call answered by a running ``hieramamba serve`` (or any
+    Triton serving ``hieramamba_ground``) over HTTP or gRPC."""
+
+    def __init__(self, url: str):
+        from hieramamba.serving.client import GroundingClient
+
+        self.client = GroundingClient(url)
+
+    def ground(self, video, queries, fps, duration=None):
+        from hieramamba.pipeline import Segment
+
+        return [[Segment(*s) for s in segs] for segs in self.client.ground(video, queries, fps, duration)]
+
+
 def make_grounder(args, num_clips: int):
     """The pipeline the options ask for: eager PyTorch (``--experiment``), the chunked runtime on
-    the torch backend (``--experiment --backend torch``) or on a bundle (``--bundle``)."""
-    if (args.bundle is None) == (args.experiment is None):
-        raise InputError("ground: pass exactly one of --experiment (PyTorch) or --bundle (exported runtime)")
+    the torch backend (``--experiment --backend torch``) or on a bundle (``--bundle``), or a server
+    (``--server``)."""
+    if sum(x is not None for x in (args.bundle, args.experiment, args.server)) != 1:
+        raise InputError("ground: pass exactly one of --experiment (PyTorch), --bundle (exported runtime) or "
+                         "--server (a running hieramamba serve)")
+    if args.server is not None:
+        if args.backend is not None or args.chunk is not None or args.max_batch is not None:
+            raise InputError("ground: --backend, --chunk and --max-batch are the server's settings with --server")
+        return ServerGrounder(args.server)
     if args.cuda_graphs and args.backend != "torch":
         raise InputError("ground: --cuda-graphs is an option of --backend torch")
     chunked = dict(text_overflow=args.text_overflow, progress=args.progress or num_clips > 8192)
@@ -109,6 +130,8 @@ def register(sub) -> None:
     p = sub.add_parser("ground", help="ground query features in one video with an experiment folder or a bundle")
     add_experiment(p)
     p.add_argument("--bundle", help="exported runtime bundle (hieramamba export-bundle) instead of --experiment")
+    p.add_argument("--server", help="a running server instead: http://HOST:PORT or grpc://HOST:PORT "
+                                    "(hieramamba serve; docs/serving.md)")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
                    help="chunked runtime backend (default: eager PyTorch for --experiment, onnxruntime for --bundle)")
     p.add_argument("--chunk", type=positive_int, help="chunked runtime: level tokens per chunk (default: a level "

@@ -6,8 +6,8 @@ import json
 import sys
 import time
 
-from .common import (add_device, add_experiment, add_mask_semantics, add_scan_kernel, add_text_overflow,
-                     add_threads, apply_threads, positive_int)
+from .common import (add_dataset_files, add_device, add_experiment, add_mask_semantics, add_scan_kernel,
+                     add_text_overflow, add_threads, apply_threads, positive_int)
 
 
 def _data_paths(args) -> dict:
@@ -175,11 +175,8 @@ def record_world(data_folder, exp_folder) -> None:
 
 
 def _data_args(p) -> None:
-    p.add_argument("--data", help="dataset folder in the synthetic layout (annotations.json, video/, text/)")
+    add_dataset_files(p)
     p.add_argument("--root", help="folder the config's relative data paths resolve against (default: cwd)")
-    p.add_argument("--anno-file", dest="anno_file")
-    p.add_argument("--vid-feat-dir", dest="vid_feat_dir")
-    p.add_argument("--text-feat-dir", dest="text_feat_dir")
     p.add_argument("--glove-path", dest="glove_path", help="glove.6B.300d.txt (TACoS)")
     add_device(p)
     add_threads(p)
