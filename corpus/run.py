@@ -49,6 +49,12 @@ class RunOptions:
     ranks: tuple = (1, 5)
     iou_threshs: tuple = (0.3, 0.5)
 
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise InputError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.address is not None and self.engine != "ray":
+            raise InputError("--address names a Ray cluster: use it with --engine ray")
+
 
 @dataclass
 class RunSummary:
@@ -165,10 +171,6 @@ def dispatch(pool, tasks, workers: int, max_retries: int, finish) -> int:
 def run_corpus(tasks, out, config: WorkerConfig, options: RunOptions = RunOptions()) -> RunSummary:
     """Ground every task (``manifest.VideoTask``) with the bundle of ``config`` into ``out``;
     see the module docstring. Returns the run's summary (also written to ``summary.json``)."""
-    if options.engine not in ENGINES:
-        raise InputError(f"engine must be one of {ENGINES}, got {options.engine!r}")
-    if options.address is not None and options.engine != "ray":
-        raise InputError("--address names a Ray cluster: use it with --engine ray")
     t0 = time.perf_counter()
     out = Path(out)
     BundleManifest.read(config.bundle)  # a bad bundle is one clear error before any work

@@ -65,18 +65,16 @@ def cmd_ground_corpus(args) -> int:
 
     check_output_folder(args.out, "--out")
     BundleManifest.read(args.bundle)  # a bad bundle is one clear error before the dataset is read
-    if args.address is not None and args.engine != "ray":
-        raise InputError("--address names a Ray cluster: use it with --engine ray")
     if args.experiment:
         settings, ranks, threshs = experiment_settings(args.experiment, args.bundle, args.text_overflow)
     else:
         settings, ranks, threshs = DataSettings(text_overflow=args.text_overflow), (1, 5), (0.3, 0.5)
+    options = RunOptions(engine=args.engine, workers=args.workers, threads=args.threads, address=args.address,
+                         max_retries=args.max_retries, progress=not args.no_progress and sys.stderr.isatty(),
+                         ranks=ranks, iou_threshs=threshs)  # checked here, before the dataset is read
     tasks = corpus_tasks(args)
     config = WorkerConfig(bundle=args.bundle, backend=args.backend, scan_kernel=args.scan_kernel,
                           engines=args.engines, plugin=args.plugin, settings=settings)
-    options = RunOptions(engine=args.engine, workers=args.workers, threads=args.threads, address=args.address,
-                         max_retries=args.max_retries, progress=not args.no_progress and sys.stderr.isatty(),
-                         ranks=ranks, iou_threshs=threshs)
     summary = run_corpus(tasks, args.out, config, options)
     if summary.metrics is not None:
         from hieramamba.evaluate import format_metrics
