@@ -160,7 +160,7 @@ def _optimize(proto):
     return ir.serde.serialize_model(model)
 
 
-STAGE_CHECK_TOL = {"float32": 1e-4, "float16": 3e-2}
+STAGE_CHECK_TOL = {"float32": 1e-4, "float16": 3e-2, "bfloat16": 3e-2}
 
 
 def _verify_stage(proto, module, args, input_names, dtype: str, stage: str) -> float | None:
@@ -176,7 +176,8 @@ def _verify_stage(proto, module, args, input_names, dtype: str, stage: str) -> f
     with torch.no_grad():
         want = module(*args)
     want = want if isinstance(want, (tuple, list)) else (want,)
-    opts = ort_session_options(ort, 1)
+    # bfloat16 graphs hold Bf16Conv/Bf16MatMul/ChannelNorm nodes, which only the native library runs.
+    opts = ort_session_options(ort, 1, scan_kernel="native" if dtype == "bfloat16" else "graph")
     opts.log_severity_level = 3
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {n: a.detach().cpu().numpy() for n, a in zip(input_names, args)}
@@ -202,8 +203,10 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
     """Export every stage of ``model`` to ``out_dir`` (must not exist) with a manifest.
 
     ``dtype``: ``"float16"`` (default: the runtime's default precision; fp32 islands as in the
-    whole-model export) or ``"float32"``. ``model`` is not modified. Stages whose module has
-    the structure of an already exported one (``structure_key``: the per-level stages of
+    whole-model export), ``"float32"`` or ``"bfloat16"`` (float32 graphs whose large matrix
+    products take bfloat16 operands, ``hieramamba.export.bf16``: for CPUs with AVX512-BF16;
+    needs ``libhieramamba_plugins`` to export and to run). ``model`` is not modified. Stages
+    whose module has the structure of an already exported one (``structure_key``: the per-level stages of
     equal-sized levels) reuse its graph with their own weights instead of being traced again,
     which cuts the export time several-fold; every stage, reused or not, is run once in ONNX
     Runtime against its module (``STAGE_CHECK_TOL``). ``stages``: export only these instances
@@ -211,12 +214,17 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
     import onnx
 
     from . import scan_node
+    from .bf16 import bf16_graph
     from .onnx_export import check_opset, fp32_islands
 
-    tdtype = {"float32": torch.float32, "float16": torch.float16}.get(dtype)
+    tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.float32}.get(dtype)
     if tdtype is None:
-        raise ExportError(f"bundle dtype must be 'float32' or 'float16', got {dtype!r}")
+        raise ExportError(f"bundle dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
     check_opset(opset)
+    if dtype == "bfloat16":
+        from hieramamba.native_library import load_native_library
+
+        load_native_library(required=True)  # its kernels check every stage: say so first
     out = Path(out_dir)
     if out.exists():
         raise ExportError(f"bundle folder {out} already exists; remove it or choose another")
@@ -248,6 +256,8 @@ def export_bundle(model, opt, out_dir, dtype="float16", opset: int = 18, stages=
                     traced[key] = (name, proto)
                     how = "traced"
                 proto = _optimize(proto)
+                if dtype == "bfloat16":
+                    proto, _ = bf16_graph(proto)
                 err = _verify_stage(proto, module, args, ins, dtype, name)
             fname = f"{name}.onnx"
             onnx.save_model(proto, str(tmp / fname))

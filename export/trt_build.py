@@ -239,6 +239,9 @@ def build_bundle_engines(bundle_dir, limits: EngineLimits, out_dir=None, *, plug
 
     bundle_dir = Path(bundle_dir)
     man = BundleManifest.read(bundle_dir)
+    if man.dtype == "bfloat16":
+        raise ExportError(f"{bundle_dir}: a bfloat16 bundle is for ONNX Runtime on CPU (its Bf16Conv nodes have "
+                          "no TensorRT plugin); build engines from a float16 bundle")
     man.verify_stage_files(bundle_dir)
     profiles = bundle_profiles(bundle_dir, limits)
     if workspace_gib <= 0:

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional
 from .errors import CheckpointError, InputError
 
 MASK_SEMANTICS = ("official", "per_sample")
-BUNDLE_DTYPES = ("float32", "float16")
+BUNDLE_DTYPES = ("float32", "float16", "bfloat16")  # bfloat16: float32 I/O, bf16 convolution operands
 
 
 # -- the HydraScan op identity -----------------------------------------------------------------

@@ -45,7 +45,7 @@ from .memory import peak_rss_mb, rss_mb
 SCHEMA = "hieramamba.bench/1"
 REFERENCE_PATH = "eager_fp32"
 DEFAULT_PATHS = ("eager_fp32", "eager_fp16", "eager_bf16", "eager_fused", "eager_cuda_graphs", "ort_custom",
-                 "ort_native", "ort_portable", "runtime_chunked", "runtime_chunked_cuda_graphs", "runtime_ort_fp16", "runtime_ort_fp32", "runtime_trt_fp16")
+                 "ort_native", "ort_portable", "runtime_chunked", "runtime_chunked_cuda_graphs", "runtime_ort_fp16", "runtime_ort_fp32", "runtime_ort_bf16", "runtime_trt_fp16")
 
 
 @dataclass

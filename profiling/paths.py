@@ -376,6 +376,22 @@ for _dtype in ("float16", "float32"):
                       _bundle_unavailable_for(_dtype), _bundle_runner(_dtype), _bundle_prepare(_dtype)))
 
 
+def _bf16_bundle_unavailable(ctx) -> Optional[str]:
+    if _cuda(ctx):
+        return "a bfloat16 bundle runs on ONNX Runtime's CPU provider only"
+    from hieramamba.native_library import load_native_library
+
+    if load_native_library() is None:
+        return "needs libhieramamba_plugins (its Bf16Conv kernel): bash scripts/setup.sh builds it"
+    return _bundle_unavailable_for("bfloat16")(ctx)
+
+
+register(PathSpec("runtime_ort_bf16",
+                  "hieramamba.runtime chunk scheduler on an exported bfloat16 bundle (float32 graphs, matrix products "
+                  "with bf16 operands and fp32 accumulation: VDPBF16PS on AVX512-BF16 CPUs), ONNX Runtime CPU",
+                  _bf16_bundle_unavailable, _bundle_runner("bfloat16"), _bundle_prepare("bfloat16")))
+
+
 def _trt_engines_dir(ctx) -> Path:
     return ctx.workdir / f"trt_fp16_clips{ctx.max_clips}_q{ctx.max_queries}"
 

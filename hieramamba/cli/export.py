@@ -152,7 +152,9 @@ def register(sub) -> None:
     p = sub.add_parser("export-bundle", help="export the chunked runtime's stage graphs (a bundle folder)")
     add_model_source(p)
     p.add_argument("--out", required=True, help="bundle folder to create (must not exist)")
-    p.add_argument("--dtype", default="float16", choices=["float32", "float16"])
+    p.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"],
+                   help="float16 (GPU, TensorRT), float32, or bfloat16: float32 graphs whose large matrix "
+                        "products take bf16 operands (CPUs with AVX512-BF16; ONNX Runtime CPU only)")
     p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=cmd_export_bundle)
 

@@ -4,11 +4,14 @@
 // (same results, slower).
 //
 // Entry point: RegisterCustomOps, the symbol ONNX Runtime looks up in a library passed to
-// SessionOptions.register_custom_ops_library (Python) / RegisterCustomOpsLibrary (C). The ABI subset
+// SessionOptions.register_custom_ops_library (Python) / RegisterCustomOpsLibrary (C); it also adds the
+// CPU kernels of `bfloat16` bundles (../cpu_kernels) to the same "hieramamba" domain. The ABI subset
 // used is declared in ../capi/hmOrtAbi.h. Shape and dtype decisions come from hydraScanPluginLogic
 // (shared with the TensorRT plugin), so every adapter accepts and rejects the same calls.
 #include "../capi/hmCApi.h"
 #include "../capi/hmOrtAbi.h"
+#include "../capi/hmOrtKernel.h"
+#include "../cpu_kernels/cpuKernelsOrtOp.h"
 #include "hydraScanKernel.h"
 #include "hydraScanPluginLogic.h"
 
@@ -24,18 +27,8 @@ namespace
 {
 
 using namespace hieramamba::hydra_scan;
+using namespace hieramamba::ort;
 namespace pl = hieramamba::hydra_scan::plugin;
-
-template <typename Fn>
-Fn apiFn(const OrtApi* api, int slot)
-{
-    return reinterpret_cast<Fn>(reinterpret_cast<void* const*>(api)[slot]);
-}
-
-OrtStatus* makeStatus(const OrtApi* api, int code, const std::string& message)
-{
-    return apiFn<OrtStatus* (*) (int, const char*)>(api, HM_ORT_CreateStatus)(code, message.c_str());
-}
 
 // The (activation, dt) element-type pairs the kernel runs; one OrtCustomOp each, because ONNX Runtime
 // picks a custom kernel by the exact input types and derives the output types from that choice.
@@ -158,47 +151,6 @@ void destroyKernel(void* kernel)
     delete static_cast<Kernel*>(kernel);
 }
 
-// Evaluates an ORT call; returns its status from the enclosing function when it failed.
-#define HM_ORT_TRY(call)                                                                                  \
-    do                                                                                                    \
-    {                                                                                                     \
-        if (OrtStatus* status_ = (call))                                                                  \
-        {                                                                                                 \
-            return status_;                                                                               \
-        }                                                                                                 \
-    } while (0)
-
-// Element type and dimensions of a tensor value.
-OrtStatus* describe(const OrtApi* api, const OrtValue* value, int* type, pl::Dims* dims)
-{
-    OrtTensorTypeAndShapeInfo* info = nullptr;
-    HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtValue*, OrtTensorTypeAndShapeInfo**)>(api,
-        HM_ORT_GetTensorTypeAndShape)(value, &info));
-    auto release = apiFn<void (*)(OrtTensorTypeAndShapeInfo*)>(api, HM_ORT_ReleaseTensorTypeAndShapeInfo);
-    std::unique_ptr<OrtTensorTypeAndShapeInfo, decltype(release)> guard(info, release);
-    size_t rank = 0;
-    HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtTensorTypeAndShapeInfo*, int*)>(api, HM_ORT_GetTensorElementType)(
-        info, type));
-    HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtTensorTypeAndShapeInfo*, size_t*)>(api, HM_ORT_GetDimensionsCount)(
-        info, &rank));
-    dims->assign(rank, 0);
-    HM_ORT_TRY(apiFn<OrtStatus* (*) (const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(api,
-        HM_ORT_GetDimensions)(info, dims->data(), rank));
-    return nullptr;
-}
-
-OrtStatus* dataOf(const OrtApi* api, const OrtValue* value, void** data)
-{
-    // GetTensorMutableData takes a non-const value; inputs are only read.
-    return apiFn<OrtStatus* (*) (OrtValue*, void**)>(api, HM_ORT_GetTensorMutableData)(
-        const_cast<OrtValue*>(value), data);
-}
-
-void runTask(void* body, size_t i)
-{
-    (*static_cast<const std::function<void(int64_t)>*>(body))(static_cast<int64_t>(i));
-}
-
 OrtStatus* computeChecked(const Kernel& k, OrtKernelContext* ctx)
 {
     const OrtApi* api = k.api;
@@ -275,16 +227,7 @@ OrtStatus* computeChecked(const Kernel& k, OrtKernelContext* ctx)
     // The heads run on the session's intra-op pool: the session's thread count, and no threads of
     // our own competing with ORT's (spinning) ones for the same cores.
     const HmTaskRunner onOrtPool = [api, ctx](int64_t count, const std::function<void(int64_t)>& body) {
-        auto parallelFor = apiFn<OrtStatus* (*) (const OrtKernelContext*, void (*)(void*, size_t), size_t, size_t,
-            void*)>(api, HM_ORT_KernelContext_ParallelFor);
-        OrtStatus* status = parallelFor(ctx, runTask, static_cast<size_t>(count), 0,
-            const_cast<void*>(static_cast<const void*>(&body)));
-        if (status != nullptr)
-        {
-            const std::string message = apiFn<const char* (*) (const OrtStatus*)>(api, HM_ORT_GetErrorMessage)(status);
-            apiFn<void (*)(OrtStatus*)>(api, HM_ORT_ReleaseStatus)(status);
-            throw std::runtime_error("ONNX Runtime's KernelContext_ParallelFor failed: " + message);
-        }
+        parallelFor(api, ctx, count, body);
     };
     err = runCpu(shape, static_cast<HmDType>(act), static_cast<HmDType>(dt), t, 0, &onOrtPool);
     if (!err.empty())
@@ -360,6 +303,13 @@ OrtStatus* registerOps(OrtSessionOptions* options, const OrtApi* api)
             ops.push_back(makeOp(types));
             HM_ORT_TRY(apiFn<OrtStatus* (*) (OrtCustomOpDomain*, const OrtCustomOp*)>(api,
                 HM_ORT_CustomOpDomain_Add)(domain, &ops.back()->base));
+        }
+        // The bfloat16 bundles' kernels share the domain (one RegisterCustomOps per library).
+        for (const OrtCustomOp* op : {hieramamba::cpu_kernels::bf16ConvCustomOp(),
+                 hieramamba::cpu_kernels::bf16MatMulCustomOp(), hieramamba::cpu_kernels::channelNormCustomOp()})
+        {
+            HM_ORT_TRY(apiFn<OrtStatus* (*) (OrtCustomOpDomain*, const OrtCustomOp*)>(api, HM_ORT_CustomOpDomain_Add)(
+                domain, op));
         }
         reg.ops = std::move(ops);
         reg.domain = domain;

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 from hieramamba.artifacts import REEXPORT
-from hieramamba.errors import BackendUnavailableError, CheckpointError
+from hieramamba.errors import BackendUnavailableError, CheckpointError, InputError
 from hieramamba.ort_options import (CPU_ARENA_CHOICES, DEFAULT_SCAN_KERNEL, ort_session_options,
                                     resolve_scan_kernel, use_shared_cpu_arena)
 
@@ -52,7 +52,14 @@ class OrtBackend(GraphBackend):
         # library is built, else the nodes' function body (docs/performance.md). "auto" keeps the
         # body on a GPU provider: the kernel is a CPU-provider kernel, the scan would bounce to host.
         names = [p if isinstance(p, str) else p[0] for p in self.providers]
-        if scan_kernel == "auto" and any(n != "CPUExecutionProvider" for n in names):
+        if self.manifest.dtype == "bfloat16":
+            # Its Bf16Conv/Bf16MatMul/ChannelNorm nodes have no ONNX body: only the library runs them.
+            if scan_kernel == "graph" or any(n != "CPUExecutionProvider" for n in names):
+                raise InputError(f"{bundle_dir}: a bfloat16 bundle runs on the CPU provider with the native "
+                                 "library's kernels (scan_kernel 'auto' or 'native'); export a float16 or float32 "
+                                 "bundle for other providers")
+            scan_kernel = "native"
+        elif scan_kernel == "auto" and any(n != "CPUExecutionProvider" for n in names):
             scan_kernel = "graph"
         self.scan_kernel = resolve_scan_kernel(scan_kernel)
         self._sessions, self._lock = {}, threading.Lock()
