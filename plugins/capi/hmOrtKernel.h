@@ -83,4 +83,19 @@ inline void parallelFor(const OrtApi* api, OrtKernelContext* ctx, int64_t count,
     }
 }
 
+// The parts of an OrtCustomOp that are the same for every kernel of this library: custom-op version
+// 16 (status-returning V2 entry points), the CPU execution provider, inputs in default (CPU) memory,
+// required outputs, no variadic arguments. The caller sets name, types, counts, input
+// characteristics and the kernel functions.
+inline void initCpuCustomOp(OrtCustomOp& op)
+{
+    op = OrtCustomOp{};
+    op.version = HM_ORT_CUSTOM_OP_VERSION;
+    op.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return nullptr; };
+    op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) -> int { return HM_ORT_REQUIRED; };
+    op.GetInputMemoryType = [](const OrtCustomOp*, size_t) -> int { return 0; }; // OrtMemTypeDefault
+    op.GetVariadicInputMinArity = op.GetVariadicOutputMinArity = [](const OrtCustomOp*) -> int { return 1; };
+    op.GetVariadicInputHomogeneity = op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) -> int { return 1; };
+}
+
 } // namespace hieramamba::ort

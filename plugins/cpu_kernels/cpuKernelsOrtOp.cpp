@@ -65,11 +65,6 @@ const char* opName(const OrtCustomOp* op)
     return kindName(kindOf(op));
 }
 
-const char* opProvider(const OrtCustomOp*)
-{
-    return nullptr; // CPU execution provider
-}
-
 size_t opInputCount(const OrtCustomOp* op)
 {
     switch (kindOf(op))
@@ -95,24 +90,9 @@ int opOutputType(const OrtCustomOp*, size_t)
     return HM_ORT_FLOAT;
 }
 
-int opCharacteristic(const OrtCustomOp*, size_t)
+int opInputCharacteristic(const OrtCustomOp*, size_t)
 {
     return HM_ORT_REQUIRED;
-}
-
-int opInputMemoryType(const OrtCustomOp*, size_t)
-{
-    return 0;
-}
-
-int opVariadicMinArity(const OrtCustomOp*)
-{
-    return 1;
-}
-
-int opVariadicHomogeneity(const OrtCustomOp*)
-{
-    return 1;
 }
 
 OrtStatus* createKernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo*, void** kernel)
@@ -272,21 +252,14 @@ Op makeOp(Kind kind)
 {
     Op op{};
     OrtCustomOp& b = op.base;
-    b.version = HM_ORT_CUSTOM_OP_VERSION;
+    initCpuCustomOp(b);
     b.GetName = opName;
-    b.GetExecutionProviderType = opProvider;
     b.GetInputType = opInputType;
     b.GetInputTypeCount = opInputCount;
     b.GetOutputType = opOutputType;
     b.GetOutputTypeCount = opOutputCount;
     b.KernelDestroy = destroyKernel;
-    b.GetInputCharacteristic = opCharacteristic;
-    b.GetOutputCharacteristic = opCharacteristic;
-    b.GetInputMemoryType = opInputMemoryType;
-    b.GetVariadicInputMinArity = opVariadicMinArity;
-    b.GetVariadicInputHomogeneity = opVariadicHomogeneity;
-    b.GetVariadicOutputMinArity = opVariadicMinArity;
-    b.GetVariadicOutputHomogeneity = opVariadicHomogeneity;
+    b.GetInputCharacteristic = opInputCharacteristic;
     b.CreateKernelV2 = createKernel;
     b.KernelComputeV2 = compute;
     op.kind = kind;

@@ -73,11 +73,6 @@ const char* opName(const OrtCustomOp*)
     return pl::kPluginName;
 }
 
-const char* opProvider(const OrtCustomOp*)
-{
-    return nullptr; // CPU execution provider
-}
-
 size_t opInputCount(const OrtCustomOp*)
 {
     return pl::kNbInputsWithStates;
@@ -111,26 +106,6 @@ int opOutputType(const OrtCustomOp* op, size_t index)
 int opInputCharacteristic(const OrtCustomOp*, size_t index)
 {
     return index >= static_cast<size_t>(pl::kNbInputsWithoutStates) ? HM_ORT_OPTIONAL : HM_ORT_REQUIRED;
-}
-
-int opOutputCharacteristic(const OrtCustomOp*, size_t)
-{
-    return HM_ORT_REQUIRED;
-}
-
-int opInputMemoryType(const OrtCustomOp*, size_t)
-{
-    return 0; // OrtMemTypeDefault
-}
-
-int opVariadicMinArity(const OrtCustomOp*)
-{
-    return 1;
-}
-
-int opVariadicHomogeneity(const OrtCustomOp*)
-{
-    return 1;
 }
 
 OrtStatus* createKernel(const OrtCustomOp* /*op*/, const OrtApi* api, const OrtKernelInfo*, void** kernel)
@@ -265,23 +240,14 @@ std::unique_ptr<HydraScanOp> makeOp(TypePair types)
 {
     auto op = std::make_unique<HydraScanOp>();
     OrtCustomOp& b = op->base;
-    b.version = HM_ORT_CUSTOM_OP_VERSION;
-    b.CreateKernel = nullptr; // the V2 entry points below are used (version >= 16)
+    initCpuCustomOp(b); // CreateKernel/KernelCompute stay null: the V2 entry points below are used
     b.GetName = opName;
-    b.GetExecutionProviderType = opProvider;
     b.GetInputType = opInputType;
     b.GetInputTypeCount = opInputCount;
     b.GetOutputType = opOutputType;
     b.GetOutputTypeCount = opOutputCount;
-    b.KernelCompute = nullptr;
     b.KernelDestroy = destroyKernel;
     b.GetInputCharacteristic = opInputCharacteristic;
-    b.GetOutputCharacteristic = opOutputCharacteristic;
-    b.GetInputMemoryType = opInputMemoryType;
-    b.GetVariadicInputMinArity = opVariadicMinArity;
-    b.GetVariadicInputHomogeneity = opVariadicHomogeneity;
-    b.GetVariadicOutputMinArity = opVariadicMinArity;
-    b.GetVariadicOutputHomogeneity = opVariadicHomogeneity;
     b.CreateKernelV2 = createKernel;
     b.KernelComputeV2 = compute;
     op->types = types;
