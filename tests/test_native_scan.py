@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,58 @@ def test_thread_count_does_not_change_results(lib):
     many = native.native_hydra_scan_cpu(*args(t), num_threads=5)
     for a, b in zip(one, many):
         assert torch.equal(a, b)
+
+
+# (B, L, H, P, G, N, states, dtype): the released P = N = 64, P past one 64-lane pass and with a
+# masked tail, N with and without a remainder after its multiple of 4, N < 4, fp16 / bf16 inputs.
+CODE_PATH_CASES = [(2, 300, 4, 64, 1, 64, True, "float32"), (1, 1000, 12, 64, 2, 64, False, "float32"),
+                   (2, 17, 4, 8, 2, 16, True, "float32"), (1, 50, 3, 20, 1, 7, True, "float32"),
+                   (1, 40, 2, 5, 1, 3, False, "float32"), (1, 64, 4, 80, 2, 65, True, "float32"),
+                   (1, 1, 2, 16, 1, 64, True, "float32"), (2, 100, 4, 64, 2, 64, True, "float16"),
+                   (1, 70, 2, 64, 1, 64, False, "bfloat16")]
+
+
+def scan_code_path_outputs(out_path: str) -> None:
+    """Run in a subprocess (``HIERAMAMBA_SCAN_CPU`` picks the code path when the library loads):
+    every case of ``CODE_PATH_CASES`` checked against the float64 oracle, outputs saved for a
+    bitwise comparison between the two paths."""
+    native.load_native_library(required=True)
+    saved = {}
+    for i, (B, L, H, P, G, N, states, dtype) in enumerate(CODE_PATH_CASES):
+        t = make_inputs(B, L, H, P, G, N, states=states, seed=100 + i, dtype=getattr(torch, dtype))
+        got = native.native_hydra_scan_cpu(*args(t), num_threads=2)
+        for j, (g, want) in enumerate(zip(got, oracle(*args(t)))):
+            tol = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}[dtype] if j == 0 else 1e-5
+            assert rel_err(g, want) <= tol, (i, j)
+            saved[f"{i}/{j}"] = g.float().numpy()
+    np.savez(out_path, **saved)
+
+
+def test_avx512_step_equals_the_portable_loop_bitwise(lib, tmp_path):
+    """The CPU kernel's two code paths (hydraScanCpu.cpp: the portable loop, and on AVX-512 CPUs a
+    step over 16 p per vector) give bitwise-equal outputs and final states, so eager results do
+    not depend on the CPU's vector width (tests/test_level_outputs_recorded.py pins them)."""
+    try:
+        has_avx512 = " avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        has_avx512 = False
+    if not has_avx512:
+        pytest.skip("this CPU has no AVX-512: only the portable loop exists here")
+    outputs = {}
+    for path in ("portable", "default"):
+        env = {k: v for k, v in os.environ.items() if k != "HIERAMAMBA_SCAN_CPU"}
+        if path == "portable":
+            env["HIERAMAMBA_SCAN_CPU"] = "portable"
+        out = tmp_path / f"{path}.npz"
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_native_scan; "
+                f"test_native_scan.scan_code_path_outputs({str(out)!r})")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[path] = np.load(out)
+    portable, default = outputs["portable"], outputs["default"]
+    assert sorted(portable.files) == sorted(default.files) and len(portable.files) == 3 * len(CODE_PATH_CASES)
+    for key in portable.files:
+        np.testing.assert_array_equal(default[key], portable[key], err_msg=key)
 
 
 @pytest.mark.parametrize("L,cut,G,states", [(300, 120, 1, False), (301, 150, 2, True), (17, 1, 2, True)])

@@ -5,6 +5,13 @@
 // shift needs no flips or rolls: the forward output of step t lands in row t+1, the backward output
 // of step t in row t-1. Every row receives at most one term per direction added onto zero, so the
 // result does not depend on the order of the two directions (the CUDA kernel relies on the same).
+//
+// Two code paths for one step of a head, with bitwise-equal results: the portable loop (one state
+// row per p; the compiler vectorises its n-reduction 4 lanes wide, lane n % 4, no FMA on baseline
+// x86-64), and on CPUs with AVX-512 a loop over 16 p at a time on a transposed state that performs
+// the same roundings in the same order (4 partial sums by n % 4, the rest of N on the first, then
+// ((0 + s0) + s1) + s2) + s3; separate multiplies and adds: the file is built without FP
+// contraction). HIERAMAMBA_SCAN_CPU=portable forces the portable loop (tests compare the two).
 #include "hydraScanKernel.h"
 
 #include "../common/hmFloat16.h"
@@ -12,9 +19,16 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HM_SCAN_X86 1
+#endif
 
 namespace hieramamba
 {
@@ -29,9 +43,130 @@ inline float softplus(float v)
     return v > 20.0f ? v : std::log1p(std::exp(v));
 }
 
+// The portable reduction's vector width (SSE2/NEON: 4 floats); the AVX-512 step reproduces it.
+constexpr int64_t kLanes = 4;
+
+#ifdef HM_SCAN_X86
+bool cpuHasAvx512()
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+#endif
+
+bool usesAvx512Step()
+{
+#ifdef HM_SCAN_X86
+    static const bool use = cpuHasAvx512()
+        && !(std::getenv("HIERAMAMBA_SCAN_CPU") != nullptr && std::strcmp(std::getenv("HIERAMAMBA_SCAN_CPU"), "portable") == 0);
+    return use;
+#else
+    return false;
+#endif
+}
+
+#ifdef HM_SCAN_X86
+constexpr int64_t kBlocks = 4; // 16-lane blocks of p per pass: 64 p, each b[n], c[n] broadcast once
+
+// State column n of one pass for partial-sum lane `lane`: v = u*b[n] + s[n]*decay stored back,
+// acc[k][lane] += v*c[n], for the kBlocks blocks of 16 p (Full: all 64 p present, plain loads and
+// stores, which are much cheaper than masked ones on some CPUs; else masked at the end of P).
+template <bool Full>
+__attribute__((target("avx512f"), always_inline)) inline void stepColumn(float* row, const __mmask16* m,
+    const __m512* vu, __m512 vDecay, float bn, float cn, __m512 (*acc)[kLanes], int lane)
+{
+    const __m512 vb = _mm512_set1_ps(bn), vc = _mm512_set1_ps(cn);
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < kBlocks; ++k)
+    {
+        const __m512 s = Full ? _mm512_loadu_ps(row + 16 * k) : _mm512_maskz_loadu_ps(m[k], row + 16 * k);
+        const __m512 v = _mm512_add_ps(_mm512_mul_ps(vu[k], vb), _mm512_mul_ps(s, vDecay));
+        if (Full)
+        {
+            _mm512_storeu_ps(row + 16 * k, v);
+        }
+        else
+        {
+            _mm512_mask_storeu_ps(row + 16 * k, m[k], v);
+        }
+        acc[k][lane] = _mm512_add_ps(acc[k][lane], _mm512_mul_ps(v, vc));
+    }
+}
+
+template <bool Full>
+__attribute__((target("avx512f"))) void stepColumns(float* col, const __mmask16* m, const __m512* vu,
+    __m512 vDecay, const float* b, const float* c, __m512 (*acc)[kLanes], int64_t P, int64_t N)
+{
+    const int64_t nVec = N - N % kLanes;
+    int64_t n = 0;
+    for (; n < nVec; n += kLanes)
+    {
+        stepColumn<Full>(col + n * P, m, vu, vDecay, b[n], c[n], acc, 0);
+        stepColumn<Full>(col + (n + 1) * P, m, vu, vDecay, b[n + 1], c[n + 1], acc, 1);
+        stepColumn<Full>(col + (n + 2) * P, m, vu, vDecay, b[n + 2], c[n + 2], acc, 2);
+        stepColumn<Full>(col + (n + 3) * P, m, vu, vDecay, b[n + 3], c[n + 3], acc, 3);
+    }
+    for (; n < N; ++n)
+    {
+        stepColumn<Full>(col + n * P, m, vu, vDecay, b[n], c[n], acc, 0);
+    }
+}
+
+// One step of one head on the transposed state sT (N rows of P), one p per lane: the portable
+// loop's operations in its order (4 partial sums by n % 4 over the first N - N % 4 columns, the
+// rest on the first, yOut += ((0 + s0) + s1) + s2) + s3; file-level -ffp-contract=off keeps each
+// multiply and add a separate rounding).
+__attribute__((target("avx512f"))) void stepAvx512(float* sT, const float* u, const float* b, const float* c,
+    float decay, float* yOut, int64_t P, int64_t N)
+{
+    const __m512 vDecay = _mm512_set1_ps(decay);
+    for (int64_t p0 = 0; p0 < P; p0 += 16 * kBlocks)
+    {
+        __mmask16 m[kBlocks];
+        __m512 vu[kBlocks];
+        __m512 acc[kBlocks][kLanes];
+#pragma GCC unroll 4
+        for (int64_t k = 0; k < kBlocks; ++k)
+        {
+            const int64_t width = std::max<int64_t>(0, std::min<int64_t>(16, P - p0 - 16 * k));
+            m[k] = static_cast<__mmask16>((1u << width) - 1u);
+            vu[k] = _mm512_maskz_loadu_ps(m[k], u + p0 + 16 * k);
+#pragma GCC unroll 4
+            for (int64_t j = 0; j < kLanes; ++j)
+            {
+                acc[k][j] = _mm512_setzero_ps();
+            }
+        }
+        if (P - p0 >= 16 * kBlocks)
+        {
+            stepColumns<true>(sT + p0, m, vu, vDecay, b, c, acc, P, N);
+        }
+        else
+        {
+            stepColumns<false>(sT + p0, m, vu, vDecay, b, c, acc, P, N);
+        }
+        if (yOut == nullptr)
+        {
+            continue;
+        }
+#pragma GCC unroll 4
+        for (int64_t k = 0; k < kBlocks; ++k)
+        {
+            __m512 sum = _mm512_add_ps(_mm512_setzero_ps(), acc[k][0]);
+            for (int64_t j = 1; j < kLanes; ++j)
+            {
+                sum = _mm512_add_ps(sum, acc[k][j]);
+            }
+            float* out = yOut + p0 + 16 * k;
+            _mm512_mask_storeu_ps(out, m[k], _mm512_add_ps(sum, _mm512_maskz_loadu_ps(m[k], out)));
+        }
+    }
+}
+#endif
+
 struct Scratch
 {
-    std::vector<float> state; // P*N, fp32 carry
+    std::vector<float> state; // P*N, fp32 carry (N*P, transposed, on the AVX-512 path)
     std::vector<float> yAcc;  // L*P, fp32 sum of both shifted directions
     std::vector<float> row;   // P, x_t of this head
     std::vector<float> bRow;  // N
@@ -95,13 +230,18 @@ private:
 
         float* S = w.state.data();
         const int64_t stateOffset = (b * H + h) * P * N;
-        if (init != nullptr)
+        const bool simd = usesAvx512Step();
+        if (init == nullptr)
         {
-            std::copy(init + stateOffset, init + stateOffset + P * N, S);
+            std::fill(S, S + P * N, 0.0f);
+        }
+        else if (simd)
+        {
+            transpose(init + stateOffset, S, P, N);
         }
         else
         {
-            std::fill(S, S + P * N, 0.0f);
+            std::copy(init + stateOffset, init + stateOffset + P * N, S);
         }
 
         float* xr = w.row.data();
@@ -130,6 +270,13 @@ private:
 
             const bool emit = tOut >= 0 && tOut < L;
             float* yOut = emit ? w.yAcc.data() + tOut * P : nullptr;
+#ifdef HM_SCAN_X86
+            if (simd)
+            {
+                stepAvx512(S, xr, br, cr, decay, yOut, P, N);
+                continue;
+            }
+#endif
             for (int64_t p = 0; p < P; ++p)
             {
                 float* Sp = S + p * N;
@@ -150,7 +297,26 @@ private:
                 }
             }
         }
-        std::copy(S, S + P * N, finalState + stateOffset);
+        if (simd)
+        {
+            transpose(S, finalState + stateOffset, N, P);
+        }
+        else
+        {
+            std::copy(S, S + P * N, finalState + stateOffset);
+        }
+    }
+
+    // dst (cols, rows) = src (rows, cols) transposed.
+    static void transpose(const float* src, float* dst, int64_t rows, int64_t cols)
+    {
+        for (int64_t r = 0; r < rows; ++r)
+        {
+            for (int64_t c = 0; c < cols; ++c)
+            {
+                dst[c * rows + r] = src[r * cols + c];
+            }
+        }
     }
 
     HmScanShape s_;
