@@ -120,6 +120,25 @@ void matmulPortable(const PackedMatrix& w, const uint32_t* xb, float* y, int64_t
 #ifdef HM_BF16_X86
 #define HM_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
+// Masked loads and stores only for partial vectors: on some CPUs (AMD Zen 4) a masked store costs
+// several times a plain one, and they sat in the inner loops of packing and of every output tile.
+HM_AVX512_BF16 inline __m512 loadFloats(const float* p, int64_t n)
+{
+    return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+}
+
+HM_AVX512_BF16 inline void storeFloats(float* p, __m512 v, int64_t n)
+{
+    if (n >= 16)
+    {
+        _mm512_storeu_ps(p, v);
+    }
+    else
+    {
+        _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);
+    }
+}
+
 HM_AVX512_BF16 void packInputAvx512(
     const float* x, uint32_t* xp, int64_t cin, int64_t t, int64_t pad, int64_t stride, int64_t cp)
 {
@@ -136,11 +155,17 @@ HM_AVX512_BF16 void packInputAvx512(
     for (int64_t i = 0; i < t; i += 16)
     {
         const int64_t n = std::min<int64_t>(16, t - i);
-        const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
-        const __m512 va = _mm512_maskz_loadu_ps(m, a + i);
-        const __m512 vb = b != nullptr ? _mm512_maskz_loadu_ps(m, b + i) : _mm512_setzero_ps();
+        const __m512 va = loadFloats(a + i, n);
+        const __m512 vb = b != nullptr ? loadFloats(b + i, n) : _mm512_setzero_ps();
         const __m512i packed = _mm512_permutexvar_epi16(idx, (__m512i) _mm512_cvtne2ps_pbh(vb, va));
-        _mm512_mask_storeu_epi32(row + pad + i, m, packed);
+        if (n == 16)
+        {
+            _mm512_storeu_si512(row + pad + i, packed);
+        }
+        else
+        {
+            _mm512_mask_storeu_epi32(row + pad + i, static_cast<__mmask16>((1u << n) - 1u), packed);
+        }
     }
 }
 
@@ -196,13 +221,12 @@ HM_AVX512_BF16 void convTileAvx512(const PackedConv& w, const uint32_t* xp, floa
             {
                 break;
             }
-            const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
             __m512 v = _mm512_add_ps(acc[r][s], bias);
             if (!first)
             {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, out + 16 * s));
+                v = _mm512_add_ps(v, loadFloats(out + 16 * s, n));
             }
-            _mm512_mask_storeu_ps(out + 16 * s, m, v);
+            storeFloats(out + 16 * s, v, n);
         }
     }
 }
@@ -216,11 +240,18 @@ HM_AVX512_BF16 void packRowsAvx512(const float* x, uint32_t* xb, int64_t k, int6
     {
         const int64_t nLo = std::max<int64_t>(0, std::min<int64_t>(16, k - i));
         const int64_t nHi = std::max<int64_t>(0, std::min<int64_t>(16, k - i - 16));
-        const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << nLo) - 1u), src + i);
-        const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << nHi) - 1u), src + i + 16);
+        const __m512 lo = nLo > 0 ? loadFloats(src + i, nLo) : _mm512_setzero_ps();
+        const __m512 hi = nHi > 0 ? loadFloats(src + i + 16, nHi) : _mm512_setzero_ps();
         const int64_t n = std::min<int64_t>(32, 2 * kp - i);
-        const __mmask32 m = n == 32 ? ~__mmask32(0) : static_cast<__mmask32>((1u << n) - 1u);
-        _mm512_mask_storeu_epi16(dst + i, m, (__m512i) _mm512_cvtne2ps_pbh(hi, lo));
+        const __m512i packed = (__m512i) _mm512_cvtne2ps_pbh(hi, lo);
+        if (n == 32)
+        {
+            _mm512_storeu_si512(dst + i, packed);
+        }
+        else
+        {
+            _mm512_mask_storeu_epi16(dst + i, static_cast<__mmask32>((1u << n) - 1u), packed);
+        }
     }
 }
 
@@ -263,13 +294,12 @@ HM_AVX512_BF16 void matmulTileAvx512(const PackedMatrix& w, const uint32_t* xb, 
             {
                 break;
             }
-            const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
             __m512 v = acc[r][s];
             if (cp0 != 0)
             {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out + 16 * s));
+                v = _mm512_add_ps(v, loadFloats(out + 16 * s, n));
             }
-            _mm512_mask_storeu_ps(out + 16 * s, mask, v);
+            storeFloats(out + 16 * s, v, n);
         }
     }
 }
