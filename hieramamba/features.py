@@ -4,6 +4,10 @@ values (NaN/Inf) with its own array library."""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
+
 from .errors import InputError
 
 TEXT_OVERFLOW = ("error", "truncate")
@@ -36,3 +40,74 @@ def query_tokens_to_keep(index: int, shape, text_dim: int, max_text_len: int, ba
                 "pass text_overflow='truncate' (--text-overflow truncate) to keep the first tokens")
         return max_text_len
     return shape[0]
+
+
+class NpyRows:
+    """The rows of a 2-D ``.npy`` file, read when sliced (``rows[i:j]`` → an ndarray): what the
+    chunked runtime reads window by window, so that an hour-long video's features never sit in
+    memory whole. No pickle (object dtypes are refused) and no memory map (whose pages would stay
+    in the process's resident memory). ``open_npy_rows`` makes one."""
+
+    def __init__(self, path, shape, dtype, offset):
+        self.path, self.shape, self.dtype, self.offset = str(path), shape, dtype, offset
+        self.ndim = 2
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice):
+            raise TypeError("NpyRows supports row slices only (rows[i:j])")
+        start, stop, step = key.indices(self.shape[0])
+        if step != 1:
+            raise TypeError("NpyRows supports contiguous row slices only")
+        n = max(0, stop - start)
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        out = np.empty((n, self.shape[1]), self.dtype)
+        view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+        while done < len(view):  # pread may return fewer bytes than asked
+            got = os.preadv(self._fd, [view[done:]], self.offset + start * row_bytes + done)
+            if got <= 0:
+                raise InputError(f"{self.path}: the file ended early (truncated while reading)")
+            done += got
+        return out if self.dtype.isnative else out.astype(self.dtype.newbyteorder("="))
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+
+def open_npy_rows(path):
+    """``NpyRows`` of a 2-D C-order ``.npy`` file of floats, or None when the file is a kind it
+    does not read in place (another version of the format, Fortran order, not 2-D): the caller then
+    loads it whole. A file that is not a readable ``.npy`` raises ``InputError``."""
+    from numpy.lib import format as npy
+
+    try:
+        with open(path, "rb") as f:
+            version = npy.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npy.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = npy.read_array_header_2_0(f)
+            else:
+                return None
+            offset = f.tell()
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npy file ({exc})") from None
+    if dtype.hasobject:
+        raise InputError(f"{path}: holds Python objects (a pickle); expected float features")
+    if fortran or len(shape) != 2:
+        return None
+    if not np.issubdtype(dtype, np.floating):
+        raise InputError(f"{path}: expected floating-point features, got dtype {dtype}")
+    need = offset + int(np.prod(shape)) * dtype.itemsize
+    if os.path.getsize(path) < need:
+        raise InputError(f"{path}: truncated ({os.path.getsize(path)} bytes, the header promises {need})")
+    return NpyRows(path, tuple(int(d) for d in shape), dtype, offset)

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from .errors import InputError
-from .features import TEXT_OVERFLOW, check_video_shape, query_tokens_to_keep
+from .features import TEXT_OVERFLOW, NpyRows, check_video_shape, query_tokens_to_keep
 from .postprocess import ground_query
 
 
@@ -82,6 +82,8 @@ def as_feature_array(x, what: str) -> np.ndarray:
         if not x.is_floating_point():
             raise InputError(f"{what}: expected floating-point features, got dtype {x.dtype}")
         x = (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+    if isinstance(x, NpyRows):  # read window by window by the chunked runtime; native order per read
+        return x
     if not isinstance(x, np.ndarray):
         raise InputError(f"{what}: expected a numpy array or torch tensor, got {type(x).__name__}")
     if not np.issubdtype(x.dtype, np.floating):

@@ -12,7 +12,7 @@ from hieramamba.errors import InputError
 from hieramamba.ort_options import DEFAULT_SCAN_KERNEL
 from hieramamba.pipeline import GroundingPipeline
 
-from .scheduler import DEFAULT_CHUNK, ChunkScheduler, PaddedClips, check_chunking
+from .scheduler import DEFAULT_CHUNK, DEFAULT_SPILL_MB, ChunkScheduler, PaddedClips, check_chunking, check_spill
 
 
 def _check_max_batch(max_batch):
@@ -34,10 +34,14 @@ class ChunkedEngine:
     tokens per chunk (None: ``auto_chunk`` of each video), at most ``max_batch`` queries per
     backbone batch, ``attn_rows`` query rows per block of the global-attention levels (default:
     a fixed score-matrix size per block, ``hieramamba.stage_table.ATTN_SCORES_PER_BLOCK``; any
-    value is exact)."""
+    value is exact); ``spill_mb``/``spill_dir``: host-array levels larger than this many MB are
+    kept in a temporary file in ``spill_dir`` (None: never; ``runtime/scheduler.py``)."""
 
-    def __init__(self, backend, chunk=None, max_batch: int = 16, attn_rows=None):
+    def __init__(self, backend, chunk=None, max_batch: int = 16, attn_rows=None, spill_mb=DEFAULT_SPILL_MB,
+                 spill_dir=None):
         check_chunking(DEFAULT_CHUNK if chunk is None else chunk, attn_rows)
+        check_spill(spill_mb, spill_dir)
+        self.spill_mb, self.spill_dir = spill_mb, spill_dir
         self.max_batch = _check_max_batch(max_batch)
         if chunk is not None:
             backend.check_request(chunk=chunk, max_batch=max_batch)
@@ -54,7 +58,8 @@ class ChunkedEngine:
         padded = -(-length // pm) * pm
         vid = PaddedClips(clips, padded)  # windows are padded as they are read
         chunk = self.chunk if self.chunk is not None else auto_chunk(padded // self.plan.vid_stride)
-        sched = ChunkScheduler(self.plan, self.backend, chunk, attn_rows=self.attn_rows, progress=on_level)
+        sched = ChunkScheduler(self.plan, self.backend, chunk, attn_rows=self.attn_rows, progress=on_level,
+                               spill_mb=self.spill_mb, spill_dir=self.spill_dir)
         return sched.run(vid, length, text, text_mask, official_batch=official_batch)
 
 
@@ -63,12 +68,15 @@ class GroundingRuntime(GroundingPipeline):
     level for videos up to two default chunks, else ``DEFAULT_CHUNK``; ``auto_chunk``);
     ``max_batch``: most queries run through the backbone together; ``attn_rows``: query rows per block of the
     global-attention levels; ``text_overflow``: ``"error"`` or ``"truncate"`` for queries longer
-    than ``eval.max_text_len``; ``progress``: a tqdm bar over levels."""
+    than ``eval.max_text_len``; ``progress``: a tqdm bar over levels; ``spill_mb``, ``spill_dir``:
+    levels of host arrays larger than ``spill_mb`` MB (default 16; None: never) wait for the next
+    level in an unlinked temporary file in ``spill_dir`` (default: the system's), which keeps peak
+    memory flat in video length."""
 
     def __init__(self, backend, chunk=None, max_batch: int = 16, text_overflow: str = "error",
-                 progress: bool = False, attn_rows=None):
-        super().__init__(ChunkedEngine(backend, chunk, max_batch, attn_rows), text_overflow=text_overflow,
-                         progress=progress)
+                 progress: bool = False, attn_rows=None, spill_mb=DEFAULT_SPILL_MB, spill_dir=None):
+        super().__init__(ChunkedEngine(backend, chunk, max_batch, attn_rows, spill_mb, spill_dir),
+                         text_overflow=text_overflow, progress=progress)
         self.backend = backend
         self.chunk, self.max_batch, self.attn_rows = chunk, max_batch, attn_rows
 

@@ -29,9 +29,15 @@ anchors), and run the attention in blocks of query rows over all keys (``gattn_i
 the score matrix of a block has a fixed size whatever the video length (not O(T_l²)).
 Memory: per chunk O(batch × chunk) activations; the anchors that feed the next level and the
 head outputs are kept whole (a level's input/output, DESIGN §4 "per-level outputs excepted").
+On host arrays (ONNX Runtime) a level's anchors larger than ``spill_mb`` go to an unlinked
+temporary file instead (``_SpilledLevel``: written once per chunk, read back per window), so
+that peak memory stays flat in video length for hour-long videos; values are unchanged.
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 import numpy as np
 
@@ -42,12 +48,26 @@ from hieramamba.stage_table import (ATTN_SCORES_PER_BLOCK, FRONT_HALO, HEAD_HALO
 
 
 DEFAULT_CHUNK = 2048  # level tokens per chunk
+# A level's anchors larger than this (MB) are kept in a temporary file on host backends: beyond
+# it their O(T) size, not the O(chunk) activations, would set the peak (MAD at 10 h: 184 MB).
+DEFAULT_SPILL_MB = 16.0
 
 
 def token_mask(batch: int, lo: int, hi: int, valid: int) -> np.ndarray:
     """Bool mask ``(batch, 1, hi-lo)`` of positions ``lo…hi-1`` of a left-aligned sequence."""
     m = (np.arange(lo, hi) < valid)[None, None]
     return np.ascontiguousarray(np.broadcast_to(m, (batch, 1, hi - lo)))
+
+
+def check_spill(spill_mb, spill_dir) -> tuple:
+    """``(bytes or None, directory or None)``: ``spill_mb`` a number ≥ 0 or None (never spill),
+    ``spill_dir`` an existing directory or None (the system's temporary directory)."""
+    if spill_mb is not None and (isinstance(spill_mb, bool) or not isinstance(spill_mb, (int, float, np.number))
+                                 or not np.isfinite(spill_mb) or spill_mb < 0):
+        raise InputError(f"spill_mb must be a number ≥ 0 (MB) or None (never spill), got {spill_mb!r}")
+    if spill_dir is not None and not os.path.isdir(spill_dir):
+        raise InputError(f"spill_dir is not a directory: {spill_dir}")
+    return (None if spill_mb is None else int(spill_mb * 2**20)), (None if spill_dir is None else str(spill_dir))
 
 
 def check_chunking(chunk, attn_rows) -> tuple:
@@ -122,10 +142,12 @@ class ChunkScheduler:
     Every stage call runs in an NVTX range ``runtime.<stage>[<level>]`` (``hieramamba.nvtx``):
     where a chunked run spends its time on any backend, in Nsight or in ``record`` mode."""
 
-    def __init__(self, plan, backend, chunk: int = DEFAULT_CHUNK, progress=None, attn_rows=None):
+    def __init__(self, plan, backend, chunk: int = DEFAULT_CHUNK, progress=None, attn_rows=None,
+                 spill_mb=DEFAULT_SPILL_MB, spill_dir=None):
         self.chunk, self.attn_rows = check_chunking(chunk, attn_rows)
         self.plan, self.backend, self.arrays = plan, backend, backend.arrays
         self.progress = progress
+        self.spill_bytes, self.spill_dir = check_spill(spill_mb, spill_dir)
 
     def call(self, stage: str, level, **inputs):
         with nvtx_range(nvtx_name(stage, level)):
@@ -145,20 +167,24 @@ class ChunkScheduler:
         count_batch = official_batch if plan.early_fusion else 1
         source = _FrontSource(self, video, valid_len, geo[0], t, tm, bb)
         logits, offsets, masks = [], [], []
-        for level, g in enumerate(geo):
-            n_valid = count_batch * (g.valid + g.valid_pairs)
-            heads = _HeadCollector(self, level, g, t, tm, bb)
-            if plan.windowed[level]:
-                anchors = self._windowed_level(level, g, source, n_valid, bb, heads)
-            else:
-                anchors = self._global_level(level, g, source, n_valid, bb, heads)
-            lo, of = heads.result()
-            logits.append(lo)
-            offsets.append(of)
-            masks.append(np.broadcast_to(np.arange(g.length) < g.valid, lo.shape).copy())
-            source = _ArraySource(anchors)
-            if self.progress is not None:
-                self.progress(level)
+        try:
+            for level, g in enumerate(geo):
+                n_valid = count_batch * (g.valid + g.valid_pairs)
+                heads = _HeadCollector(self, level, g, t, tm, bb)
+                if plan.windowed[level]:
+                    anchors = self._windowed_level(level, g, source, n_valid, bb, heads)
+                else:
+                    anchors = _ArraySource(self._global_level(level, g, source, n_valid, bb, heads))
+                lo, of = heads.result()
+                logits.append(lo)
+                offsets.append(of)
+                masks.append(np.broadcast_to(np.arange(g.length) < g.valid, lo.shape).copy())
+                source.close()
+                source = anchors
+                if self.progress is not None:
+                    self.progress(level)
+        finally:
+            source.close()
         return logits, offsets, masks
 
     # -- levels ---------------------------------------------------------------------------
@@ -212,17 +238,17 @@ class ChunkScheduler:
             consume(fused1, pre["seq_mask"])
 
     def _windowed_level(self, level, g, source, n_valid, bb, heads):
-        """The local encoder (5-wide window) runs one chunk behind the Hydra pass."""
+        """The local encoder (5-wide window) runs one chunk behind the Hydra pass. Returns the
+        level's anchors as the next level's source (in memory, or spilled to a file when large)."""
         ar = self.arrays
-        anchors = []  # [the level's anchors], allocated once from the first chunk's
+        anchors = []  # [the level's anchors], made once from the first chunk's
 
         def local(window, lo, c0, c1):
             a, tok = self.call("local", level, fused1=window[0], seq_mask=window[1])
             a, tok = a[..., c0 // 3: c1 // 3], tok[..., 2 * c0 // 3: 2 * c1 // 3]
             if not anchors:
-                anchors.append(ar.empty_like(a, tuple(a.shape[:-1]) + (g.pairs,)))
-            p0 = (lo + c0) // 3
-            anchors[0][..., p0: p0 + a.shape[-1]] = a
+                anchors.append(self._level_store(a, g.pairs))
+            anchors[0].put((lo + c0) // 3, a)
             t0 = 2 * (lo + c0) // 3
             t1 = 2 * (lo + c1) // 3
             if t1 > g.length:
@@ -230,10 +256,24 @@ class ChunkScheduler:
             heads.push(tok)
 
         stream = HaloStream(3 * g.pairs, SLOT_HALO, local, axes=(1, 1), cat=ar.cat, align=3)
-        self._hydra_pass(level, g, source, n_valid, bb, lambda f, m: stream.push((f, m)))
-        stream.finish()
-        heads.finish()
+        try:
+            self._hydra_pass(level, g, source, n_valid, bb, lambda f, m: stream.push((f, m)))
+            stream.finish()
+            heads.finish()
+        except BaseException:
+            for store in anchors:
+                store.close()
+            raise
         return anchors[0]
+
+    def _level_store(self, first, length):
+        """Where a level's anchors ``(batch, C, length)`` go: a file when they are host arrays
+        larger than the spill threshold, else one array."""
+        shape = tuple(first.shape[:-1]) + (length,)
+        nbytes = int(np.prod(shape)) * first.dtype.itemsize
+        if isinstance(first, np.ndarray) and self.spill_bytes is not None and nbytes > self.spill_bytes:
+            return _SpilledLevel(shape, first.dtype, self.spill_dir)
+        return _ArraySource(self.arrays.empty_like(first, shape))
 
     def _global_level(self, level, g, source, n_valid, bb, heads):
         """Global attention needs every slot: collect the level's ``fused1``, then attend in
@@ -293,13 +333,66 @@ class _FrontSource:
                          pe_start=ar.index(w0), pe_total=ar.index(self.g0.length))
         return x[..., t0 - w0: t1 - w0]
 
+    def close(self):
+        pass
+
 
 class _ArraySource:
+    """A level's anchors in one array (``put`` a chunk, ``get`` a window of positions)."""
+
     def __init__(self, x):
         self.x = x
 
+    def put(self, p0, a):
+        self.x[..., p0: p0 + a.shape[-1]] = a
+
     def get(self, t0, t1):
         return self.x[..., t0:t1]
+
+    def close(self):
+        self.x = None
+
+
+class _SpilledLevel:
+    """A level's anchors ``(batch, C, T)`` in an unlinked temporary file, position-major (one
+    ``(batch, C)`` block per position: a window is one contiguous read). The file has no name
+    on disk and disappears when closed or when the process ends, whatever the way."""
+
+    def __init__(self, shape, dtype, directory):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.row_bytes = int(np.prod(shape[:-1])) * self.dtype.itemsize
+        self.directory = directory or tempfile.gettempdir()
+        try:
+            self.file = tempfile.TemporaryFile(dir=self.directory)
+        except OSError as exc:
+            raise InputError(f"cannot create a spill file in {self.directory} ({exc.strerror or exc}); "
+                             "pass another spill_dir, or spill_mb=None to keep levels in memory") from None
+
+    def put(self, p0, a):
+        block = np.ascontiguousarray(np.moveaxis(np.asarray(a, self.dtype), -1, 0))
+        self._io(os.pwrite, memoryview(block.reshape(-1).view(np.uint8)), p0 * self.row_bytes, "write")
+
+    def get(self, t0, t1):
+        block = np.empty((t1 - t0,) + self.shape[:-1], self.dtype)
+        self._io(lambda fd, view, at: os.preadv(fd, [view], at), memoryview(block.reshape(-1).view(np.uint8)),
+                 t0 * self.row_bytes, "read")
+        return np.ascontiguousarray(np.moveaxis(block, 0, -1))
+
+    def _io(self, op, view, offset, what):
+        done = 0
+        while done < len(view):  # pread/pwrite may move fewer bytes than asked
+            try:
+                n = op(self.file.fileno(), view[done:], offset + done)
+            except OSError as exc:
+                raise InputError(f"spill file {what} in {self.directory} failed ({exc.strerror or exc}); free "
+                                 "disk space there, pass another spill_dir, or spill_mb=None to keep levels "
+                                 "in memory") from None
+            if n <= 0:
+                raise InputError(f"spill file {what} failed: the file ended early")
+            done += n
+
+    def close(self):
+        self.file.close()
 
 
 class _HeadCollector:

@@ -144,6 +144,20 @@ def test_cli_ground_with_bundle_writes_json(bundle, tmp_path):
     payload = json.loads(out.read_text())
     assert len(payload["queries"]) == 1 and len(payload["queries"][0]["segments"]) > 0
     assert not list(tmp_path.glob(".*tmp"))
+    # The CLI reads the video's rows window by window (NpyRows), here with every level spilled:
+    # the same segments as the runtime called on the whole array.
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    res = subprocess.run([sys.executable, "-m", "hieramamba.cli", "ground", "--bundle", str(path),
+                          "--video", str(tmp_path / "v.npy"), "--query", str(tmp_path / "q.npy"), "--fps", "30",
+                          "--chunk", "16", "--spill-mb", "0", "--spill-dir", str(spill), "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    direct = GroundingRuntime.load(path, chunk=16).ground(np.load(tmp_path / "v.npy"), [np.load(tmp_path / "q.npy")],
+                                                         fps=30.0)
+    np.testing.assert_array_equal(json.loads(out.read_text())["queries"][0]["segments"],
+                                  [[s.start_sec, s.end_sec, s.score] for s in direct[0]])
+    assert list(spill.iterdir()) == []
     nan_video = np.zeros((20, model.vid_in_dim), np.float32)
     nan_video[7, 3] = np.inf
     np.save(tmp_path / "nan.npy", nan_video)
@@ -251,3 +265,54 @@ def test_cpu_arena_choices_give_the_same_numbers(bundle):
                     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="cpu_arena"):
         OrtBackend(path, cpu_arena="big")
+
+
+@pytest.mark.slow
+def test_spilled_levels_give_the_same_numbers_and_leave_no_file(bundle, tmp_path, monkeypatch):
+    """spill_mb=0: every windowed level's anchors go through a temporary file (position-major,
+    written per chunk, read per window, uneven chunks at the ends) and the outputs are bitwise
+    those of the in-memory levels; the spill directory is empty afterwards; bad settings and a
+    failing spill file end in one InputError naming the problem."""
+    import os
+
+    from hieramamba.errors import InputError
+    from hieramamba.runtime import scheduler
+
+    path, model, _ = bundle
+    rng = np.random.default_rng(6)
+    video = rng.standard_normal((131, model.vid_in_dim)).astype(np.float32)
+    queries = [rng.standard_normal((n, model.text_in_dim)).astype(np.float32) for n in (4, 9)]
+    spilled = []
+    real = scheduler._SpilledLevel
+
+    def counting(*args):
+        spilled.append(real(*args))
+        return spilled[-1]
+
+    monkeypatch.setattr(scheduler, "_SpilledLevel", counting)
+    want = GroundingRuntime.load(path, chunk=10, spill_mb=None).level_outputs(video, queries)
+    assert not spilled
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    rt = GroundingRuntime.load(path, chunk=10, spill_mb=0, spill_dir=spill_dir)
+    got = rt.level_outputs(video, queries)
+    groups = 1 if rt.plan.batchify else len(queries)
+    assert len(spilled) == groups * sum(rt.plan.windowed) > 0 and all(s.file.closed for s in spilled)
+    assert os.listdir(spill_dir) == []
+    for g, w in zip(got, want):
+        for part_g, part_w in zip(g, w):
+            for a, b in zip(part_g, part_w):
+                np.testing.assert_array_equal(a, b)
+    for bad, needle in ((dict(spill_mb=-1), "spill_mb"), (dict(spill_mb="big"), "spill_mb"),
+                        (dict(spill_dir=tmp_path / "absent"), "spill_dir")):
+        with pytest.raises(InputError, match=needle):
+            GroundingRuntime.load(path, **bad)
+
+    def full_disk(fd, view, offset):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scheduler.os, "pwrite", full_disk)
+    rt = GroundingRuntime.load(path, chunk=10, spill_mb=0, spill_dir=spill_dir)
+    with pytest.raises(InputError, match=r"spill file write .*\(No space left on device\)"):
+        rt.level_outputs(video, queries)
+    assert all(s.file.closed for s in spilled) and os.listdir(spill_dir) == []

@@ -408,3 +408,40 @@ def test_the_exporters_torchvision_notices_are_dropped():
     finally:
         log.removeHandler(keep)
     assert keep.messages == ["something else"]
+
+
+def test_npy_rows_reads_windows_like_np_load_and_refuses_bad_files(tmp_path):
+    """``NpyRows`` (the CLI's on-demand video rows): slices equal ``np.load``'s (big-endian
+    converted, format 1.0 and 2.0 headers); kinds it does not read in place come back None (the
+    caller loads them whole); pickles, integers and truncated files are refused in one line."""
+    from hieramamba.features import NpyRows, open_npy_rows
+    from numpy.lib import format as npy
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((37, 5)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "be.npy", a.astype(">f4"))
+    with open(tmp_path / "v2.npy", "wb") as f:
+        npy.write_array(f, a.astype(np.float16), version=(2, 0))
+    for name, want in (("a.npy", a), ("be.npy", a), ("v2.npy", a.astype(np.float16))):
+        rows = open_npy_rows(tmp_path / name)
+        assert isinstance(rows, NpyRows) and rows.shape == (37, 5) and len(rows) == 37
+        for sl in (slice(0, 37), slice(3, 11), slice(30, 99), slice(36, 37), slice(10, 10)):
+            got = rows[sl]
+            assert got.dtype.isnative
+            np.testing.assert_array_equal(got, want[sl])
+        np.testing.assert_array_equal(np.asarray(rows), want)
+        with pytest.raises(TypeError):
+            rows[::2]
+    np.save(tmp_path / "f.npy", np.asfortranarray(a))
+    np.save(tmp_path / "3d.npy", a.reshape(37, 5, 1))
+    assert open_npy_rows(tmp_path / "f.npy") is None and open_npy_rows(tmp_path / "3d.npy") is None
+    np.save(tmp_path / "obj.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "int.npy", np.arange(10).reshape(5, 2))
+    full = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(full[:-7])
+    (tmp_path / "junk.npy").write_bytes(b"not an npy file at all")
+    for name, needle in (("obj.npy", "Python objects"), ("int.npy", "floating-point"), ("cut.npy", "truncated"),
+                         ("junk.npy", "not a readable .npy")):
+        with pytest.raises(InputError, match=needle):
+            open_npy_rows(tmp_path / name)

@@ -119,13 +119,21 @@ def load_model_from_args(args):
             {"config": args.config, "random_weights_seed": args.seed})
 
 
-def load_features(path: str):
-    """A ``(rows, dim)`` feature array from ``.npy`` (no pickles) or ``.pt`` (tensors only)."""
+def load_features(path: str, rows_on_demand: bool = False):
+    """A ``(rows, dim)`` feature array from ``.npy`` (no pickles) or ``.pt`` (tensors only).
+    ``rows_on_demand``: a 2-D ``.npy`` comes back as ``hieramamba.features.NpyRows``, read
+    window by window by the chunked runtime (memory flat in video length)."""
     import numpy as np
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"feature file not found: {p}")
+    if rows_on_demand and p.suffix != ".pt":
+        from hieramamba.features import open_npy_rows
+
+        rows = open_npy_rows(p)
+        if rows is not None:
+            return rows
     if p.suffix == ".pt":
         import torch
 

@@ -58,13 +58,15 @@ def make_grounder(args, num_clips: int):
         raise InputError("ground: pass exactly one of --experiment (PyTorch), --bundle (exported runtime) or "
                          "--server (a running hieramamba serve)")
     if args.server is not None:
-        if args.backend is not None or args.chunk is not None or args.max_batch is not None:
-            raise InputError("ground: --backend, --chunk and --max-batch are the server's settings with --server")
+        if any(v is not None for v in (args.backend, args.chunk, args.max_batch, args.spill_mb, args.spill_dir)):
+            raise InputError("ground: --backend, --chunk, --max-batch and --spill-* are the server's settings "
+                             "with --server")
         return ServerGrounder(args.server)
     if args.cuda_graphs and args.backend != "torch":
         raise InputError("ground: --cuda-graphs is an option of --backend torch")
     chunked = dict(text_overflow=args.text_overflow, progress=args.progress or num_clips > 8192)
-    chunked.update({k: v for k, v in (("chunk", args.chunk), ("max_batch", args.max_batch)) if v is not None})
+    chunked.update({k: v for k, v in (("chunk", args.chunk), ("max_batch", args.max_batch),
+                                      ("spill_mb", args.spill_mb), ("spill_dir", args.spill_dir)) if v is not None})
     if args.bundle is not None:
         from hieramamba.runtime import GroundingRuntime  # torch-free path (but for tensorrt)
 
@@ -89,6 +91,9 @@ def make_grounder(args, num_clips: int):
                                            cuda_graphs=args.cuda_graphs, **chunked)
     if args.backend is not None:
         raise InputError(f"ground: --backend {args.backend} runs an exported --bundle, not an --experiment")
+    if args.spill_mb is not None or args.spill_dir is not None:
+        raise InputError("ground: --spill-mb/--spill-dir are options of the chunked runtime (--bundle), "
+                         "eager PyTorch keeps the whole video in memory")
     from hieramamba.inference import Grounder
 
     return Grounder(model, opt, device=args.device, text_overflow=args.text_overflow)
@@ -102,7 +107,8 @@ def cmd_ground(args) -> int:
         from hieramamba.artifacts import check_output_location
 
         check_output_location(args.out, "--out")
-    video = load_features(args.video)
+    # The chunked runtime reads the video's rows window by window; eager and --server take arrays.
+    video = load_features(args.video, rows_on_demand=args.bundle is not None or args.backend == "torch")
     queries = [load_features(q) for q in args.query]
     grounder = make_grounder(args, len(video))
     t0 = time.perf_counter()
@@ -138,6 +144,9 @@ def register(sub) -> None:
                    "whole up to 4096 level-0 tokens, else 2048; tensorrt: the engines' chunk)")
     p.add_argument("--max-batch", type=positive_int, help="chunked runtime: most queries per batch (default 16, "
                    "at most the engines' max batch)")
+    p.add_argument("--spill-mb", type=float, help="chunked runtime on onnxruntime: levels larger than this many "
+                   "MB wait for the next level in a temporary file (default 16; memory flat in video length)")
+    p.add_argument("--spill-dir", help="where those temporary files go (default: the system's temporary folder)")
     p.add_argument("--engines", help="--backend tensorrt: engines folder (default <bundle>/trt, "
                    "from `hieramamba build-engines`)")
     p.add_argument("--plugin", help="--backend tensorrt: HydraScan plugin library "
