@@ -15,9 +15,10 @@ the same way. Everything else (norms, softmax, the scan, element-wise math, the 
 of two activations) stays float32, so the only rounding is that of the product operands, and
 each product is exact in float32.
 
-Two float32 fusions ride along (same math, fewer passes over memory; float32 rounding only):
-the channel LayerNorm (nine ops and two MatMuls) → ``hieramamba::ChannelNorm``, and torch's exact
-GELU (five ops) → ``com.microsoft::Gelu``.
+Float32 kernels ride along (same math, fewer passes over memory; float32 rounding only): the
+channel LayerNorm (nine ops and two MatMuls) → ``hieramamba::ChannelNorm``, torch's exact GELU
+(five ops) → ``com.microsoft::Gelu``, and the depthwise convolutions (Hydra's 7-tap conv, the
+3-tap q/k/v convs; ONNX Runtime's grouped Conv is slow on them) → ``hieramamba::DepthwiseConv``.
 
 The hieramamba nodes have no ONNX function body: ONNX Runtime runs them with the kernels of
 ``libhieramamba_plugins`` (``plugins/cpu_kernels``: VDPBF16PS on CPUs with AVX512-BF16, a portable
@@ -31,7 +32,7 @@ import numpy as np
 from hieramamba.artifacts import SCAN_OP
 
 DOMAIN = SCAN_OP.domain
-CONV_OP, MATMUL_OP = "Bf16Conv", "Bf16MatMul"
+CONV_OP, MATMUL_OP, DEPTHWISE_OP = "Bf16Conv", "Bf16MatMul", "DepthwiseConv"
 # Smaller products (the 1- and 2-channel head outputs: 384 × 3 weights at Ego4D's width) stay
 # float32: they cost little and the rounding would buy nothing.
 MIN_WEIGHT_PRODUCT = 32 * 32
@@ -66,19 +67,32 @@ def _eligible_matmul(node, weight) -> bool:
             and weight.ndim == 2 and weight.dtype == np.float32 and weight.size >= MIN_WEIGHT_PRODUCT)
 
 
-def _eligible_conv(node, weight) -> bool:
+def _same_padded_conv(node, weight, group) -> bool:
+    """A float32 Conv over time with a constant 3-D weight, ``group`` groups, stride 1, dilation 1
+    and "same" padding of an odd kernel."""
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or weight is None or weight.ndim != 3:
         return False
-    cout, cin, k = weight.shape
-    if weight.dtype != np.float32 or k % 2 != 1 or cout * cin < MIN_WEIGHT_PRODUCT:
+    k = weight.shape[2]
+    if weight.dtype != np.float32 or k % 2 != 1:
         return False
     p = (k - 1) // 2
     pads = list(_attr(node, "pads", [0, 0]))
     auto_pad = _attr(node, "auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    return (_attr(node, "group", 1) == 1 and list(_attr(node, "strides", [1])) == [1]
+    return (_attr(node, "group", 1) == group and list(_attr(node, "strides", [1])) == [1]
             and list(_attr(node, "dilations", [1])) == [1] and auto_pad == "NOTSET" and pads == [p, p]
             and list(_attr(node, "kernel_shape", [k])) == [k])
+
+
+def _eligible_conv(node, weight) -> bool:
+    return (_same_padded_conv(node, weight, group=1)
+            and weight.shape[0] * weight.shape[1] >= MIN_WEIGHT_PRODUCT)
+
+
+def _eligible_depthwise(node, weight) -> bool:
+    """One channel per group: weight ``(C, 1, K)`` with ``group == C``."""
+    return (weight is not None and weight.ndim == 3 and weight.shape[1] == 1
+            and _same_padded_conv(node, weight, group=weight.shape[0]))
 
 
 def _constants_and_consumers(graph):
@@ -250,8 +264,9 @@ def _drop_unused_constants(graph) -> None:
 
 def bf16_graph(proto):
     """A copy of float32 graph ``proto`` with its eligible ``Conv`` / ``MatMul`` nodes as
-    ``Bf16Conv`` / ``Bf16MatMul``, its channel LayerNorms as ``ChannelNorm`` and its exact GELUs
-    as ``com.microsoft::Gelu``; returns ``(proto, number of hieramamba nodes written)``."""
+    ``Bf16Conv`` / ``Bf16MatMul``, its depthwise convolutions as ``DepthwiseConv``, its channel
+    LayerNorms as ``ChannelNorm`` and its exact GELUs as ``com.microsoft::Gelu``; returns
+    ``(proto, number of hieramamba nodes written)``."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -264,23 +279,28 @@ def bf16_graph(proto):
         w = inits.get(n.input[1]) if n.op_type in ("Conv", "MatMul") and len(n.input) > 1 else None
         weight = numpy_helper.to_array(w) if w is not None else None
         bias_name = n.input[2] if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] else None
-        conv = _eligible_conv(n, weight) and (bias_name is None or bias_name in inits)
-        if not (conv or _eligible_matmul(n, weight)) or n.input[0] in inits:
+        bias_ok = bias_name is None or bias_name in inits
+        depthwise = _eligible_depthwise(n, weight) and bias_ok
+        conv = _eligible_conv(n, weight) and bias_ok
+        if not (conv or depthwise or _eligible_matmul(n, weight)) or n.input[0] in inits:
             new_nodes.append(n)
             continue
         base = f"{n.name or n.output[0]}.bf16"
-        wb = helper.make_tensor(f"{base}.weight", onnx.TensorProto.BFLOAT16, list(weight.shape),
-                                to_bf16_bits(weight).tobytes(), raw=True)
-        g.initializer.append(wb)
-        inputs = [n.input[0], wb.name]
-        if conv:
+        if depthwise:  # float32 weights, float32 math
+            inputs = [n.input[0], n.input[1]]
+        else:
+            wb = helper.make_tensor(f"{base}.weight", onnx.TensorProto.BFLOAT16, list(weight.shape),
+                                    to_bf16_bits(weight).tobytes(), raw=True)
+            g.initializer.append(wb)
+            inputs = [n.input[0], wb.name]
+        if conv or depthwise:
             if bias_name is None:
                 bias = numpy_helper.from_array(np.zeros(weight.shape[0], np.float32), f"{base}.bias")
                 g.initializer.append(bias)
                 bias_name = bias.name
             inputs.append(bias_name)
-        new_nodes.append(helper.make_node(CONV_OP if conv else MATMUL_OP, inputs, list(n.output),
-                                          name=n.name, domain=DOMAIN))
+        op = DEPTHWISE_OP if depthwise else CONV_OP if conv else MATMUL_OP
+        new_nodes.append(helper.make_node(op, inputs, list(n.output), name=n.name, domain=DOMAIN))
         replaced += 1
     del g.node[:]
     g.node.extend(new_nodes)

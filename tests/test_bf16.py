@@ -314,3 +314,34 @@ def test_channel_layer_norm_is_fused_with_the_same_values(tmp_path, affine):
         got = _session(out).run(None, {"x": x[..., :t].numpy()})[0]
         np.testing.assert_allclose(got, norm(x[..., :t]).detach().numpy(), rtol=1e-5, atol=1e-5)
     assert want.shape == (2, 37, 300)
+
+
+def test_depthwise_convolutions_run_in_float32_and_only_same_padded_ones_are_replaced():
+    """Depthwise convolutions (one channel per group) become hieramamba::DepthwiseConv with
+    float32 weights: equal to a float64 convolution of the unrounded operands to float32 rounding
+    (T shorter than the kernel, T = 1, batches, with and without bias); causal, strided and
+    dilated ones stay ONNX Convs."""
+    from hieramamba.export.bf16 import bf16_graph
+
+    _native_or_skip()
+    rng = np.random.default_rng(3)
+    for channels, k, t, batch, with_bias in [(1024, 7, 3456, 1, True), (384, 3, 100, 3, False), (5, 7, 4, 2, True),
+                                             (16, 3, 1, 1, True), (33, 1, 20, 1, True)]:
+        w = (rng.standard_normal((channels, 1, k)) * 0.3).astype(np.float32)
+        b = rng.standard_normal(channels).astype(np.float32) if with_bias else None
+        graph = _conv_graph(w, b, group=channels)
+        graph.graph.input[0].type.tensor_type.shape.dim[1].dim_value = channels  # not the weight's 1
+        proto, n = bf16_graph(graph)
+        assert n == 1 and [nd.op_type for nd in proto.graph.node] == ["DepthwiseConv"]
+        assert {i.name: i.data_type for i in proto.graph.initializer}["W"] == 1  # float32 weights kept
+        x = rng.standard_normal((batch, channels, t)).astype(np.float32)
+        y = _session(proto).run(None, {"x": x})[0]
+        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), ((k - 1) // 2,) * 2))
+        ref = np.zeros((batch, channels, t)) + (0.0 if b is None else b[None, :, None])
+        for j in range(k):
+            ref += w[None, :, 0, j, None].astype(np.float64) * xp[:, :, j:j + t]
+        assert y.shape == ref.shape and np.abs(y - ref).max() <= 1e-6 * max(1.0, np.abs(ref).max()), (channels, k, t)
+    w = (rng.standard_normal((8, 1, 3)) * 0.3).astype(np.float32)
+    for attrs in (dict(pads=[2, 0]), dict(strides=[2]), dict(dilations=[2], pads=[2, 2])):
+        proto, n = bf16_graph(_conv_graph(w, None, group=8, **attrs))
+        assert n == 0 and [nd.op_type for nd in proto.graph.node] == ["Conv"], attrs

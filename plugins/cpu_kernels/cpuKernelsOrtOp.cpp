@@ -1,5 +1,5 @@
-// ONNX Runtime kernels of hieramamba::Bf16Conv, hieramamba::Bf16MatMul (bf16Gemm.h) and
-// hieramamba::ChannelNorm (channelNorm.h). The product weights are repacked on a node's first call
+// ONNX Runtime kernels of hieramamba::Bf16Conv, hieramamba::Bf16MatMul (bf16Gemm.h),
+// hieramamba::ChannelNorm (channelNorm.h) and hieramamba::DepthwiseConv (depthwiseConv.h). The product weights are repacked on a node's first call
 // and kept with its kernel (initializers do not move); calls may come from several threads at once
 // (serving), so the packing is done once under a lock.
 #include "cpuKernelsOrtOp.h"
@@ -7,6 +7,7 @@
 #include "../capi/hmOrtKernel.h"
 #include "bf16Gemm.h"
 #include "channelNorm.h"
+#include "depthwiseConv.h"
 
 #include <exception>
 #include <mutex>
@@ -25,7 +26,8 @@ enum class Kind
 {
     Conv,
     MatMul,
-    ChannelNorm
+    ChannelNorm,
+    DepthwiseConv
 };
 
 const char* kindName(Kind kind)
@@ -34,7 +36,8 @@ const char* kindName(Kind kind)
     {
     case Kind::Conv: return "Bf16Conv";
     case Kind::MatMul: return "Bf16MatMul";
-    default: return "ChannelNorm";
+    case Kind::ChannelNorm: return "ChannelNorm";
+    default: return "DepthwiseConv";
     }
 }
 
@@ -71,7 +74,8 @@ size_t opInputCount(const OrtCustomOp* op)
     {
     case Kind::Conv: return 3;     // x, w, bias
     case Kind::MatMul: return 2;   // x, w
-    default: return 4;             // x, eps, weight, bias
+    case Kind::ChannelNorm: return 4; // x, eps, weight, bias
+    default: return 3;             // x, w, bias
     }
 }
 
@@ -82,7 +86,8 @@ size_t opOutputCount(const OrtCustomOp*)
 
 int opInputType(const OrtCustomOp* op, size_t index)
 {
-    return index == 1 && kindOf(op) != Kind::ChannelNorm ? HM_ORT_BFLOAT16 : HM_ORT_FLOAT; // the product weights
+    const Kind kind = kindOf(op);
+    return index == 1 && (kind == Kind::Conv || kind == Kind::MatMul) ? HM_ORT_BFLOAT16 : HM_ORT_FLOAT; // the product weights
 }
 
 int opOutputType(const OrtCustomOp*, size_t)
@@ -136,8 +141,9 @@ OrtStatus* computeChecked(Kernel& k, OrtKernelContext* ctx)
 {
     const OrtApi* api = k.api;
     const bool conv = k.kind == Kind::Conv, norm = k.kind == Kind::ChannelNorm;
+    const bool depthwise = k.kind == Kind::DepthwiseConv;
     const char* name = kindName(k.kind);
-    const int nbIn = conv ? 3 : norm ? 4 : 2;
+    const int nbIn = conv || depthwise ? 3 : norm ? 4 : 2;
     Dims dims[4];
     void* data[4] = {nullptr, nullptr, nullptr, nullptr};
     for (int i = 0; i < nbIn; ++i)
@@ -167,6 +173,17 @@ OrtStatus* computeChecked(Kernel& k, OrtKernelContext* ctx)
         }
         outDims = x;
     }
+    else if (depthwise)
+    {
+        if (x.size() != 3 || w.size() != 3 || w[0] != x[1] || w[1] != 1 || w[2] % 2 != 1 || dims[2].size() != 1
+            || dims[2][0] != x[1])
+        {
+            return makeStatus(api, HM_ORT_INVALID_ARGUMENT,
+                "DepthwiseConv: expected x (B, C, T), w (C, 1, K odd), bias (C); got x " + dimsText(x) + ", w "
+                    + dimsText(w) + ", bias " + dimsText(dims[2]));
+        }
+        outDims = x;
+    }
     else if (conv)
     {
         const Dims& b = dims[2];
@@ -188,7 +205,7 @@ OrtStatus* computeChecked(Kernel& k, OrtKernelContext* ctx)
         outDims = x;
         outDims.back() = w[1];
     }
-    if (!norm)
+    if (conv || k.kind == Kind::MatMul)
     {
         std::lock_guard<std::mutex> guard(k.lock);
         if (k.packedFrom != data[1])
@@ -218,6 +235,11 @@ OrtStatus* computeChecked(Kernel& k, OrtKernelContext* ctx)
     {
         channelNorm(xf, static_cast<const float*>(data[2]), static_cast<const float*>(data[3]),
             *static_cast<const float*>(data[1]), static_cast<float*>(y), x[0], x[1], x[2], onOrtPool);
+    }
+    else if (depthwise)
+    {
+        depthwiseConv(xf, static_cast<const float*>(data[1]), static_cast<const float*>(data[2]), static_cast<float*>(y),
+            x[0], x[1], x[2], w[2], onOrtPool);
     }
     else if (conv)
     {
@@ -283,6 +305,12 @@ const OrtCustomOp* bf16MatMulCustomOp()
 const OrtCustomOp* channelNormCustomOp()
 {
     static const Op op = makeOp(Kind::ChannelNorm);
+    return &op.base;
+}
+
+const OrtCustomOp* depthwiseConvCustomOp()
+{
+    static const Op op = makeOp(Kind::DepthwiseConv);
     return &op.base;
 }
 

@@ -1,4 +1,4 @@
-// The hieramamba::Bf16Conv, hieramamba::Bf16MatMul and hieramamba::ChannelNorm nodes of `bfloat16`
+// The hieramamba::Bf16Conv, Bf16MatMul, ChannelNorm and DepthwiseConv nodes of `bfloat16`
 // bundles on ONNX Runtime's CPU execution provider (registered with HydraScan by RegisterCustomOps,
 // hydraScanOrtOp.cpp).
 #pragma once
@@ -15,5 +15,7 @@ const OrtCustomOp* bf16ConvCustomOp();
 const OrtCustomOp* bf16MatMulCustomOp();
 // ChannelNorm: x (B, C, T), eps (one float), weight and bias (C) or (C, 1), all float -> (B, C, T).
 const OrtCustomOp* channelNormCustomOp();
+// DepthwiseConv: x (B, C, T), w (C, 1, K odd), bias (C), all float -> (B, C, T) ("same" padding).
+const OrtCustomOp* depthwiseConvCustomOp();
 
 } // namespace hieramamba::cpu_kernels
