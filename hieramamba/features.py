@@ -48,10 +48,10 @@ class NpyRows:
     memory whole. No pickle (object dtypes are refused) and no memory map (whose pages would stay
     in the process's resident memory). ``open_npy_rows`` makes one."""
 
-    def __init__(self, path, shape, dtype, offset):
+    def __init__(self, path, fd, shape, dtype, offset):
         self.path, self.shape, self.dtype, self.offset = str(path), shape, dtype, offset
         self.ndim = 2
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = fd  # the descriptor the header was read from: the same file throughout
 
     def __len__(self):
         return self.shape[0]
@@ -77,37 +77,51 @@ class NpyRows:
         a = self[:]
         return a if dtype is None else a.astype(dtype)
 
-    def __del__(self):
-        fd = getattr(self, "_fd", None)
+    def close(self):
+        fd, self._fd = getattr(self, "_fd", None), None
         if fd is not None:
             os.close(fd)
+
+    def __del__(self):
+        self.close()
 
 
 def open_npy_rows(path):
     """``NpyRows`` of a 2-D C-order ``.npy`` file of floats, or None when the file is a kind it
-    does not read in place (another version of the format, Fortran order, not 2-D): the caller then
-    loads it whole. A file that is not a readable ``.npy`` raises ``InputError``."""
+    does not read in place (another version of the format, Fortran order, not 2-D) or the platform
+    has no ``pread``: the caller then loads it whole. A file that is not a readable ``.npy``
+    raises ``InputError``."""
     from numpy.lib import format as npy
 
-    try:
-        with open(path, "rb") as f:
-            version = npy.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = npy.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = npy.read_array_header_2_0(f)
-            else:
-                return None
-            offset = f.tell()
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npy file ({exc})") from None
-    if dtype.hasobject:
-        raise InputError(f"{path}: holds Python objects (a pickle); expected float features")
-    if fortran or len(shape) != 2:
+    if not hasattr(os, "preadv"):
         return None
-    if not np.issubdtype(dtype, np.floating):
-        raise InputError(f"{path}: expected floating-point features, got dtype {dtype}")
-    need = offset + int(np.prod(shape)) * dtype.itemsize
-    if os.path.getsize(path) < need:
-        raise InputError(f"{path}: truncated ({os.path.getsize(path)} bytes, the header promises {need})")
-    return NpyRows(path, tuple(int(d) for d in shape), dtype, offset)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    try:
+        with open(fd, "rb", closefd=False) as f:
+            version = npy.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                os.close(fd)
+                return None
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+        size = os.fstat(fd).st_size
+    except (OSError, ValueError) as exc:
+        os.close(fd)
+        raise InputError(f"{path}: not a readable .npy file ({exc})") from None
+    problem = None
+    if dtype.hasobject:
+        problem = "holds Python objects (a pickle); expected float features"
+    elif not fortran and len(shape) == 2 and not np.issubdtype(dtype, np.floating):
+        problem = f"expected floating-point features, got dtype {dtype}"
+    elif not fortran and len(shape) == 2 and size < offset + int(np.prod(shape)) * dtype.itemsize:
+        problem = f"truncated ({size} bytes, the header promises {offset + int(np.prod(shape)) * dtype.itemsize})"
+    if problem is not None or fortran or len(shape) != 2:
+        os.close(fd)
+        if problem is not None:
+            raise InputError(f"{path}: {problem}")
+        return None
+    return NpyRows(path, fd, tuple(int(d) for d in shape), dtype, offset)

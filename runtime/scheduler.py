@@ -51,6 +51,8 @@ DEFAULT_CHUNK = 2048  # level tokens per chunk
 # A level's anchors larger than this (MB) are kept in a temporary file on host backends: beyond
 # it their O(T) size, not the O(chunk) activations, would set the peak (MAD at 10 h: 184 MB).
 DEFAULT_SPILL_MB = 16.0
+# Spilling reads and writes at offsets (pread/pwrite: POSIX); elsewhere levels stay in memory.
+POSITIONAL_IO = hasattr(os, "pwrite") and hasattr(os, "preadv")
 
 
 def token_mask(batch: int, lo: int, hi: int, valid: int) -> np.ndarray:
@@ -175,12 +177,12 @@ class ChunkScheduler:
                     anchors = self._windowed_level(level, g, source, n_valid, bb, heads)
                 else:
                     anchors = _ArraySource(self._global_level(level, g, source, n_valid, bb, heads))
+                source.close()
+                source = anchors  # closed by the next level, or below
                 lo, of = heads.result()
                 logits.append(lo)
                 offsets.append(of)
                 masks.append(np.broadcast_to(np.arange(g.length) < g.valid, lo.shape).copy())
-                source.close()
-                source = anchors
                 if self.progress is not None:
                     self.progress(level)
         finally:
@@ -271,7 +273,8 @@ class ChunkScheduler:
         larger than the spill threshold, else one array."""
         shape = tuple(first.shape[:-1]) + (length,)
         nbytes = int(np.prod(shape)) * first.dtype.itemsize
-        if isinstance(first, np.ndarray) and self.spill_bytes is not None and nbytes > self.spill_bytes:
+        if (isinstance(first, np.ndarray) and POSITIONAL_IO and self.spill_bytes is not None
+                and nbytes > self.spill_bytes):
             return _SpilledLevel(shape, first.dtype, self.spill_dir)
         return _ArraySource(self.arrays.empty_like(first, shape))
 

@@ -136,8 +136,9 @@ def scan_code_path_outputs(out_path: str) -> None:
     """Run in a subprocess (``HIERAMAMBA_SCAN_CPU`` picks the code path when the library loads):
     every case of ``CODE_PATH_CASES`` checked against the float64 oracle, outputs saved for a
     bitwise comparison between the two paths."""
-    native.load_native_library(required=True)
-    saved = {}
+    lib = native.load_native_library(required=True)
+    lib.hm_version.restype = ctypes.c_char_p
+    saved = {"version": np.frombuffer(lib.hm_version(), np.uint8)}  # names the path in use
     for i, (B, L, H, P, G, N, states, dtype) in enumerate(CODE_PATH_CASES):
         t = make_inputs(B, L, H, P, G, N, states=states, seed=100 + i, dtype=getattr(torch, dtype))
         got = native.native_hydra_scan_cpu(*args(t), num_threads=2)
@@ -170,8 +171,11 @@ def test_avx512_step_equals_the_portable_loop_bitwise(lib, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         outputs[path] = np.load(out)
     portable, default = outputs["portable"], outputs["default"]
-    assert sorted(portable.files) == sorted(default.files) and len(portable.files) == 3 * len(CODE_PATH_CASES)
-    for key in portable.files:
+    step = b"(avx512 scan step)"
+    assert step in default["version"].tobytes() and step not in portable["version"].tobytes()
+    keys = [k for k in portable.files if k != "version"]
+    assert sorted(keys) == sorted(k for k in default.files if k != "version") and len(keys) == 3 * len(CODE_PATH_CASES)
+    for key in keys:
         np.testing.assert_array_equal(default[key], portable[key], err_msg=key)
 
 

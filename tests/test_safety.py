@@ -445,3 +445,9 @@ def test_npy_rows_reads_windows_like_np_load_and_refuses_bad_files(tmp_path):
                          ("junk.npy", "not a readable .npy")):
         with pytest.raises(InputError, match=needle):
             open_npy_rows(tmp_path / name)
+    # What `ground --bundle` loads: rows on demand for a 2-D .npy, the whole array otherwise.
+    from hieramamba.cli.common import load_features
+
+    assert isinstance(load_features(str(tmp_path / "a.npy"), rows_on_demand=True), NpyRows)
+    assert isinstance(load_features(str(tmp_path / "f.npy"), rows_on_demand=True), np.ndarray)
+    assert isinstance(load_features(str(tmp_path / "a.npy")), np.ndarray)

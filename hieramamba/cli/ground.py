@@ -64,6 +64,10 @@ def make_grounder(args, num_clips: int):
         return ServerGrounder(args.server)
     if args.cuda_graphs and args.backend != "torch":
         raise InputError("ground: --cuda-graphs is an option of --backend torch")
+    if (args.spill_mb is not None or args.spill_dir is not None) \
+            and not (args.bundle is not None and args.backend in (None, "onnxruntime")):
+        raise InputError("ground: --spill-mb/--spill-dir are options of a --bundle on onnxruntime (the torch "
+                         "and tensorrt backends keep levels as tensors, eager PyTorch the whole video)")
     chunked = dict(text_overflow=args.text_overflow, progress=args.progress or num_clips > 8192)
     chunked.update({k: v for k, v in (("chunk", args.chunk), ("max_batch", args.max_batch),
                                       ("spill_mb", args.spill_mb), ("spill_dir", args.spill_dir)) if v is not None})
@@ -91,9 +95,6 @@ def make_grounder(args, num_clips: int):
                                            cuda_graphs=args.cuda_graphs, **chunked)
     if args.backend is not None:
         raise InputError(f"ground: --backend {args.backend} runs an exported --bundle, not an --experiment")
-    if args.spill_mb is not None or args.spill_dir is not None:
-        raise InputError("ground: --spill-mb/--spill-dir are options of the chunked runtime (--bundle), "
-                         "eager PyTorch keeps the whole video in memory")
     from hieramamba.inference import Grounder
 
     return Grounder(model, opt, device=args.device, text_overflow=args.text_overflow)

@@ -69,6 +69,7 @@ const char* hm_version(void)
 {
     static const std::string text = std::string("hieramamba_plugins ") + HM_VERSION_STRING + " (abi "
         + std::to_string(HM_ABI_VERSION) + "; kernels: cpu"
+        + (hieramamba::hydra_scan::cpuUsesAvx512() ? std::string(" (avx512 scan step)") : std::string())
         + (cudaCompiled() ? std::string(", cuda archs ") + HM_CUDA_ARCHS : std::string()) + ")";
     return text.c_str();
 }

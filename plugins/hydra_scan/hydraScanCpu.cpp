@@ -7,11 +7,11 @@
 // result does not depend on the order of the two directions (the CUDA kernel relies on the same).
 //
 // Two code paths for one step of a head, with bitwise-equal results: the portable loop (one state
-// row per p; the compiler vectorises its n-reduction 4 lanes wide, lane n % 4, no FMA on baseline
-// x86-64), and on CPUs with AVX-512 a loop over 16 p at a time on a transposed state that performs
-// the same roundings in the same order (4 partial sums by n % 4, the rest of N on the first, then
-// ((0 + s0) + s1) + s2) + s3; separate multiplies and adds: the file is built without FP
-// contraction). HIERAMAMBA_SCAN_CPU=portable forces the portable loop (tests compare the two).
+// row per p, its dot product as 4 explicit partial sums by n % 4, the rest of N on the first, then
+// (((0 + s0) + s1) + s2) + s3), and on CPUs with AVX-512 a loop over 16 p at a time on a transposed
+// state that performs the same roundings in the same order (separate multiplies and adds: the
+// scan core is built without FP contraction). HIERAMAMBA_SCAN_CPU=portable forces the portable
+// loop; hm_version() names the path in use; tests/test_native_scan.py checks the two bit for bit.
 #include "hydraScanKernel.h"
 
 #include "../common/hmFloat16.h"
@@ -43,7 +43,7 @@ inline float softplus(float v)
     return v > 20.0f ? v : std::log1p(std::exp(v));
 }
 
-// The portable reduction's vector width (SSE2/NEON: 4 floats); the AVX-512 step reproduces it.
+// Partial sums of the step's dot product (both code paths; see the top of the file).
 constexpr int64_t kLanes = 4;
 
 #ifdef HM_SCAN_X86
@@ -54,7 +54,9 @@ bool cpuHasAvx512()
 }
 #endif
 
-bool usesAvx512Step()
+} // namespace
+
+bool cpuUsesAvx512()
 {
 #ifdef HM_SCAN_X86
     static const bool use = cpuHasAvx512()
@@ -64,6 +66,9 @@ bool usesAvx512Step()
     return false;
 #endif
 }
+
+namespace
+{
 
 #ifdef HM_SCAN_X86
 constexpr int64_t kBlocks = 4; // 16-lane blocks of p per pass: 64 p, each b[n], c[n] broadcast once
@@ -114,8 +119,8 @@ __attribute__((target("avx512f"))) void stepColumns(float* col, const __mmask16*
 
 // One step of one head on the transposed state sT (N rows of P), one p per lane: the portable
 // loop's operations in its order (4 partial sums by n % 4 over the first N - N % 4 columns, the
-// rest on the first, yOut += ((0 + s0) + s1) + s2) + s3; file-level -ffp-contract=off keeps each
-// multiply and add a separate rounding).
+// rest on the first, yOut += (((0 + s0) + s1) + s2) + s3; -ffp-contract=off keeps each multiply
+// and add a separate rounding).
 __attribute__((target("avx512f"))) void stepAvx512(float* sT, const float* u, const float* b, const float* c,
     float decay, float* yOut, int64_t P, int64_t N)
 {
@@ -230,7 +235,7 @@ private:
 
         float* S = w.state.data();
         const int64_t stateOffset = (b * H + h) * P * N;
-        const bool simd = usesAvx512Step();
+        const bool simd = cpuUsesAvx512();
         if (init == nullptr)
         {
             std::fill(S, S + P * N, 0.0f);
@@ -277,23 +282,39 @@ private:
                 continue;
             }
 #endif
+            const int64_t nVec = N - N % kLanes;
             for (int64_t p = 0; p < P; ++p)
             {
                 float* Sp = S + p * N;
                 const float u = xr[p];
-                float acc = 0.0f;
-                // The dot product is a reduction: without this the compiler keeps it scalar
-                // (IEEE order). Vector partial sums change only fp32 rounding.
-#pragma omp simd reduction(+ : acc)
-                for (int64_t n = 0; n < N; ++n)
+                // The dot product as kLanes partial sums (lane n % kLanes, the rest of N on the
+                // first), written out so that the order is the source's, whatever the compiler
+                // vectorises; the AVX-512 step does the same operations in the same order.
+                float acc[kLanes] = {};
+                int64_t n = 0;
+                for (; n < nVec; n += kLanes)
+                {
+                    for (int64_t j = 0; j < kLanes; ++j)
+                    {
+                        const float v = decay * Sp[n + j] + u * br[n + j];
+                        Sp[n + j] = v;
+                        acc[j] += v * cr[n + j];
+                    }
+                }
+                for (; n < N; ++n)
                 {
                     const float v = decay * Sp[n] + u * br[n];
                     Sp[n] = v;
-                    acc += v * cr[n];
+                    acc[0] += v * cr[n];
                 }
                 if (emit)
                 {
-                    yOut[p] += acc;
+                    float sum = 0.0f + acc[0];
+                    for (int64_t j = 1; j < kLanes; ++j)
+                    {
+                        sum += acc[j];
+                    }
+                    yOut[p] += sum;
                 }
             }
         }

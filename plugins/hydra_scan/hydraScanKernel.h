@@ -168,6 +168,10 @@ using HmTaskRunner = std::function<void(int64_t count, const std::function<void(
 std::string runCpu(const HmScanShape& s, HmDType act, HmDType dt, const HmScanTensors& t, int numThreads,
     const HmTaskRunner* runner = nullptr);
 
+// Whether runCpu takes its AVX-512 step (the CPU has it, HIERAMAMBA_SCAN_CPU is not "portable");
+// results are bitwise those of the portable loop either way.
+bool cpuUsesAvx512();
+
 // CUDA kernel (hydraScanKernel.cu): the chunked SSD scan of planCuda, three launches on `stream`,
 // each covering both directions with the one-step shift (no flips, no batch doubling). All
 // pointers are device pointers; workspace must hold cudaWorkspaceSize() bytes (may be NULL when
