@@ -1,7 +1,8 @@
 // ONNX Runtime kernels of hieramamba::Bf16Conv, hieramamba::Bf16MatMul (bf16Gemm.h),
-// hieramamba::ChannelNorm (channelNorm.h) and hieramamba::DepthwiseConv (depthwiseConv.h). The product weights are repacked on a node's first call
-// and kept with its kernel (initializers do not move); calls may come from several threads at once
-// (serving), so the packing is done once under a lock.
+// hieramamba::ChannelNorm (channelNorm.h) and hieramamba::DepthwiseConv (depthwiseConv.h). The
+// product weights are repacked on a node's first call and kept with its kernel (initializers do
+// not move); calls may come from several threads at once (serving), so the packing is done once
+// under a lock.
 #include "cpuKernelsOrtOp.h"
 
 #include "../capi/hmOrtKernel.h"
