@@ -4,6 +4,8 @@
 // so that one VDPBF16PS multiplies 16 time steps of a channel pair by one broadcast weight pair.
 #include "bf16Gemm.h"
 
+#include "../common/hmCpuFeatures.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -302,18 +304,6 @@ HM_AVX512_BF16 void matmulTileAvx512(const PackedMatrix& w, const uint32_t* xb, 
             storeFloats(out + 16 * s, v, n);
         }
     }
-}
-
-bool cpuHasAvx512Bf16()
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-        && __builtin_cpu_supports("avx512bf16");
-}
-#else
-bool cpuHasAvx512Bf16()
-{
-    return false;
 }
 #endif
 

@@ -2,6 +2,8 @@
 // walks the channels three times (sum, centred sum of squares, output), vectorised over time.
 #include "channelNorm.h"
 
+#include "../common/hmCpuFeatures.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -72,12 +74,6 @@ __attribute__((target("avx512f"))) void normBlockAvx512(const float* x, const fl
 {
     normBody(x, weight, bias, eps, y, channels, t, t0, t1);
 }
-
-bool hasAvx512()
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-}
 #endif
 
 } // namespace
@@ -86,7 +82,7 @@ void channelNorm(const float* x, const float* weight, const float* bias, float e
     int64_t channels, int64_t t, const TaskRunner& runner)
 {
 #if defined(__x86_64__)
-    static const bool avx512 = hasAvx512();
+    static const bool avx512 = cpuHasAvx512();
 #endif
     const int64_t blocks = (t + kBlock - 1) / kBlock;
     runner(batch * blocks, [&](int64_t task) {

@@ -1,6 +1,8 @@
 // See depthwiseConv.h.
 #include "depthwiseConv.h"
 
+#include "../common/hmCpuFeatures.h"
+
 #include <algorithm>
 
 namespace hieramamba::cpu_kernels
@@ -50,12 +52,6 @@ __attribute__((target("avx512f"))) void rowsAvx512(const float* x, const float* 
         rowBody(x + r * t, w + c * k, bias[c], y + r * t, t, k);
     }
 }
-
-bool hasAvx512()
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-}
 #endif
 
 } // namespace
@@ -64,7 +60,7 @@ void depthwiseConv(const float* x, const float* w, const float* bias, float* y, 
     int64_t t, int64_t k, const TaskRunner& runner)
 {
 #if defined(__x86_64__)
-    static const bool avx512 = hasAvx512();
+    static const bool avx512 = cpuHasAvx512();
 #endif
     const int64_t total = batch * channels; // rows of (batch, channel)
     runner((total + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {

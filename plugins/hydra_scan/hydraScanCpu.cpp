@@ -14,6 +14,7 @@
 // loop; hm_version() names the path in use; tests/test_native_scan.py checks the two bit for bit.
 #include "hydraScanKernel.h"
 
+#include "../common/hmCpuFeatures.h"
 #include "../common/hmFloat16.h"
 
 #include <algorithm>
@@ -46,20 +47,12 @@ inline float softplus(float v)
 // Partial sums of the step's dot product (both code paths; see the top of the file).
 constexpr int64_t kLanes = 4;
 
-#ifdef HM_SCAN_X86
-bool cpuHasAvx512()
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-}
-#endif
-
 } // namespace
 
 bool cpuUsesAvx512()
 {
 #ifdef HM_SCAN_X86
-    static const bool use = cpuHasAvx512()
+    static const bool use = hieramamba::cpuHasAvx512()
         && !(std::getenv("HIERAMAMBA_SCAN_CPU") != nullptr && std::strcmp(std::getenv("HIERAMAMBA_SCAN_CPU"), "portable") == 0);
     return use;
 #else
