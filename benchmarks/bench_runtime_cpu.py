@@ -5,8 +5,12 @@ Not a CI test. Each (path, length) runs in a fresh subprocess so that its peak R
 
     python benchmarks/bench_runtime_cpu.py --config tiny --minutes 10,60,180,600 --paths chunked,eager
     python benchmarks/bench_runtime_cpu.py --bundle /tmp/bundle --paths ort --minutes 10,600
+    python benchmarks/bench_runtime_cpu.py --bundle /tmp/mad_bf16 --paths ort --minutes 10,60,600 \
+        --sec-per-clip 0.2 --threads 2      # MAD: 5 features per second
 
-Prints a table and writes JSON (``--json``). "RSS − input" subtracts the video feature array.
+Prints a table and writes JSON (``--json``). "RSS − input" subtracts the video feature array; the
+``ort`` path reads the video's rows from a ``.npy`` file as ``hieramamba ground --bundle`` does
+(``open_npy_rows``), so none of it counts as input there.
 The acceptance check (DESIGN §4): chunked peak RSS − input stays within 1.2× from the shortest
 to the longest video.
 """
@@ -32,7 +36,7 @@ def run_one(args) -> dict:
         rt = GroundingRuntime.load(args.bundle, chunk=args.chunk, threads=args.threads)
         plan = rt.plan
         dv, dt = plan.vid_in_dim, plan.text_in_dim
-        sec_per_clip = plan.clip_stride / 30.0
+        sec_per_clip = plan.clip_stride / 30.0  # frames at 30 fps; MAD's features: --sec-per-clip 0.2
         run = lambda v, q: rt.level_outputs(v, q)  # noqa: E731
     else:
         import torch
@@ -59,10 +63,25 @@ def run_one(args) -> dict:
 
             g = Grounder(model, opt)
             run = lambda v, q: g.level_outputs(v, q)  # noqa: E731
-    n_clips = int(args.minutes * 60 / sec_per_clip)
+    n_clips = int(args.minutes * 60 / (args.sec_per_clip or sec_per_clip))
     rng = np.random.default_rng(0)
-    video = rng.standard_normal((n_clips, dv), dtype=np.float32)  # no float64 temporary in the peak
     queries = [rng.standard_normal((8, dt), dtype=np.float32) for _ in range(args.queries)]
+    if args.path == "ort":
+        import tempfile
+
+        from hieramamba.features import open_npy_rows
+
+        with tempfile.NamedTemporaryFile(suffix=".npy") as fh:
+            rows = np.lib.format.open_memmap(fh.name, mode="w+", dtype=np.float32, shape=(n_clips, dv))
+            for i in range(0, n_clips, 4096):
+                rows[i:i + 4096] = rng.standard_normal((min(4096, n_clips - i), dv), dtype=np.float32)
+            rows.flush()
+            del rows
+            video = open_npy_rows(fh.name)
+        input_mb = 0.0
+    else:
+        video = rng.standard_normal((n_clips, dv), dtype=np.float32)  # no float64 temporary in the peak
+        input_mb = video.nbytes / 2 ** 20
     base = peak_rss_mb()
     t0 = time.perf_counter()
     run(video, queries)
@@ -70,7 +89,7 @@ def run_one(args) -> dict:
     peak = peak_rss_mb()
     return {"path": args.path, "minutes": args.minutes, "clips": n_clips, "queries": args.queries,
             "latency_s": latency, "peak_rss_mb": peak, "rss_before_run_mb": base,
-            "input_mb": video.nbytes / 2 ** 20, "peak_minus_input_mb": peak - video.nbytes / 2 ** 20}
+            "input_mb": input_mb, "peak_minus_input_mb": peak - input_mb}
 
 
 def main(argv=None) -> int:
@@ -80,7 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", default="10,60,180,600")
     ap.add_argument("--paths", default="chunked,eager", help="chunked (torch), eager, ort")
     ap.add_argument("--queries", type=int, default=1)
-    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--chunk", type=int, help="level tokens per chunk (default: the runtime's)")
+    ap.add_argument("--sec-per-clip", type=float, help="seconds of video per feature (default: the config's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     ap.add_argument("--json", help="write the rows here")
@@ -96,8 +116,10 @@ def main(argv=None) -> int:
     for path in args.paths.split(","):
         for minutes in args.minutes.split(","):
             cmd = [sys.executable, __file__, "--one", "--path", path, "--minutes", minutes,
-                   "--config", args.config, "--queries", str(args.queries), "--chunk", str(args.chunk),
-                   "--threads", str(args.threads)] + (["--bundle", args.bundle] if args.bundle else [])
+                   "--config", args.config, "--queries", str(args.queries), "--threads", str(args.threads)]
+            cmd += ["--chunk", str(args.chunk)] if args.chunk else []
+            cmd += ["--sec-per-clip", str(args.sec_per_clip)] if args.sec_per_clip else []
+            cmd += ["--bundle", args.bundle] if args.bundle else []
             try:
                 res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:

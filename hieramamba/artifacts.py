@@ -503,6 +503,10 @@ def _positive_int(what, v):
         raise InputError(f"{what} must be a positive int, got {v!r}")
 
 
+# build-engines' default chunk: on a GPU larger calls pay, and activations live in device memory.
+DEFAULT_ENGINE_CHUNK = 2048
+
+
 @dataclass(frozen=True)
 class EngineLimits:
     """What per-stage engines accept: ``chunk`` level tokens per chunk (the runtime's ``chunk``

@@ -397,10 +397,9 @@ def _trt_engines_dir(ctx) -> Path:
 
 
 def _trt_limits(ctx):
-    from hieramamba.artifacts import EngineLimits
-    from hieramamba.runtime.scheduler import DEFAULT_CHUNK
+    from hieramamba.artifacts import DEFAULT_ENGINE_CHUNK, EngineLimits
 
-    return EngineLimits(chunk=DEFAULT_CHUNK, max_batch=ctx.max_queries,
+    return EngineLimits(chunk=DEFAULT_ENGINE_CHUNK, max_batch=ctx.max_queries,
                         max_text_len=ctx.opt["eval"]["max_text_len"], max_clips=ctx.max_clips)
 
 

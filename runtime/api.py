@@ -12,7 +12,8 @@ from hieramamba.errors import InputError
 from hieramamba.ort_options import DEFAULT_SCAN_KERNEL
 from hieramamba.pipeline import GroundingPipeline
 
-from .scheduler import DEFAULT_CHUNK, DEFAULT_SPILL_MB, ChunkScheduler, PaddedClips, check_chunking, check_spill
+from .scheduler import (DEFAULT_CHUNK, DEFAULT_SPILL_MB, WHOLE_LEVEL_TOKENS, ChunkScheduler, PaddedClips,
+                        check_chunking, check_spill)
 
 
 def _check_max_batch(max_batch):
@@ -22,11 +23,11 @@ def _check_max_batch(max_batch):
 
 
 def auto_chunk(level0_tokens: int) -> int:
-    """The chunk for ``chunk=None``: a video whose level 0 fits in two default chunks runs every
-    level as one chunk (each stage called once per level: no halo windows, no second pass over
-    the scan inputs; Ego4D 2304 clips, fp32 bundle: 1.20 → 1.07 s), at most twice the default
-    chunk's activation memory; longer videos use ``DEFAULT_CHUNK`` (memory flat in length)."""
-    return level0_tokens + level0_tokens % 2 if level0_tokens <= 2 * DEFAULT_CHUNK else DEFAULT_CHUNK
+    """The chunk for ``chunk=None``: a video of at most ``WHOLE_LEVEL_TOKENS`` level-0 tokens runs
+    every level as one chunk (each stage called once per level: no halo windows, no second pass
+    over the scan inputs; Ego4D 2304 clips, fp32 bundle: 1.20 → 1.07 s); longer videos use
+    ``DEFAULT_CHUNK`` (memory flat in length)."""
+    return level0_tokens + level0_tokens % 2 if level0_tokens <= WHOLE_LEVEL_TOKENS else DEFAULT_CHUNK
 
 
 class ChunkedEngine:
@@ -65,7 +66,7 @@ class ChunkedEngine:
 
 class GroundingRuntime(GroundingPipeline):
     """Chunked grounding on a backend. ``chunk``: level tokens per chunk (default None: the whole
-    level for videos up to two default chunks, else ``DEFAULT_CHUNK``; ``auto_chunk``);
+    level for videos up to ``WHOLE_LEVEL_TOKENS`` level-0 tokens, else ``DEFAULT_CHUNK``; ``auto_chunk``);
     ``max_batch``: most queries run through the backbone together; ``attn_rows``: query rows per block of the
     global-attention levels; ``text_overflow``: ``"error"`` or ``"truncate"`` for queries longer
     than ``eval.max_text_len``; ``progress``: a tqdm bar over levels; ``spill_mb``, ``spill_dir``:

@@ -115,6 +115,34 @@ def test_chunked_fp16_close_and_same_top1():
         np.testing.assert_allclose(a[0][0], b[0][0], rtol=0, atol=1e-3)
 
 
+def test_default_chunk_runs_short_videos_whole_and_long_ones_in_default_chunks(monkeypatch):
+    # chunk=None: at most WHOLE_LEVEL_TOKENS level-0 tokens → one chunk per level, else
+    # DEFAULT_CHUNK. Shrunk here so that a 301-clip video (384 level-0 tokens) is "long".
+    import hieramamba.runtime.api as api
+
+    model, opt = shrunk("ego4d", seed=13)
+    rng = np.random.default_rng(2)
+    video = rng.standard_normal((301, model.vid_in_dim)).astype(np.float32)
+    queries = [rng.standard_normal((7, model.text_in_dim)).astype(np.float32)]
+    used = []
+
+    class Recording(ChunkScheduler):
+        def __init__(self, plan, backend, chunk, **kwargs):
+            used.append(chunk)
+            super().__init__(plan, backend, chunk, **kwargs)
+
+    monkeypatch.setattr(api, "ChunkScheduler", Recording)
+    monkeypatch.setattr(api, "DEFAULT_CHUNK", 64)
+    outs = []
+    for whole in (512, 256):
+        monkeypatch.setattr(api, "WHOLE_LEVEL_TOKENS", whole)
+        outs.append(GroundingRuntime.from_model(model, opt).level_outputs(video, queries)[0])
+    assert used == [384, 64]
+    for whole_level, chunked in zip(*outs):
+        for a, b in zip(whole_level, chunked):
+            assert rel(b, a) <= 1e-4
+
+
 def test_runtime_ground_equals_grounder_with_batch_splitting_and_threads():
     model, opt = shrunk("ego4d", seed=11)
     rng = np.random.default_rng(1)

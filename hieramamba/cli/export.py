@@ -140,6 +140,8 @@ def cmd_build_engines(args) -> int:
 
 def register(sub) -> None:
     """Add the export subcommands to the ``hieramamba`` argparse subparsers."""
+    from hieramamba.artifacts import DEFAULT_ENGINE_CHUNK
+
     p = sub.add_parser("export", help="export a model to ONNX (HydraScan custom node + local function)")
     add_model_source(p)
     p.add_argument("--out", required=True, help="output .onnx path (a manifest .onnx.json is written beside it)")
@@ -183,7 +185,8 @@ def register(sub) -> None:
     p = sub.add_parser("build-engines", help="build one TensorRT engine per stage of a runtime bundle")
     p.add_argument("bundle", help="runtime bundle folder (hieramamba export-bundle)")
     p.add_argument("--out", help="engines folder (default <bundle>/trt; replaced atomically)")
-    p.add_argument("--chunk", type=positive_int, default=2048, help="largest runtime chunk (level tokens)")
+    p.add_argument("--chunk", type=positive_int, default=DEFAULT_ENGINE_CHUNK,
+                   help=f"largest runtime chunk (level tokens, default {DEFAULT_ENGINE_CHUNK})")
     p.add_argument("--max-batch", type=positive_int, default=16, help="most queries per backbone batch")
     p.add_argument("--max-text-len", type=positive_int, help="most query tokens (default eval.max_text_len)")
     p.add_argument("--max-clips", type=positive_int, default=65536, help="longest video (features)")

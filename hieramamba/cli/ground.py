@@ -130,6 +130,8 @@ def cmd_ground(args) -> int:
 
 
 def register(sub) -> None:
+    from hieramamba.runtime.scheduler import DEFAULT_CHUNK, WHOLE_LEVEL_TOKENS
+
     p = sub.add_parser("configs", help="list the packaged configurations")
     p.add_argument("--params", action="store_true", help="also count parameters (builds each model)")
     p.set_defaults(func=cmd_configs)
@@ -142,7 +144,7 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
                    help="chunked runtime backend (default: eager PyTorch for --experiment, onnxruntime for --bundle)")
     p.add_argument("--chunk", type=positive_int, help="chunked runtime: level tokens per chunk (default: a level "
-                   "whole up to 4096 level-0 tokens, else 2048; tensorrt: the engines' chunk)")
+                   f"whole up to {WHOLE_LEVEL_TOKENS} level-0 tokens, else {DEFAULT_CHUNK}; tensorrt: the engines' chunk)")
     p.add_argument("--max-batch", type=positive_int, help="chunked runtime: most queries per batch (default 16, "
                    "at most the engines' max batch)")
     p.add_argument("--spill-mb", type=float, help="chunked runtime on onnxruntime: levels larger than this many "

@@ -134,6 +134,8 @@ def cmd_triton_repo(args) -> int:
 
 
 def _common(p) -> None:
+    from hieramamba.runtime.scheduler import DEFAULT_CHUNK, WHOLE_LEVEL_TOKENS
+
     p.add_argument("--bundle", required=True, help="export bundle (hieramamba export-bundle)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
                    help="onnxruntime (CPU) or tensorrt (the bundle's engines from build-engines, one per GPU "
@@ -151,7 +153,7 @@ def _common(p) -> None:
     p.add_argument("--max-queue-delay-us", type=non_negative_int, default=2000,
                    help="hieramamba_ground_query: how long a request may wait for others (default 2000 µs)")
     p.add_argument("--chunk", type=positive_int, help="level tokens per chunk (default: the runtime's, whole levels "
-                   "up to 4096 level-0 tokens, else 2048; tensorrt: the engines')")
+                   f"up to {WHOLE_LEVEL_TOKENS} level-0 tokens, else {DEFAULT_CHUNK}; tensorrt: the engines')")
     add_text_overflow(p)
     p.add_argument("--video-dtype", default="float32", choices=["float32", "float16"],
                    help="type of VIDEO_FEATURES on the wire (float16 halves it)")
