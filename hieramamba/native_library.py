@@ -28,7 +28,7 @@ from typing import Optional
 
 from .errors import BackendUnavailableError
 
-ABI_VERSION = 6  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
+ABI_VERSION = 7  # must equal HM_ABI_VERSION in plugins/capi/hmCApi.h
 LIBRARY_ENV = "HIERAMAMBA_PLUGIN_LIB"
 BUILD_COMMAND = "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j"
 

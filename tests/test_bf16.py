@@ -69,6 +69,58 @@ def _matmul_graph(weight, rank):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
 
+def _gelu_nodes(src, out, divisor, tag):
+    """torch's exact GELU as the exporter writes it: x * (0.5 * (1 + erf(x / divisor)))."""
+    from onnx import helper, numpy_helper
+
+    c = lambda name, v: helper.make_node("Constant", [], [f"{tag}{name}"],  # noqa: E731
+                                         value=numpy_helper.from_array(np.array(v, np.float32)))
+    return [c("d", divisor), c("one", 1.0), c("half", 0.5),
+            helper.make_node("Div", [src, f"{tag}d"], [f"{tag}q"]),
+            helper.make_node("Erf", [f"{tag}q"], [f"{tag}e"]),
+            helper.make_node("Add", [f"{tag}e", f"{tag}one"], [f"{tag}a"]),
+            helper.make_node("Mul", [f"{tag}half", f"{tag}a"], [f"{tag}h"]),
+            helper.make_node("Mul", [src, f"{tag}h"], [out])]
+
+
+def _feed_forward_graph(w1, b1, w2, b2, k2=1, extra_reader=False):
+    """Conv(w1, b1) → exact GELU → Conv(w2, b2), as the model's FFN exports; ``extra_reader``: the
+    GELU's output is also a graph output."""
+    from onnx import helper, numpy_helper
+
+    nodes = [helper.make_node("Conv", ["x", "W1"] + (["B1"] if b1 is not None else []), ["h"], pads=[0, 0])]
+    nodes += _gelu_nodes("h", "g", 2 ** 0.5, "u")
+    nodes.append(helper.make_node("Conv", ["g", "W2", "B2"], ["y"], pads=[(k2 - 1) // 2] * 2))
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"), (b2, "B2")) if a is not None]
+    outputs = [helper.make_tensor_value_info("y", 1, None)] + ([helper.make_tensor_value_info("g", 1, None)]
+                                                                if extra_reader else [])
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [None, w1.shape[1], None])], outputs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _feed_forward_error(y, x, w1, b1, w2, b2):
+    """Largest |y - reference| / bound over the outputs. Reference: float64 of the bf16-rounded
+    operands, GELU exact, the hidden values rounded to bf16 as the second product's operands.
+    Bound: float32 accumulation (2e-6 of the output scale) plus one bf16 step times |weight| for
+    each hidden value within 1e-5 (|h| + |GELU(h)|) of a bf16 rounding midpoint: there the
+    kernel's float32 sums and GELU (within 1e-7 |h| of exact) may round the other way."""
+    from math import erf
+
+    from hieramamba.export.bf16 import round_to_bf16
+
+    h = _conv64(round_to_bf16(x), round_to_bf16(w1), b1)
+    g = 0.5 * h * (1.0 + np.vectorize(erf)(h / 2 ** 0.5))
+    g32 = g.astype(np.float32)
+    truncated = g32.view(np.uint32) & np.uint32(0xFFFF0000)  # bf16 toward zero, then one bf16 step away
+    low = truncated.view(np.float32).astype(np.float64)
+    high = (truncated + np.uint32(0x10000)).view(np.float32).astype(np.float64)
+    near = np.abs(g - (low + high) / 2) <= 1e-5 * (np.abs(h) + np.abs(g)) + 1e-30
+    ref = _conv64(round_to_bf16(g32), round_to_bf16(w2), b2)
+    slack = np.einsum("oc,bct->bot", np.abs(round_to_bf16(w2)[:, :, 0]).astype(np.float64), near * np.abs(high - low))
+    scale = max(1.0, np.abs(ref).max())
+    return float((np.abs(y - ref) / (2e-6 * scale + slack)).max())
+
+
 def _conv64(x, w, b):
     """float64 'same' convolution (stride 1, one group)."""
     k = w.shape[2]
@@ -85,6 +137,10 @@ CONV_CASES = [(384, 384, 3, 2304, 1, True), (130, 77, 5, 50, 3, False), (64, 64,
               (200, 384, 1, 97, 2, True), (40, 260, 3, 48, 1, True)]
 # (x shape, n): rank 2 and 3, odd k, n not a multiple of the 48-column tiles, one row.
 MATMUL_CASES = [((1, 700, 384), 1816), ((2, 5, 77), 130), ((1, 768), 384), ((3, 33, 256), 64)]
+# (C, H, C', t, batch, bias1): the model's 384 → 1536 → 384 over many spans; odd widths (an
+# unpaired hidden channel, rows not a multiple of 8); one step; a few spans; no first bias.
+FEED_FORWARD_CASES = [(384, 1536, 384, 1000, 1, True), (37, 75, 19, 301, 2, True), (64, 256, 64, 1, 1, True),
+                      (48, 96, 40, 150, 3, False)]
 
 
 def check_kernels() -> dict:
@@ -111,6 +167,22 @@ def check_kernels() -> dict:
         assert err <= 2e-6, (cout, cin, k, t, batch, err)
         assert np.abs(y - exact).max() / scale > 20 * err, "the operands were not rounded to bfloat16"
         worst = max(worst, err)
+    for c, hidden, c_out, t, batch, with_bias in FEED_FORWARD_CASES:
+        w1 = (rng.standard_normal((hidden, c, 1)) * 0.1).astype(np.float32)
+        b1 = rng.standard_normal(hidden).astype(np.float32) if with_bias else None
+        w2 = (rng.standard_normal((c_out, hidden, 1)) * 0.1).astype(np.float32)
+        b2 = rng.standard_normal(c_out).astype(np.float32)
+        proto, n = bf16_graph(_feed_forward_graph(w1, b1, w2, b2))
+        assert n == 1 and [nd.op_type for nd in proto.graph.node] == ["Bf16FeedForward"]
+        x = (rng.standard_normal((batch, c, t)) * 2).astype(np.float32)
+        session = _session(proto)
+        y = session.run(None, {"x": x})[0]
+        assert y.shape == (batch, c_out, t) and y.dtype == np.float32
+        assert _feed_forward_error(y, x, w1, b1, w2, b2) <= 1.0, (c, hidden, c_out, t, batch)
+        # Position-wise: a prefix alone (fewer time spans: the kernel's other route when short)
+        # gives bit for bit the same values.
+        cut = max(1, t // 3)
+        np.testing.assert_array_equal(session.run(None, {"x": np.ascontiguousarray(x[..., :cut])})[0], y[..., :cut])
     for shape, n_out in MATMUL_CASES:
         w = (rng.standard_normal((shape[-1], n_out)) * 0.05).astype(np.float32)
         proto, n = bf16_graph(_matmul_graph(w, len(shape)))
@@ -178,6 +250,27 @@ def test_rewrite_replaces_only_eligible_products():
     assert [nd.op_type for nd in proto.graph.node][:2] == ["Conv", "Conv"]  # the input is not modified
 
 
+def test_feed_forward_is_fused_only_when_nothing_else_reads_its_hidden_values():
+    """1×1 conv → exact GELU → 1×1 conv becomes one Bf16FeedForward; not when the GELU's output
+    is also read elsewhere (here a graph output) or the second conv has 3 taps."""
+    from hieramamba.export.bf16 import bf16_graph
+
+    rng = np.random.default_rng(4)
+    w1 = (rng.standard_normal((128, 64, 1)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(128).astype(np.float32)
+    w2 = (rng.standard_normal((64, 128, 1)) * 0.1).astype(np.float32)
+    w2k3 = (rng.standard_normal((64, 128, 3)) * 0.1).astype(np.float32)
+    b2 = rng.standard_normal(64).astype(np.float32)
+    ops = lambda proto: [nd.op_type for nd in proto.graph.node if nd.op_type != "Constant"]  # noqa: E731
+    out, n = bf16_graph(_feed_forward_graph(w1, b, w2, b2))
+    assert (n, ops(out)) == (1, ["Bf16FeedForward"])
+    assert {i.name for i in out.graph.initializer} == set(out.graph.node[0].input[1:])  # no float32 copies left
+    out, n = bf16_graph(_feed_forward_graph(w1, b, w2, b2, extra_reader=True))
+    assert (n, ops(out)) == (2, ["Bf16Conv", "Gelu", "Bf16Conv"])
+    out, n = bf16_graph(_feed_forward_graph(w1, b, w2k3, b2, k2=3))
+    assert (n, ops(out)) == (2, ["Bf16Conv", "Gelu", "Bf16Conv"])
+
+
 @pytest.fixture(scope="module")
 def bundle_bf16(tmp_path_factory):
     _native_or_skip()
@@ -201,9 +294,9 @@ def test_bf16_bundle_matches_fp32_eager(bundle_bf16):
 
     path, model, opt = bundle_bf16
     assert json.loads((path / "manifest.json").read_text())["dtype"] == "bfloat16"
-    replaced = sum(nd.op_type in ("Bf16Conv", "Bf16MatMul") for f in path.glob("*.onnx")
-                   for nd in onnx.load(str(f)).graph.node)
-    assert replaced > 20
+    ops = [nd.op_type for f in path.glob("*.onnx") for nd in onnx.load(str(f)).graph.node]
+    assert sum(op in ("Bf16Conv", "Bf16MatMul", "Bf16FeedForward") for op in ops) > 20
+    assert "Bf16FeedForward" in ops
     rng = np.random.default_rng(3)
     video = rng.standard_normal((170, model.vid_in_dim)).astype(np.float32)
     queries = [rng.standard_normal((n, model.text_in_dim)).astype(np.float32) for n in (4, 11)]
@@ -263,17 +356,7 @@ def test_exact_gelu_is_fused_and_other_patterns_are_not():
 
     from hieramamba.export.bf16 import bf16_graph
 
-    def gelu_nodes(src, out, divisor, tag):
-        c = lambda name, v: helper.make_node("Constant", [], [f"{tag}{name}"],  # noqa: E731
-                                             value=numpy_helper.from_array(np.array(v, np.float32)))
-        return [c("d", divisor), c("one", 1.0), c("half", 0.5),
-                helper.make_node("Div", [src, f"{tag}d"], [f"{tag}q"]),
-                helper.make_node("Erf", [f"{tag}q"], [f"{tag}e"]),
-                helper.make_node("Add", [f"{tag}e", f"{tag}one"], [f"{tag}a"]),
-                helper.make_node("Mul", [f"{tag}half", f"{tag}a"], [f"{tag}h"]),
-                helper.make_node("Mul", [src, f"{tag}h"], [out])]
-
-    nodes = gelu_nodes("x", "y", 2 ** 0.5, "g") + gelu_nodes("y", "z", 2.0, "n")
+    nodes = _gelu_nodes("x", "y", 2 ** 0.5, "g") + _gelu_nodes("y", "z", 2.0, "n")
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [2, 8, 5])],
                           [helper.make_tensor_value_info("z", 1, None)])
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])

@@ -10,7 +10,7 @@
 
 #include "../hydra_scan/hydraScanKernel.h"
 
-#define HM_ABI_VERSION 6 /* 6: RegisterCustomOps also adds hieramamba::DepthwiseConv; 5: Bf16Conv */
+#define HM_ABI_VERSION 7 /* 7: RegisterCustomOps also adds hieramamba::Bf16FeedForward; 6: DepthwiseConv; 5: Bf16Conv */
 
 #if defined(_WIN32)
 #define HM_API __declspec(dllexport)

@@ -7,6 +7,7 @@
 #include "../common/hmCpuFeatures.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -25,6 +26,8 @@ constexpr int64_t kTile = 48;      // time steps per tile (three 16-lane accumul
 constexpr int64_t kTilesPerTask = 4;
 constexpr int64_t kBlocksPerTask = 8;
 constexpr int64_t kPairsPerBlock = 128; // x 3 taps at most: a tile's input block stays in L1
+constexpr int64_t kFeedForwardSteps = kTile; // time steps per feed-forward task (its hidden block stays in L2)
+constexpr int64_t kFeedForwardMinTasks = 4;    // fewer spans than this: two whole products instead (all threads busy)
 
 int64_t ceilDiv(int64_t a, int64_t b)
 {
@@ -171,11 +174,12 @@ HM_AVX512_BF16 void packInputAvx512(
     }
 }
 
-// Output rows ob*R ... ob*R+R-1, time steps [t0, t0 + kTile) (clipped at t), channel pairs
-// [cp0, cp1): the first block of pairs starts from zero, later ones add to what y holds, the last
-// adds the bias (blocks of pairs keep a tile's input in L1 across the row blocks).
+// Output rows ob*R ... ob*R+R-1 (rows of y `ldy` floats apart), time steps [t0, t0 + kTile)
+// (clipped at t), channel pairs [cp0, cp1): the first block of pairs starts from zero, later ones
+// add to what y holds, the last adds the bias (blocks of pairs keep a tile's input in L1 across the
+// row blocks).
 HM_AVX512_BF16 void convTileAvx512(const PackedConv& w, const uint32_t* xp, float* y, int64_t t, int64_t stride,
-    int64_t ob, int64_t t0, int64_t cp0, int64_t cp1)
+    int64_t ob, int64_t t0, int64_t cp0, int64_t cp1, int64_t ldy)
 {
     const int64_t kp = ceilDiv(w.cin, 2);
     const bool first = cp0 == 0, last = cp1 == kp;
@@ -214,7 +218,7 @@ HM_AVX512_BF16 void convTileAvx512(const PackedConv& w, const uint32_t* xp, floa
             break;
         }
         const __m512 bias = _mm512_set1_ps(last ? w.bias[o] : 0.0f);
-        float* out = y + o * t + t0;
+        float* out = y + o * ldy + t0;
 #pragma GCC unroll 3
         for (int64_t s = 0; s < 3; ++s)
         {
@@ -305,7 +309,132 @@ HM_AVX512_BF16 void matmulTileAvx512(const PackedMatrix& w, const uint32_t* xb, 
         }
     }
 }
+
+// GELU, x Φ(x) = x/2 · erfc(-x/√2). erfc(z) for z ≥ 0 as t(a1 + t(a2 + … + t a5)) e^{-z²},
+// t = 1 / (1 + p z) (Abramowitz & Stegun 7.1.26, |error| ≤ 1.5e-7); for x < 0 that is 2Φ(x) itself,
+// for x ≥ 0, 2Φ(x) = 2 - erfc(x/√2). The result differs from the exact GELU by ≤ 1e-7 · |x|, far
+// below the bfloat16 rounding that follows it.
+HM_AVX512_BF16 inline __m512 expNonPositive(__m512 v)
+{
+    const __m512 lowest = _mm512_set1_ps(-104.0f); // e^-104 is below the smallest float
+    v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, lowest, _CMP_LT_OQ), lowest);
+    // The masked forms with every lane set: the plain ones start from an undefined vector, which
+    // GCC 12 reports as maybe-uninitialized.
+    const __m512 scaled = _mm512_mul_ps(v, _mm512_set1_ps(1.44269504f));
+    const __m512 k = _mm512_mask_roundscale_ps(scaled, 0xffff, scaled, _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145752f), v);   // v - k ln2, in two parts
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 e = _mm512_set1_ps(1.0f / 720.0f);                             // Taylor, |r| ≤ ln2 / 2
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 120.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 24.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 6.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(0.5f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
+    return _mm512_mask_scalef_ps(e, 0xffff, e, k);
+}
+
+HM_AVX512_BF16 inline __m512 geluAvx512(__m512 x)
+{
+    const __m512 z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.707106781f));
+    const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+    __m512 q = _mm512_set1_ps(1.061405429f);
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-1.453152027f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.421413741f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-0.284496736f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.254829592f));
+    q = _mm512_mul_ps(_mm512_mul_ps(q, t), expNonPositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z)));
+    const __mmask16 positive = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    const __m512 twoPhi = _mm512_mask_sub_ps(q, positive, _mm512_set1_ps(2.0f), q);
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), twoPhi);
+}
+
+HM_AVX512_BF16 void geluInPlaceAvx512(float* v, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16)
+    {
+        const int64_t m = std::min<int64_t>(16, n - i);
+        storeFloats(v + i, geluAvx512(loadFloats(v + i, m)), m);
+    }
+}
+
+// One feed-forward task: time steps [0, n) of xb (pairs, rows `stride` apart, already offset to the
+// span's first step) through both products into y (rows `ldy` apart, offset likewise). The hidden
+// activations (H x n floats, then as pairs) live in buffers of the worker thread, in L2.
+HM_AVX512_BF16 void feedForwardSpanAvx512(const PackedConv& fc1, const PackedConv& fc2, const uint32_t* xb,
+    int64_t stride, float* y, int64_t ldy, int64_t n)
+{
+    const int64_t hidden = fc1.cout, kp1 = ceilDiv(fc1.cin, 2), kp2 = ceilDiv(hidden, 2);
+    const int64_t hiddenStride = kFeedForwardSteps + 16; // one cache line past the span (see packInput)
+    const int64_t tiles = ceilDiv(n, kTile);
+    thread_local std::vector<float> h;
+    thread_local std::vector<uint32_t> hp;
+    h.resize(static_cast<size_t>(hidden * kFeedForwardSteps));
+    hp.resize(static_cast<size_t>(kp2 * hiddenStride));
+    for (int64_t tile = 0; tile < tiles; ++tile)
+    {
+        for (int64_t cp0 = 0; cp0 < kp1; cp0 += kPairsPerBlock)
+        {
+            for (int64_t ob = 0; ob < ceilDiv(hidden, kRows); ++ob)
+            {
+                convTileAvx512(fc1, xb, h.data(), n, stride, ob, tile * kTile, cp0, std::min(kp1, cp0 + kPairsPerBlock), n);
+            }
+        }
+    }
+    geluInPlaceAvx512(h.data(), hidden * n);
+    for (int64_t cp = 0; cp < kp2; ++cp)
+    {
+        packInputAvx512(h.data(), hp.data(), hidden, n, 0, hiddenStride, cp);
+    }
+    for (int64_t tile = 0; tile < tiles; ++tile)
+    {
+        for (int64_t cp0 = 0; cp0 < kp2; cp0 += kPairsPerBlock)
+        {
+            for (int64_t ob = 0; ob < ceilDiv(fc2.cout, kRows); ++ob)
+            {
+                convTileAvx512(fc2, hp.data(), y, n, hiddenStride, ob, tile * kTile, cp0, std::min(kp2, cp0 + kPairsPerBlock), ldy);
+            }
+        }
+    }
+}
 #endif
+
+float geluExact(float v)
+{
+    return 0.5f * v * std::erfc(-v * 0.707106781f);
+}
+
+// x (batch, cin, t) as channel pairs (layout above, `pad` zeros each side) in a buffer of the
+// calling thread, kept between calls: a fresh multi-MB allocation per call would be fresh pages
+// (page faults) every time. The tasks of `runner` get the pointer, never the thread_local itself.
+const uint32_t* packInput(const float* x, int64_t cin, int64_t t, int64_t pad, int64_t batch, const TaskRunner& runner,
+    int64_t* stride)
+{
+    const int64_t kp = ceilDiv(cin, 2);
+    // Rows of pairs one cache line longer than a multiple of 16: with power-of-two lengths the
+    // rows of a tile would map to the same L1 sets (8192 steps: 180 vs 390 GFLOP/s).
+    const int64_t s = ceilDiv(ceilDiv(t, kTile) * kTile + 2 * pad, 16) * 16 + 16;
+    thread_local std::vector<uint32_t> buffer;
+    if (buffer.size() < static_cast<size_t>(batch * kp * s))
+    {
+        buffer.resize(static_cast<size_t>(batch * kp * s));
+    }
+    uint32_t* const xp = buffer.data();
+    [[maybe_unused]] const bool simd = usesAvx512Bf16();
+    runner(batch * kp, [&](int64_t task) {
+        const int64_t b = task / kp, cp = task % kp;
+#ifdef HM_BF16_X86
+        if (simd)
+        {
+            packInputAvx512(x + b * cin * t, xp + b * kp * s, cin, t, pad, s, cp);
+            return;
+        }
+#endif
+        packInputPortable(x + b * cin * t, xp + b * kp * s, cin, t, pad, s, cp);
+    });
+    *stride = s;
+    return xp;
+}
 
 } // namespace
 
@@ -371,31 +500,10 @@ std::string runConv(const PackedConv& w, const float* x, float* y, int64_t batch
     const int64_t pad = (w.k - 1) / 2;
     const int64_t kp = ceilDiv(w.cin, 2);
     const int64_t tiles = ceilDiv(t, kTile);
-    // Rows of pairs one cache line longer than a multiple of 16: with power-of-two lengths the
-    // rows of a tile would map to the same L1 sets (8192 steps: 180 vs 390 GFLOP/s).
-    const int64_t stride = ceilDiv(tiles * kTile + 2 * pad, 16) * 16 + 16;
     const int64_t blocks = ceilDiv(w.cout, kRows);
     const bool simd = usesAvx512Bf16();
-    // The packed input lives in a buffer of the calling thread, kept between calls: a fresh
-    // multi-MB allocation per call would be fresh pages (page faults) every time.
-    // (The tasks below run on other threads: they get the pointer, never the thread_local itself.)
-    thread_local std::vector<uint32_t> buffer;
-    if (buffer.size() < static_cast<size_t>(batch * kp * stride))
-    {
-        buffer.resize(static_cast<size_t>(batch * kp * stride));
-    }
-    uint32_t* const xp = buffer.data();
-    runner(batch * kp, [&](int64_t task) {
-        const int64_t b = task / kp, cp = task % kp;
-#ifdef HM_BF16_X86
-        if (simd)
-        {
-            packInputAvx512(x + b * w.cin * t, xp + b * kp * stride, w.cin, t, pad, stride, cp);
-            return;
-        }
-#endif
-        packInputPortable(x + b * w.cin * t, xp + b * kp * stride, w.cin, t, pad, stride, cp);
-    });
+    int64_t stride = 0;
+    const uint32_t* const xp = packInput(x, w.cin, t, pad, batch, runner, &stride);
     const int64_t tChunks = ceilDiv(tiles, kTilesPerTask);
     const int64_t bGroups = ceilDiv(blocks, kBlocksPerTask);
     runner(batch * tChunks * bGroups, [&](int64_t task) {
@@ -414,7 +522,7 @@ std::string runConv(const PackedConv& w, const float* x, float* y, int64_t batch
                 {
                     for (int64_t ob = g * kBlocksPerTask; ob < std::min(blocks, (g + 1) * kBlocksPerTask); ++ob)
                     {
-                        convTileAvx512(w, xb, yb, t, stride, ob, tile * kTile, cp0, std::min(kp, cp0 + kPairsPerBlock));
+                        convTileAvx512(w, xb, yb, t, stride, ob, tile * kTile, cp0, std::min(kp, cp0 + kPairsPerBlock), t);
                     }
                 }
                 continue;
@@ -427,6 +535,61 @@ std::string runConv(const PackedConv& w, const float* x, float* y, int64_t batch
         }
     });
     return "";
+}
+
+std::string runFeedForward(const PackedConv& fc1, const PackedConv& fc2, const float* x, float* y, int64_t batch,
+    int64_t t, const TaskRunner& runner)
+{
+    if (fc1.k != 1 || fc2.k != 1 || fc2.cin != fc1.cout)
+    {
+        return "Bf16FeedForward: expected 1x1 convolutions C -> H -> C', got kernel sizes " + std::to_string(fc1.k)
+            + ", " + std::to_string(fc2.k) + " and H " + std::to_string(fc1.cout) + " vs " + std::to_string(fc2.cin);
+    }
+    if (batch <= 0 || t <= 0)
+    {
+        return "";
+    }
+    const int64_t hidden = fc1.cout;
+    const int64_t spans = ceilDiv(t, kFeedForwardSteps);
+    const bool simd = usesAvx512Bf16();
+#ifdef HM_BF16_X86
+    if (simd && batch * spans >= kFeedForwardMinTasks)
+    {
+        int64_t stride = 0;
+        const uint32_t* const xp = packInput(x, fc1.cin, t, 0, batch, runner, &stride);
+        const int64_t kp1 = ceilDiv(fc1.cin, 2);
+        runner(batch * spans, [&](int64_t task) {
+            const int64_t b = task / spans, s0 = (task % spans) * kFeedForwardSteps;
+            feedForwardSpanAvx512(fc1, fc2, xp + b * kp1 * stride + s0, stride, y + b * fc2.cout * t + s0, t,
+                std::min(kFeedForwardSteps, t - s0));
+        });
+        return "";
+    }
+#endif
+    // Short sequences (too few spans to keep every thread busy) and CPUs without AVX512-BF16: the
+    // two products over the whole sequence, GELU in between. With AVX512-BF16 that is bit for bit
+    // the span-wise result (the same sums in the same order, the same GELU).
+    std::vector<float> h(static_cast<size_t>(batch * hidden * t));
+    std::string err = runConv(fc1, x, h.data(), batch, t, runner);
+    if (!err.empty())
+    {
+        return err;
+    }
+    runner(batch * hidden, [&](int64_t row) {
+        float* p = h.data() + row * t;
+#ifdef HM_BF16_X86
+        if (simd)
+        {
+            geluInPlaceAvx512(p, t);
+            return;
+        }
+#endif
+        for (int64_t i = 0; i < t; ++i)
+        {
+            p[i] = geluExact(p[i]);
+        }
+    });
+    return runConv(fc2, h.data(), y, batch, t, runner);
 }
 
 PackedMatrix packMatrix(const uint16_t* w, int64_t k, int64_t n)

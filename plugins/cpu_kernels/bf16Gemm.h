@@ -37,6 +37,13 @@ PackedConv packConv(const uint16_t* w, const float* bias, int64_t cout, int64_t 
 // x (batch, cin, t) float -> y (batch, cout, t) float. Returns "" or an error message.
 std::string runConv(const PackedConv& w, const float* x, float* y, int64_t batch, int64_t t, const TaskRunner& runner);
 
+// The position-wise feed-forward block (Bf16FeedForward): y = fc2(GELU(fc1(x))), fc1 (H, Cin, 1)
+// and fc2 (Cout, H, 1) packed as above, GELU exact (erf). The hidden activations never exist as a
+// (batch, H, t) tensor: each time span goes through both products while its H x span block is in
+// cache. Same roundings as Bf16Conv -> GELU -> Bf16Conv: the hidden values are rounded to bfloat16
+// as the second product's operands (GELU itself within 1e-7 |x| of exact on the AVX512-BF16 path).
+std::string runFeedForward(const PackedConv& fc1, const PackedConv& fc2, const float* x, float* y, int64_t batch,
+    int64_t t, const TaskRunner& runner);
 // MatMul right operands repacked once per node (layout in bf16Gemm.cpp).
 struct PackedMatrix
 {

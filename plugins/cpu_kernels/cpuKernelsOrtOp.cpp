@@ -1,4 +1,4 @@
-// ONNX Runtime kernels of hieramamba::Bf16Conv, hieramamba::Bf16MatMul (bf16Gemm.h),
+// ONNX Runtime kernels of hieramamba::Bf16Conv, Bf16MatMul, Bf16FeedForward (bf16Gemm.h),
 // hieramamba::ChannelNorm (channelNorm.h) and hieramamba::DepthwiseConv (depthwiseConv.h). The
 // product weights are repacked on a node's first call and kept with its kernel (initializers do
 // not move); calls may come from several threads at once (serving), so the packing is done once
@@ -28,7 +28,8 @@ enum class Kind
     Conv,
     MatMul,
     ChannelNorm,
-    DepthwiseConv
+    DepthwiseConv,
+    FeedForward
 };
 
 const char* kindName(Kind kind)
@@ -38,6 +39,7 @@ const char* kindName(Kind kind)
     case Kind::Conv: return "Bf16Conv";
     case Kind::MatMul: return "Bf16MatMul";
     case Kind::ChannelNorm: return "ChannelNorm";
+    case Kind::FeedForward: return "Bf16FeedForward";
     default: return "DepthwiseConv";
     }
 }
@@ -55,7 +57,9 @@ struct Kernel
     Kind kind;
     std::mutex lock;
     const void* packedFrom = nullptr; // the weight buffer the packed operand was made from
+    const void* packedFrom2 = nullptr; // Bf16FeedForward: the second product's
     PackedConv conv;
+    PackedConv conv2; // Bf16FeedForward: the second product
     PackedMatrix matrix;
 };
 
@@ -76,6 +80,7 @@ size_t opInputCount(const OrtCustomOp* op)
     case Kind::Conv: return 3;     // x, w, bias
     case Kind::MatMul: return 2;   // x, w
     case Kind::ChannelNorm: return 4; // x, eps, weight, bias
+    case Kind::FeedForward: return 5; // x, w1, bias1, w2, bias2
     default: return 3;             // x, w, bias
     }
 }
@@ -88,7 +93,9 @@ size_t opOutputCount(const OrtCustomOp*)
 int opInputType(const OrtCustomOp* op, size_t index)
 {
     const Kind kind = kindOf(op);
-    return index == 1 && (kind == Kind::Conv || kind == Kind::MatMul) ? HM_ORT_BFLOAT16 : HM_ORT_FLOAT; // the product weights
+    const bool productWeight = (index == 1 && (kind == Kind::Conv || kind == Kind::MatMul || kind == Kind::FeedForward))
+        || (index == 3 && kind == Kind::FeedForward);
+    return productWeight ? HM_ORT_BFLOAT16 : HM_ORT_FLOAT;
 }
 
 int opOutputType(const OrtCustomOp*, size_t)
@@ -142,11 +149,11 @@ OrtStatus* computeChecked(Kernel& k, OrtKernelContext* ctx)
 {
     const OrtApi* api = k.api;
     const bool conv = k.kind == Kind::Conv, norm = k.kind == Kind::ChannelNorm;
-    const bool depthwise = k.kind == Kind::DepthwiseConv;
+    const bool depthwise = k.kind == Kind::DepthwiseConv, feedForward = k.kind == Kind::FeedForward;
     const char* name = kindName(k.kind);
-    const int nbIn = conv || depthwise ? 3 : norm ? 4 : 2;
-    Dims dims[4];
-    void* data[4] = {nullptr, nullptr, nullptr, nullptr};
+    const int nbIn = feedForward ? 5 : conv || depthwise ? 3 : norm ? 4 : 2;
+    Dims dims[5];
+    void* data[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
     for (int i = 0; i < nbIn; ++i)
     {
         const OrtValue* value = nullptr;
@@ -185,6 +192,19 @@ OrtStatus* computeChecked(Kernel& k, OrtKernelContext* ctx)
         }
         outDims = x;
     }
+    else if (feedForward)
+    {
+        const Dims &b1 = dims[2], &w2 = dims[3], &b2 = dims[4];
+        if (x.size() != 3 || w.size() != 3 || w[1] != x[1] || w[2] != 1 || b1.size() != 1 || b1[0] != w[0]
+            || w2.size() != 3 || w2[1] != w[0] || w2[2] != 1 || b2.size() != 1 || b2[0] != w2[0])
+        {
+            return makeStatus(api, HM_ORT_INVALID_ARGUMENT,
+                "Bf16FeedForward: expected x (B, C, T), w1 (H, C, 1), bias1 (H), w2 (C', H, 1), bias2 (C'); got x "
+                    + dimsText(x) + ", w1 " + dimsText(w) + ", bias1 " + dimsText(b1) + ", w2 " + dimsText(w2)
+                    + ", bias2 " + dimsText(b2));
+        }
+        outDims = {x[0], w2[0], x[2]};
+    }
     else if (conv)
     {
         const Dims& b = dims[2];
@@ -206,7 +226,19 @@ OrtStatus* computeChecked(Kernel& k, OrtKernelContext* ctx)
         outDims = x;
         outDims.back() = w[1];
     }
-    if (conv || k.kind == Kind::MatMul)
+    if (feedForward)
+    {
+        std::lock_guard<std::mutex> guard(k.lock);
+        if (k.packedFrom != data[1] || k.packedFrom2 != data[3])
+        {
+            k.conv = packConv(static_cast<const uint16_t*>(data[1]), static_cast<const float*>(data[2]), w[0], w[1], 1);
+            k.conv2 = packConv(static_cast<const uint16_t*>(data[3]), static_cast<const float*>(data[4]), dims[3][0],
+                dims[3][1], 1);
+            k.packedFrom = data[1];
+            k.packedFrom2 = data[3];
+        }
+    }
+    else if (conv || k.kind == Kind::MatMul)
     {
         std::lock_guard<std::mutex> guard(k.lock);
         if (k.packedFrom != data[1])
@@ -245,6 +277,10 @@ OrtStatus* computeChecked(Kernel& k, OrtKernelContext* ctx)
     else if (conv)
     {
         err = runConv(k.conv, xf, static_cast<float*>(y), x[0], x[2], onOrtPool);
+    }
+    else if (feedForward)
+    {
+        err = runFeedForward(k.conv, k.conv2, xf, static_cast<float*>(y), x[0], x[2], onOrtPool);
     }
     else
     {
@@ -312,6 +348,12 @@ const OrtCustomOp* channelNormCustomOp()
 const OrtCustomOp* depthwiseConvCustomOp()
 {
     static const Op op = makeOp(Kind::DepthwiseConv);
+    return &op.base;
+}
+
+const OrtCustomOp* bf16FeedForwardCustomOp()
+{
+    static const Op op = makeOp(Kind::FeedForward);
     return &op.base;
 }
 

@@ -273,7 +273,7 @@ OrtStatus* registerOps(OrtSessionOptions* options, const OrtApi* api)
         // The bfloat16 bundles' kernels share the domain (one RegisterCustomOps per library).
         for (const OrtCustomOp* op : {hieramamba::cpu_kernels::bf16ConvCustomOp(),
                  hieramamba::cpu_kernels::bf16MatMulCustomOp(), hieramamba::cpu_kernels::channelNormCustomOp(),
-                 hieramamba::cpu_kernels::depthwiseConvCustomOp()})
+                 hieramamba::cpu_kernels::depthwiseConvCustomOp(), hieramamba::cpu_kernels::bf16FeedForwardCustomOp()})
         {
             HM_ORT_TRY(apiFn<OrtStatus* (*) (OrtCustomOpDomain*, const OrtCustomOp*)>(api, HM_ORT_CustomOpDomain_Add)(
                 domain, op));
