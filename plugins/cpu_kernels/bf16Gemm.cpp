@@ -551,7 +551,7 @@ std::string runFeedForward(const PackedConv& fc1, const PackedConv& fc2, const f
     }
     const int64_t hidden = fc1.cout;
     const int64_t spans = ceilDiv(t, kFeedForwardSteps);
-    const bool simd = usesAvx512Bf16();
+    [[maybe_unused]] const bool simd = usesAvx512Bf16();
 #ifdef HM_BF16_X86
     if (simd && batch * spans >= kFeedForwardMinTasks)
     {
