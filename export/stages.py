@@ -176,7 +176,7 @@ def _verify_stage(proto, module, args, input_names, dtype: str, stage: str) -> f
     with torch.no_grad():
         want = module(*args)
     want = want if isinstance(want, (tuple, list)) else (want,)
-    # bfloat16 graphs hold Bf16Conv/Bf16MatMul/ChannelNorm nodes, which only the native library runs.
+    # bfloat16 graphs hold hieramamba nodes (Bf16Conv, Bf16FeedForward, …), which only the native library runs.
     opts = ort_session_options(ort, 1, scan_kernel="native" if dtype == "bfloat16" else "graph")
     opts.log_severity_level = 3
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])

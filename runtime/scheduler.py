@@ -47,9 +47,9 @@ from hieramamba.stage_table import (ATTN_SCORES_PER_BLOCK, FRONT_HALO, HEAD_HALO
                                     SCAN_INPUTS, LevelGeometry, level_geometry, nvtx_name)
 
 
-# Level tokens per chunk of a long video. 1024, not 2048: the same speed on long videos (MAD 10 h
-# × 1, bf16 bundle: 52 vs 54 s; Ego4D 1 h × 8: 47 vs 48 s) at a lower peak (652 vs 791 MB;
-# 1228 vs 2098 MB), which keeps a long video's peak near a short one's (docs/performance.md).
+# Level tokens per chunk of a long video. 1024, not 2048: a lower peak (bf16 bundles: MAD 10 h × 1
+# 593 vs 670 MB, Ego4D 1 h × 8 1228 vs 2098 MB), which keeps a long video's peak near a short
+# one's, for ~3–4 % more time on MAD (Ego4D × 8: 3 % less) (docs/performance.md).
 DEFAULT_CHUNK = 1024
 # Videos up to this many level-0 tokens run each level as one chunk (``auto_chunk``).
 WHOLE_LEVEL_TOKENS = 4096

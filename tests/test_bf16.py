@@ -147,6 +147,8 @@ def check_kernels() -> dict:
     """Every case through ONNX Runtime: the error against the float64 sum of the bf16-rounded
     operands must be float32 accumulation's, and far below the error against the unrounded ones
     (the operands really are rounded). Run in a subprocess per code path."""
+    from math import erf
+
     from hieramamba.export.bf16 import bf16_graph, round_to_bf16
     from hieramamba.native_library import load_native_library
 
@@ -179,9 +181,13 @@ def check_kernels() -> dict:
         y = session.run(None, {"x": x})[0]
         assert y.shape == (batch, c_out, t) and y.dtype == np.float32
         assert _feed_forward_error(y, x, w1, b1, w2, b2) <= 1.0, (c, hidden, c_out, t, batch)
-        # Position-wise: a prefix alone (fewer time spans: the kernel's other route when short)
-        # gives bit for bit the same values.
-        cut = max(1, t // 3)
+        unrounded = _conv64(x, w1, b1)
+        exact = _conv64(0.5 * unrounded * (1.0 + np.vectorize(erf)(unrounded / 2 ** 0.5)), w2, b2)
+        assert np.abs(y - exact).max() / max(1.0, np.abs(exact).max()) > 4e-5, "the operands were not rounded"
+        # Position-wise: a prefix alone gives bit for bit the same values. The first case crosses
+        # the kernel's routes on AVX512-BF16: 21 spans of 48 steps (span by span) against 2 (the
+        # two products over the whole prefix).
+        cut = min(t, 2 * 48)
         np.testing.assert_array_equal(session.run(None, {"x": np.ascontiguousarray(x[..., :cut])})[0], y[..., :cut])
     for shape, n_out in MATMUL_CASES:
         w = (rng.standard_normal((shape[-1], n_out)) * 0.05).astype(np.float32)
@@ -269,6 +275,17 @@ def test_feed_forward_is_fused_only_when_nothing_else_reads_its_hidden_values():
     assert (n, ops(out)) == (2, ["Bf16Conv", "Gelu", "Bf16Conv"])
     out, n = bf16_graph(_feed_forward_graph(w1, b, w2k3, b2, k2=3))
     assert (n, ops(out)) == (2, ["Bf16Conv", "Gelu", "Bf16Conv"])
+    # A → GELU → B → GELU → C: B is the first block's second product, not also the next block's first.
+    from onnx import helper
+
+    chain = _feed_forward_graph(w1, b, w2, b2)
+    chain.graph.node[-1].output[0] = "y1"
+    chain.graph.node.extend(_gelu_nodes("y1", "g2", 2 ** 0.5, "v")
+                            + [helper.make_node("Conv", ["g2", "W1", "B1"], ["y"], pads=[0, 0])])
+    out, n = bf16_graph(chain)
+    assert (n, ops(out)) == (2, ["Bf16FeedForward", "Gelu", "Bf16Conv"])
+    x = rng.standard_normal((1, 64, 50)).astype(np.float32)
+    assert _session(out).run(None, {"x": x})[0].shape == (1, 128, 50)
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +369,7 @@ def test_exact_gelu_is_fused_and_other_patterns_are_not():
     """torch's exact GELU as exported (x * (0.5 * (1 + erf(x / sqrt 2)))) becomes one
     com.microsoft::Gelu with the same values; a near miss (x / 2) is left alone."""
     import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     from hieramamba.export.bf16 import bf16_graph
 

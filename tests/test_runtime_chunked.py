@@ -138,6 +138,9 @@ def test_default_chunk_runs_short_videos_whole_and_long_ones_in_default_chunks(m
         monkeypatch.setattr(api, "WHOLE_LEVEL_TOKENS", whole)
         outs.append(GroundingRuntime.from_model(model, opt).level_outputs(video, queries)[0])
     assert used == [384, 64]
+    monkeypatch.undo()
+    assert api.auto_chunk(api.WHOLE_LEVEL_TOKENS) == api.WHOLE_LEVEL_TOKENS
+    assert api.auto_chunk(api.WHOLE_LEVEL_TOKENS + 2) == api.DEFAULT_CHUNK < api.WHOLE_LEVEL_TOKENS
     for whole_level, chunked in zip(*outs):
         for a, b in zip(whole_level, chunked):
             assert rel(b, a) <= 1e-4

@@ -155,12 +155,14 @@ def cmd_demo(args) -> int:
 
 
 def register(sub) -> None:
+    from hieramamba.runtime.scheduler import WHOLE_LEVEL_TOKENS
+
     p = sub.add_parser("demo", help="ground queries in a long synthetic video with the embedded trained default")
     p.add_argument("--minutes", type=positive_float, default=30.0, help="video length (default 30 minutes)")
     p.add_argument("--seed", type=int, default=0, help="which synthetic video (index in the generator)")
     p.add_argument("--queries", type=positive_int, default=5, help="at most this many queries")
     p.add_argument("--chunk", type=positive_int, help="chunked runtime: level tokens per chunk (default: the "
-                   "runtime's, whole levels up to 4096 level-0 tokens)")
+                   f"runtime's, whole levels up to {WHOLE_LEVEL_TOKENS} level-0 tokens)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
                    help="chunked runtime backend (onnxruntime: the exported bundle, cached)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="runtime precision")

@@ -53,7 +53,7 @@ class OrtBackend(GraphBackend):
         # body on a GPU provider: the kernel is a CPU-provider kernel, the scan would bounce to host.
         names = [p if isinstance(p, str) else p[0] for p in self.providers]
         if self.manifest.dtype == "bfloat16":
-            # Its Bf16Conv/Bf16MatMul/ChannelNorm nodes have no ONNX body: only the library runs them.
+            # Its hieramamba nodes (Bf16Conv, Bf16FeedForward, ChannelNorm, …) have no ONNX body: only the library runs them.
             if scan_kernel == "graph" or any(n != "CPUExecutionProvider" for n in names):
                 raise InputError(f"{bundle_dir}: a bfloat16 bundle runs on the CPU provider with the native "
                                  "library's kernels (scan_kernel 'auto' or 'native'); export a float16 or float32 "
